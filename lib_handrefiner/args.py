@@ -1,0 +1,174 @@
+"""The one settings model of HandRefiner.
+
+The same fields, names and defaults serve the WebUI accordion, the infotext ("HandRefiner …" keys), the
+`alwayson_scripts` arguments, the REST API and the standalone command line. Each field's `title` is its infotext
+key; the field order is the order of the positional `alwayson_scripts` args.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Literal, Optional, Tuple
+
+from pydantic import BaseModel, Field, validator
+
+EXTRA_NEGATIVE_DEFAULT = "fake 3D rendered image"
+INFOTEXT_PREFIX = "HandRefiner"
+
+
+class HandRefinerArgs(BaseModel):
+    enabled: bool = Field(False, title="HandRefiner", description="Refine hands on generated images.")
+    strength: float = Field(0.55, ge=0.0, le=2.0, title="HandRefiner strength",
+                            description="ControlNet control strength (the paper's phase transition: low fixes "
+                                        "structure, high loses texture).")
+    mode: Literal["fixed", "adaptive"] = Field("fixed", title="HandRefiner mode",
+                                               description="fixed: use `strength`; adaptive: search strengths "
+                                                           "and keep the first whose MPJPE passes.")
+    adaptive_strengths: List[float] = Field([0.4, 0.5, 0.6, 0.7, 0.8, 0.9], title="HandRefiner adaptive strengths",
+                                            description="Strengths tried in order in adaptive mode.")
+    adaptive_reference: float = Field(1.0, ge=0.0, le=2.0, title="HandRefiner adaptive reference",
+                                      description="Strength of the reference sample in adaptive mode.")
+    adaptive_factor: float = Field(1.15, ge=1.0, le=10.0, title="HandRefiner adaptive factor",
+                                   description="Accept a strength whose MPJPE < factor x the reference's.")
+    prompt: str = Field("", title="HandRefiner prompt",
+                        description="Prompt for the hands; empty uses the job's prompt.")
+    negative_prompt: str = Field("", title="HandRefiner negative prompt",
+                                 description="Negative prompt for the hands; empty uses the job's negative prompt.")
+    extra_negative: str = Field(EXTRA_NEGATIVE_DEFAULT, title="HandRefiner extra negative",
+                                description="Appended to the negative prompt (paper eq. 3).")
+    mesh_model: Literal["landmarks", "graphormer"] = Field("landmarks", title="HandRefiner mesh",
+                                                           description="Hand mesh reconstruction model.")
+    controlnet: str = Field("control_sd15_inpaint_depth_hand_fp16", title="HandRefiner ControlNet",
+                            description="ControlNet model file name (without extension), from the models folders.")
+    inpaint_checkpoint: str = Field("", title="HandRefiner checkpoint",
+                                    description="Inpainting checkpoint; empty uses the current model.")
+    steps: int = Field(30, ge=1, le=150, title="HandRefiner steps", description="DDIM steps.")
+    cfg_scale: float = Field(9.0, ge=1.0, le=30.0, title="HandRefiner CFG scale",
+                             description="Classifier-free guidance scale.")
+    denoising_strength: float = Field(1.0, ge=0.05, le=1.0, title="HandRefiner denoising strength",
+                                      description="1.0 regenerates the hand from noise.")
+    seed: int = Field(-1, ge=-1, le=2**32 - 1, title="HandRefiner seed",
+                      description="-1: the job's seed (WebUI) or a random one (API, command line).")
+    mask_padding: int = Field(30, ge=0, le=512, title="HandRefiner mask padding",
+                              description="Minimum padding (px) of the keypoint box.")
+    mask_padding_ratio: float = Field(0.15, ge=0.0, le=2.0, title="HandRefiner mask padding ratio",
+                                      description="Padding as a fraction of the keypoint box side; the larger "
+                                                  "of this and mask_padding is used.")
+    mask_dilation: int = Field(0, ge=0, le=256, title="HandRefiner mask dilation", description="Grow the mask (px).")
+    mask_feather: int = Field(8, ge=0, le=256, title="HandRefiner mask feather",
+                              description="Blur the mask edge when compositing (px).")
+    crop: bool = Field(True, title="HandRefiner crop",
+                       description="Crop each hand, refine it at the working resolution and paste it back.")
+    crop_resolution: int = Field(512, ge=64, le=2048, title="HandRefiner crop resolution",
+                                 description="Working resolution of a hand crop.")
+    hands_together: bool = Field(False, title="HandRefiner hands together",
+                                 description="Refine all hands in one pass instead of one after another.")
+    max_hands: int = Field(2, ge=1, le=8, title="HandRefiner max hands", description="Most hands detected.")
+    detection_confidence: float = Field(0.2, ge=0.0, le=1.0, title="HandRefiner detection confidence",
+                                        description="MediaPipe palm detection threshold.")
+    presence_confidence: float = Field(0.2, ge=0.0, le=1.0, title="HandRefiner presence confidence",
+                                       description="MediaPipe hand presence / tracking threshold.")
+    min_hand_size: int = Field(16, ge=0, le=4096, title="HandRefiner min hand size",
+                               description="Hands whose keypoint box side is smaller (px) are reported, not refined.")
+    boxes: List[Tuple[float, float, float, float]] = Field([], title="HandRefiner boxes",
+                                                           description="User hand boxes [x0, y0, x1, y1] in pixels.")
+    boxes_mode: Literal["replace", "add"] = Field("replace", title="HandRefiner boxes mode",
+                                                  description="replace: only the given boxes; add: with detected.")
+    save_depth: bool = Field(False, title="HandRefiner save depth", description="Save / show the depth map.")
+    save_mask: bool = Field(False, title="HandRefiner save mask", description="Save / show the mask.")
+
+    class Config:
+        extra = "forbid"
+        validate_assignment = True
+
+    @validator("adaptive_strengths")
+    def _strengths_in_range(cls, v: List[float]) -> List[float]:
+        if not v:
+            raise ValueError("needs at least one strength")
+        bad = [s for s in v if not 0.0 <= s <= 2.0]
+        if bad:
+            raise ValueError(f"strengths must lie in [0, 2], got {bad}")
+        return v
+
+    @validator("boxes", each_item=True)
+    def _box_ordered(cls, b: Tuple[float, float, float, float]) -> Tuple[float, float, float, float]:
+        x0, y0, x1, y1 = b
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"box {list(b)} must satisfy x1 > x0 and y1 > y0")
+        return b
+
+    # ---- positional args (WebUI script args / alwayson_scripts "args") --------------------------------------
+
+    @classmethod
+    def field_names(cls) -> List[str]:
+        return list(cls.__fields__)
+
+    @classmethod
+    def from_script_args(cls, args: Any) -> "HandRefinerArgs":
+        """From `alwayson_scripts` args: a dict of fields, a list holding one dict, or positional values in
+        field order (as the UI sends them)."""
+        if isinstance(args, HandRefinerArgs):
+            return args
+        if isinstance(args, dict):
+            return cls(**args)
+        args = list(args or [])
+        if len(args) == 1 and isinstance(args[0], dict):
+            return cls(**args[0])
+        if len(args) == 1 and isinstance(args[0], HandRefinerArgs):
+            return args[0]
+        names = cls.field_names()
+        if len(args) > len(names):
+            raise ValueError(f"HandRefiner takes at most {len(names)} positional args ({', '.join(names)}), "
+                             f"got {len(args)}")
+        return cls(**dict(zip(names, args)))
+
+    # ---- infotext ---------------------------------------------------------------------------------------------
+
+    def infotext(self) -> dict:
+        """Generation-parameter entries ("HandRefiner …" keys) for the fields that differ from the defaults,
+        plus enabled/strength/mode always."""
+        always = {"enabled", "strength", "mode"}
+        out = {}
+        for name, field in self.__fields__.items():
+            value = getattr(self, name)
+            if name not in always and value == field.default:
+                continue
+            if name == "boxes" and not value:
+                continue
+            out[field.field_info.title] = _format_value(value)
+        return out
+
+    @classmethod
+    def from_infotext(cls, params: dict) -> Optional["HandRefinerArgs"]:
+        """Reads the "HandRefiner …" keys of parsed generation parameters; None when HandRefiner was off."""
+        by_title = {f.field_info.title: name for name, f in cls.__fields__.items()}
+        values = {}
+        for key, raw in params.items():
+            name = by_title.get(key)
+            if name is not None:
+                values[name] = _parse_value(cls.__fields__[name], raw)
+        if not values.get("enabled"):
+            return None
+        return cls(**values)
+
+
+def _format_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (list, tuple)):
+        return ";".join(_format_value(v) if not isinstance(v, (list, tuple))
+                        else " ".join(f"{x:g}" for x in v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value
+
+
+def _parse_value(field, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    name = field.name
+    if field.outer_type_ is bool or field.type_ is bool:
+        return raw.strip().lower() in ("true", "1", "yes")
+    if name == "adaptive_strengths":
+        return [float(s) for s in raw.split(";") if s.strip()]
+    if name == "boxes":
+        return [tuple(float(x) for x in part.split()) for part in raw.split(";") if part.strip()]
+    return raw

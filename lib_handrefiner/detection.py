@@ -1,0 +1,165 @@
+"""Hand detection with MediaPipe Hands (the legacy `solutions.hands` graph, whose models ship inside the
+mediapipe wheel: fully offline).
+
+Conventions (see dev/ARCHITECTURE.md "Coordinates"):
+- `landmarks` are in image pixels; z is MediaPipe's relative depth (0 at the wrist, negative towards the camera)
+  scaled like x, i.e. multiplied by the image width, so it is in pixels of the image camera (z away from viewer).
+- `handedness` is the person's own hand. MediaPipe's legacy graph labels hands as if the image were a mirrored
+  selfie: on a normal photo its "Left" is the person's right hand. Verified on examples/malformed_3.jpg (a man
+  facing the camera shows his right palm: MediaPipe says "Left") and by flipping images (the label flips).
+- `score` is the palm detector's confidence (what `detection_confidence` thresholds), `handedness_score` the
+  left/right classifier's.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+# MediaPipe's C++ logging writes a line per graph to stderr; keep the command line's output readable.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+NUM_LANDMARKS = 21
+# When nothing is found, the image is retried with a border and, if its shorter side is below this, upscaled.
+_RETRY_MIN_SIDE = 512
+# Border added around the image for the retry: the palm detector misses hands cut by the image edge.
+_RETRY_PAD_RATIO = 0.25
+
+
+@dataclass(frozen=True)
+class Hand:
+    handedness: str                  # "left" / "right": the person's own hand
+    score: float                     # palm detection confidence, 0..1
+    landmarks: np.ndarray            # (21, 3) float32, image camera pixels (x, y, z away from the viewer)
+    world_landmarks: np.ndarray      # (21, 3) float32, metres, origin near the hand's centre (MediaPipe)
+    keypoint_box: Tuple[float, float, float, float]  # [x0, y0, x1, y1] around the 21 landmarks, px
+    size: float                      # longest side of keypoint_box, px
+    handedness_score: float = 1.0    # MediaPipe's left/right classifier confidence, 0..1
+
+
+def keypoint_box(landmarks_xy: np.ndarray) -> Tuple[float, float, float, float]:
+    xy = np.asarray(landmarks_xy, dtype=np.float64)[:, :2]
+    x0, y0 = xy.min(axis=0)
+    x1, y1 = xy.max(axis=0)
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def make_hand(handedness: str, score: float, landmarks: np.ndarray, world_landmarks: np.ndarray,
+              handedness_score: float = 1.0) -> Hand:
+    """A `Hand` with its keypoint box and size derived from the landmarks."""
+    landmarks = np.asarray(landmarks, dtype=np.float32).reshape(NUM_LANDMARKS, 3)
+    box = keypoint_box(landmarks)
+    return Hand(handedness=handedness, score=float(score), landmarks=landmarks,
+                world_landmarks=np.asarray(world_landmarks, dtype=np.float32).reshape(NUM_LANDMARKS, 3),
+                keypoint_box=box, size=max(box[2] - box[0], box[3] - box[1]),
+                handedness_score=float(handedness_score))
+
+
+def uncrop_hand(hand: Hand, scale: float, offset_xy: Tuple[float, float]) -> Hand:
+    """A hand found in a crop that was cut at `offset_xy` and resized by `scale`, in the full image's pixels:
+    p = p_crop / scale + [ox, oy, 0] (z scales like x)."""
+    landmarks = hand.landmarks / np.float32(scale) + np.array([offset_xy[0], offset_xy[1], 0.0], dtype=np.float32)
+    return make_hand(hand.handedness, hand.score, landmarks, hand.world_landmarks, hand.handedness_score)
+
+
+def detect_hands(rgb: np.ndarray, max_hands: int = 2, detection_confidence: float = 0.2,
+                 presence_confidence: float = 0.2) -> List[Hand]:
+    """Finds up to `max_hands` hands in an RGB uint8 image. When none is found, the image is retried with a grey
+    border (and upscaled to a 512 px shorter side if smaller), which recovers hands cut by the image edge."""
+    rgb = _check_rgb(rgb)
+    hands = _run(rgb, max_hands, detection_confidence, presence_confidence)
+    if not hands:
+        hands = _detect_padded(rgb, max_hands, detection_confidence, presence_confidence)
+    return hands
+
+
+def _detect_padded(rgb: np.ndarray, max_hands: int, detection_confidence: float,
+                            presence_confidence: float) -> List[Hand]:
+    import cv2
+
+    scale = max(1.0, _RETRY_MIN_SIDE / min(rgb.shape[:2]))
+    big = rgb if scale == 1.0 else cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
+                                              interpolation=cv2.INTER_CUBIC)
+    pad = round(_RETRY_PAD_RATIO * min(big.shape[:2]))
+    padded = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(127, 127, 127))
+    found = _run(padded, max_hands, detection_confidence, presence_confidence)
+    # Shift back by the border first, then undo the upscale: p = (p_padded - pad) / scale.
+    return [uncrop_hand(h, scale, (-pad / scale, -pad / scale)) for h in found]
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"detect_hands needs an RGB uint8 H×W×3 array, got {rgb.dtype} {rgb.shape}; convert "
+                         f"with lib_handrefiner.imageio.to_rgb")
+    return np.ascontiguousarray(rgb)
+
+
+_GRAPHS: Dict[Tuple[int, float, float], object] = {}
+_GRAPHS_LOCK = threading.Lock()
+
+
+def _graph(max_hands: int, detection_confidence: float, presence_confidence: float):
+    """A MediaPipe graph per setting, built once (building costs ~100 ms) and reused under the lock."""
+    from mediapipe.python.solution_base import SolutionBase
+    from mediapipe.python.solutions import hands as mp_hands
+
+    key = (int(max_hands), float(detection_confidence), float(presence_confidence))
+    if key not in _GRAPHS:
+        # The solutions.hands graph, but also emitting palm_detections for the detector's score.
+        _GRAPHS[key] = SolutionBase(
+            binary_graph_path=mp_hands._BINARYPB_FILE_PATH,
+            side_inputs={"model_complexity": 1, "num_hands": key[0], "use_prev_landmarks": False},
+            calculator_params={
+                "palmdetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": key[1],
+                # The hand-presence threshold of the landmark model (named "tracking" in the legacy API).
+                "handlandmarkcpu__ThresholdingCalculator.threshold": key[2],
+            },
+            outputs=["multi_hand_landmarks", "multi_hand_world_landmarks", "multi_handedness", "palm_detections"])
+    return _GRAPHS[key]
+
+
+def _run(rgb: np.ndarray, max_hands: int, detection_confidence: float, presence_confidence: float) -> List[Hand]:
+    height, width = rgb.shape[:2]
+    with _GRAPHS_LOCK:
+        result = _graph(max_hands, detection_confidence, presence_confidence).process({"image": rgb})
+    if not result.multi_hand_landmarks:
+        return []
+    palms = [_palm_box_and_score(d) for d in (result.palm_detections or [])]
+    hands = []
+    for image_lms, world_lms, handedness in zip(result.multi_hand_landmarks, result.multi_hand_world_landmarks,
+                                                result.multi_handedness):
+        normalised = np.array([[p.x, p.y, p.z] for p in image_lms.landmark], dtype=np.float32)
+        landmarks = normalised * np.array([width, height, width], dtype=np.float32)
+        world = np.array([[p.x, p.y, p.z] for p in world_lms.landmark], dtype=np.float32)
+        label = handedness.classification[0]
+        hands.append(make_hand(
+            handedness=_persons_own(label.label),
+            score=_palm_score(normalised, palms, default=label.score),
+            landmarks=landmarks, world_landmarks=world, handedness_score=label.score))
+    return hands
+
+
+def _persons_own(mediapipe_label: str) -> str:
+    # The legacy graph assumes a mirrored selfie image; our images are not mirrored.
+    return "right" if mediapipe_label.lower() == "left" else "left"
+
+
+def _palm_box_and_score(detection) -> Tuple[Tuple[float, float, float, float], float]:
+    b = detection.location_data.relative_bounding_box
+    return (b.xmin, b.ymin, b.xmin + b.width, b.ymin + b.height), float(detection.score[0])
+
+
+def _palm_score(normalised: np.ndarray, palms, default: float) -> float:
+    """The score of the palm detection this hand came from: the one whose box centre is nearest the palm centre
+    (wrist and the four finger bases)."""
+    if not palms:
+        return float(default)
+    centre = normalised[[0, 5, 9, 13, 17], :2].mean(axis=0)
+    distances = [np.hypot((b[0] + b[2]) / 2 - centre[0], (b[1] + b[3]) / 2 - centre[1]) for b, _ in palms]
+    return palms[int(np.argmin(distances))][1]
+

@@ -1,0 +1,99 @@
+"""MediaPipe detection on the shipped images (real models, offline)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lib_handrefiner.detection import detect_hands, make_hand, uncrop_hand
+from lib_handrefiner.imageio import load_image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def detections():
+    return {name: (load_image(EXAMPLES / f"{name}.jpg"), detect_hands(load_image(EXAMPLES / f"{name}.jpg")))
+            for name in NAMES}
+
+
+def test_seven_examples_shipped():
+    assert len(NAMES) == 7
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_example_yields_its_hand(detections, name):
+    rgb, hands = detections[name]
+    assert len(hands) == 1, f"{name}: {len(hands)} hands"
+    hand = hands[0]
+    h, w = rgb.shape[:2]
+    lm = hand.landmarks
+    assert lm.shape == (21, 3) and lm.dtype == np.float32
+    assert hand.world_landmarks.shape == (21, 3)
+    x0, y0, x1, y1 = hand.keypoint_box
+    assert np.all(lm[:, 0] >= x0) and np.all(lm[:, 0] <= x1) and np.all(lm[:, 1] >= y0) and np.all(lm[:, 1] <= y1)
+    assert -5 <= x0 < x1 <= w + 5 and -5 <= y0 < y1 <= h + 5
+    assert hand.size == pytest.approx(max(x1 - x0, y1 - y0))
+    assert 0.2 <= hand.score <= 1.0 and 0.5 <= hand.handedness_score <= 1.0
+    # z is relative to the wrist and scaled like x (pixels): a few tens of pixels for these hands, not 0..1.
+    assert lm[0, 2] == pytest.approx(0.0, abs=1e-3)
+    assert 0.05 * hand.size < np.ptp(lm[:, 2]) < 1.5 * hand.size
+    # World landmarks are metric: a hand is ~10-25 cm across its landmarks.
+    assert 0.05 < np.linalg.norm(np.ptp(hand.world_landmarks, axis=0)) < 0.3
+
+
+@pytest.mark.parametrize("name", ["malformed_3", "freihand_sample1", "freihand_sample2", "internet_fig1",
+                                  "internet_fig2"])
+def test_handedness_is_the_persons_own(detections, name):
+    # malformed_3: a man facing the camera shows his right palm; the FreiHAND/Graphormer samples are right hands.
+    assert detections[name][1][0].handedness == "right"
+
+
+def test_mirrored_image_gives_the_other_hand_at_mirrored_landmarks(detections):
+    rgb, (hand,) = detections["malformed_3"]
+    mirrored = detect_hands(np.ascontiguousarray(rgb[:, ::-1]))
+    assert len(mirrored) == 1 and mirrored[0].handedness == "left"
+    expected_x = rgb.shape[1] - hand.landmarks[:, 0]
+    assert np.abs(mirrored[0].landmarks[:, 0] - expected_x).max() < 0.1 * hand.size
+
+
+def test_two_hands_and_max_hands(detections):
+    rgb = detections["malformed_3"][0]
+    both = np.ascontiguousarray(np.concatenate([rgb, rgb[:, ::-1]], axis=1))
+    hands = detect_hands(both, max_hands=2)
+    assert sorted(h.handedness for h in hands) == ["left", "right"]
+    assert len(detect_hands(both, max_hands=1)) == 1
+
+
+def test_hand_cut_by_the_image_edge_found_by_the_padded_retry(detections):
+    rgb, (hand,) = detections["malformed_2"]
+    x0, _, x1, _ = hand.keypoint_box
+    cut = np.ascontiguousarray(rgb[:, : int(x0 + 0.35 * (x1 - x0))])
+    hands = detect_hands(cut)
+    assert len(hands) == 1
+    # The found wrist is where it is in the full image.
+    assert np.abs(hands[0].landmarks[0, :2] - hand.landmarks[0, :2]).max() < 0.1 * hand.size
+
+
+def test_no_hands_in_a_plain_image():
+    assert detect_hands(np.full((128, 160, 3), 127, np.uint8)) == []
+
+
+def test_rejects_non_rgb_uint8():
+    with pytest.raises(ValueError, match="RGB uint8"):
+        detect_hands(np.zeros((32, 32), np.uint8))
+    with pytest.raises(ValueError, match="to_rgb"):
+        detect_hands(np.zeros((32, 32, 3), np.float32))
+
+
+def test_uncrop_hand_maps_crop_pixels_back():
+    crop_lm = np.tile(np.array([[10.0, 20.0, -4.0]], np.float32), (21, 1))
+    crop_lm[1] = [30.0, 40.0, 8.0]
+    hand = make_hand("left", 0.9, crop_lm, np.zeros((21, 3)))
+    full = uncrop_hand(hand, scale=2.0, offset_xy=(100.0, 50.0))
+    assert full.landmarks[0].tolist() == [105.0, 60.0, -2.0]
+    assert full.landmarks[1].tolist() == [115.0, 70.0, 4.0]
+    assert full.keypoint_box == (105.0, 60.0, 115.0, 70.0) and full.size == 10.0
+    assert full.handedness == "left" and full.score == pytest.approx(0.9)

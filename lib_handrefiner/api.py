@@ -1,0 +1,372 @@
+"""REST API: `/handrefiner/refine`, `/models`, `/version`, `/schema`, on the WebUI's FastAPI app or any other.
+
+Every bad input is answered with a 4xx whose `detail` has FastAPI's validation shape
+(`[{"loc": [...], "msg": ..., "type": ...}]`) so that clients read one format; the image is checked in this order:
+base64 → container format → dimensions (before any pixel is decoded) → pixels. Requests take the lock one at a
+time (the WebUI's queue lock when mounted there), so API and UI never drive the model at once.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import random
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, HTTPException
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, Field, ValidationError, validator
+
+from . import __version__
+from .args import HandRefinerArgs
+from .models_registry import ModelListing, ModelNameError, resolve_name
+from .service import HandRefinerService, ModelLoadError
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*(;base64)?,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+
+
+class InputError(Exception):
+    """A client error about one field: HTTP status, the field's location and the message."""
+
+    def __init__(self, field: Sequence[Any], message: str, status: int = 422, kind: str = "value_error") -> None:
+        super().__init__(message)
+        self.loc = list(field)
+        self.message = message
+        self.status = status
+        self.kind = kind
+
+    def http(self, prefix: Sequence[Any] = ("body",)) -> HTTPException:
+        return HTTPException(self.status, detail=[{"loc": [*prefix, *self.loc], "msg": self.message,
+                                                   "type": self.kind}])
+
+
+# ---- image decoding -----------------------------------------------------------------------------------------
+
+def decode_image(data: object, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A base64 PNG/JPEG/WebP (optionally a data URL) → RGB uint8, checking the size before decoding pixels."""
+    raw = _base64_bytes(data, field, max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(raw))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise InputError([field], f"{field} is too large to decode safely ({e}); the limit is {max_pixels} "
+                                      "pixels", 413) from e
+        except UnidentifiedImageError as e:
+            raise InputError([field], f"{field} is not a PNG, JPEG or WebP image (the decoded bytes are no known image "
+                                      f"format; first bytes {raw[:8]!r})") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise InputError([field], f"{field} is a corrupt or truncated image ({e})") from e
+    if image.format not in ACCEPTED_FORMATS:
+        raise InputError([field], f"{field} is a {image.format} image; send PNG, JPEG or WebP")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InputError([field], f"{field} has an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise InputError([field], f"{field} has {width}x{height} = {width * height} pixels, over the limit of "
+                                  f"{max_pixels}; downscale it first", 413)
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError([field], f"{field} is a corrupt or truncated {image.format} file ({e}); send the whole "
+                                  "file") from e
+    from .imageio import ImageError, to_rgb
+    try:
+        return to_rgb(image)
+    except ImageError as e:
+        raise InputError([field], str(e)) from e
+
+
+def _base64_bytes(data: object, field: str, max_pixels: int) -> bytes:
+    if not isinstance(data, str):
+        raise InputError([field], f"{field} must be a base64 string, got {type(data).__name__}", kind="type_error")
+    text = data.strip()
+    match = _DATA_URL.match(text)
+    if match:
+        if not match.group(3):
+            raise InputError([field], f"{field} is a data URL without ';base64'; send base64-encoded image bytes")
+        text = text[match.end():]
+    text = _WHITESPACE.sub("", text)
+    if not text:
+        raise InputError([field], f"{field} is empty; send a base64-encoded PNG, JPEG or WebP file")
+    # A compressed image is smaller than its pixels: 4 bytes a pixel is a generous bound for any real file.
+    max_chars = 4 * max(max_pixels, 1 << 20) * 4 // 3 + 4
+    if len(text) > max_chars:
+        raise InputError([field], f"{field} is {len(text)} base64 characters, over the limit of {max_chars}", 413)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError([field], f"{field} is not valid base64 ({e}); send standard base64 (A-Z a-z 0-9 + / =), "
+                                  "optionally with a data:image/...;base64, prefix") from e
+    if not raw:
+        raise InputError([field], f"{field} decodes to an empty file")
+    return raw
+
+
+def encode_png(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ---- request and response models ----------------------------------------------------------------------------
+
+_SCALAR_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+class RefineRequest(HandRefinerArgs):
+    """Every HandRefiner setting (same names and defaults as the UI and infotext), plus the image and what to
+    return. `prompt`/`negative_prompt` are the hands' prompts; `enabled` is accepted and ignored here."""
+
+    image: str = Field(..., description="Base64 PNG, JPEG or WebP; a data:image/...;base64, prefix is accepted.")
+    return_depth: bool = Field(False, description="Also return the depth map (base64 PNG).")
+    return_mask: bool = Field(False, description="Also return the inpainting mask (base64 PNG).")
+
+    @validator("*", pre=True)
+    def _json_types(cls, value: Any, field: Any) -> Any:
+        # JSON clients get no silent coercion ("30" → 30, 2.5 → 2, 1 → True): a mistyped field is an error.
+        if field.name == "adaptive_strengths":
+            return _check_numbers(value, "a list of numbers")
+        if field.name == "boxes":
+            if not isinstance(value, list):
+                raise TypeError(f"must be a list of [x0, y0, x1, y1] boxes, got {type(value).__name__}")
+            return [_check_numbers(b, "a box [x0, y0, x1, y1] of 4 numbers", length=4) for b in value]
+        expected = _scalar_type(field.outer_type_)
+        return value if expected is None else _check_scalar(value, expected)
+
+    def settings(self) -> HandRefinerArgs:
+        return HandRefinerArgs(**self.dict(include=set(HandRefinerArgs.__fields__)))
+
+
+def _scalar_type(annotation: Any) -> Optional[type]:
+    # Constrained fields (Field(ge=...)) have pydantic subclasses of int/float as their type.
+    for kind in _SCALAR_TYPES:
+        if isinstance(annotation, type) and issubclass(annotation, kind):
+            return kind
+    return None
+
+
+def _check_scalar(value: Any, expected: type) -> Any:
+    ok = (isinstance(value, bool) if expected is bool else
+          isinstance(value, str) if expected is str else
+          isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not ok:
+        raise TypeError(f"must be {_SCALAR_TYPES[expected]}, got {type(value).__name__} {value!r:.60}")
+    if expected in (int, float) and not math.isfinite(value):
+        raise TypeError(f"must be a finite number, got {value!r}")
+    if expected is int and isinstance(value, float):
+        if not value.is_integer():
+            raise TypeError(f"must be an integer, got {value!r}")
+        return int(value)
+    return value
+
+
+def _check_numbers(value: Any, what: str, length: Optional[int] = None) -> Any:
+    if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
+        raise TypeError(f"must be {what}, got {value!r:.80}")
+    for item in value:
+        _check_scalar(item, float)
+    return value
+
+
+class HandInfo(BaseModel):
+    box: Tuple[int, int, int, int] = Field(..., description="Mask box [x0, y0, x1, y1] in pixels, x1/y1 exclusive.")
+    handedness: Optional[str] = Field(None, description="'left' / 'right' (the person's own); None: no hand found "
+                                                        "in a user box.")
+    score: Optional[float] = Field(None, description="Detection confidence.")
+    refined: bool
+    strength: Optional[float] = Field(None, description="Control strength kept.")
+    mpjpe: Optional[float] = Field(None, description="2D MPJPE (px) of the kept sample (adaptive mode).")
+    tried: List[Tuple[float, Optional[float]]] = Field([], description="(strength, MPJPE) in the order sampled.")
+
+
+class RefineResponse(BaseModel):
+    image: str = Field(..., description="The refined image, base64 PNG (unchanged when no hand was refined).")
+    width: int
+    height: int
+    depth: Optional[str] = None
+    mask: Optional[str] = None
+    hands: List[HandInfo]
+    seed: int
+    infotext: str
+    message: str
+    timings_ms: Dict[str, float]
+
+
+# ---- validation helpers (also for the WebUI's alwayson_scripts) ----------------------------------------------
+
+def validation_detail(error: ValidationError, prefix: Sequence[Any] = ()) -> List[dict]:
+    return [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+
+
+def validate_script_args(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "HandRefiner", "args")
+                         ) -> HandRefinerArgs:
+    """HandRefinerArgs from `alwayson_scripts` args (a dict, a list holding one dict, or positional values), or
+    an HTTPException 422 naming each bad field (positional values are named by their field)."""
+    try:
+        return HandRefinerArgs.from_script_args(args)
+    except ValidationError as e:
+        raise HTTPException(422, detail=validation_detail(e, prefix)) from e
+    except (TypeError, ValueError) as e:
+        raise HTTPException(422, detail=[{"loc": list(prefix), "msg": str(e), "type": "value_error"}]) from e
+
+
+def check_models(args: HandRefinerArgs, listing: ModelListing) -> None:
+    """InputError unless every model the settings name is an available file."""
+    try:
+        resolve_name(args.controlnet, listing.controlnets, "controlnet")
+    except ModelNameError as e:
+        raise InputError(["controlnet"], str(e)) from e
+    if args.inpaint_checkpoint:
+        try:
+            resolve_name(args.inpaint_checkpoint, listing.checkpoints, "inpaint_checkpoint")
+        except ModelNameError as e:
+            raise InputError(["inpaint_checkpoint"], str(e)) from e
+    status = listing.mesh_status(args.mesh_model)
+    if status is not None and not status.available:
+        raise InputError(["mesh_model"], f"mesh model {args.mesh_model!r} needs files that are missing: "
+                                         f"{', '.join(status.missing)}; use 'landmarks' or install them")
+
+
+def check_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> None:
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise InputError(["boxes", i], f"box {[x0, y0, x1, y1]} lies outside the {width}x{height} image; "
+                                           f"keep 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}")
+
+
+# ---- the router -----------------------------------------------------------------------------------------------
+
+@dataclass
+class ApiConfig:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def create_router(service: HandRefinerService, lock: Optional[Any] = None,
+                  config: ApiConfig = ApiConfig()) -> APIRouter:
+    """The `/handrefiner/*` routes over `service`; `lock` (e.g. the WebUI's queue_lock) serialises refinement."""
+    lock = lock if lock is not None else threading.Lock()
+    router = APIRouter(prefix="/handrefiner", tags=["HandRefiner"])
+
+    @router.get("/version")
+    def version() -> dict:
+        return {"name": "HandRefiner", "version": __version__}
+
+    @router.get("/schema")
+    def schema() -> dict:
+        return HandRefinerArgs.schema()
+
+    @router.get("/models")
+    def models() -> dict:
+        return listing_json(service.listing(), service.default_controlnet())
+
+    @router.post("/refine", response_model=RefineResponse)
+    def refine(request: RefineRequest) -> RefineResponse:
+        try:
+            return run_refine(service, request, lock, config)
+        except InputError as e:
+            raise e.http() from e
+        except ModelNameError as e:
+            raise InputError(["controlnet"], str(e)).http() from e
+        except ModelLoadError as e:
+            raise HTTPException(503, detail=str(e)) from e
+
+    return router
+
+
+def mount(app: FastAPI, service: HandRefinerService, lock: Optional[Any] = None,
+          config: ApiConfig = ApiConfig()) -> None:
+    app.include_router(create_router(service, lock, config))
+
+
+def listing_json(listing: ModelListing, default_controlnet: Optional[str]) -> dict:
+    return {
+        "controlnets": sorted(listing.controlnets),
+        "default_controlnet": default_controlnet,
+        "checkpoints": sorted(listing.checkpoints),
+        "mesh_models": [{"name": m.name, "available": m.available, "missing": m.missing}
+                        for m in listing.mesh_models],
+    }
+
+
+def run_refine(service: HandRefinerService, request: RefineRequest, lock: Any, config: ApiConfig) -> RefineResponse:
+    started = time.perf_counter()
+    args = request.settings()
+    if "controlnet" not in request.__fields_set__ and service.default_controlnet():
+        args.controlnet = service.default_controlnet()
+    check_models(args, service.listing())
+    image = decode_image(request.image, "image", config.max_pixels)
+    height, width = image.shape[:2]
+    check_boxes(args.boxes, width, height)
+    seed = args.seed if args.seed >= 0 else random.randrange(2**32)
+    decoded = time.perf_counter()
+    with lock:
+        locked = time.perf_counter()
+        perception = service.perceive(image, args)
+        if any(h.refinable for h in perception.hands):
+            result = service.refine(image, args, seed, perception=perception)
+            out, refined, infotext, message = result.image, list(result.hands), result.infotext, result.message
+            timings = dict(result.timings_ms)
+        else:
+            out, refined, infotext, timings = image, [], "", dict(perception.timings_ms)
+            message = no_hands_message(perception)
+    finished = time.perf_counter()
+    want_depth, want_mask = request.return_depth or args.save_depth, request.return_mask or args.save_mask
+    response = RefineResponse(
+        image=encode_png(out), width=width, height=height,
+        depth=encode_png(perception.depth) if want_depth else None,
+        mask=encode_png(perception.mask) if want_mask else None,
+        hands=hand_infos(perception.hands, refined), seed=seed, infotext=infotext, message=message,
+        timings_ms={**{k: float(v) for k, v in timings.items()},
+                    "decode": ms(started, decoded), "queue": ms(decoded, locked), "run": ms(locked, finished)},
+    )
+    response.timings_ms["total"] = ms(started, time.perf_counter())
+    return response
+
+
+def no_hands_message(perception: Any) -> str:
+    if not perception.hands:
+        return "No hands found; the image is unchanged."
+    return (f"{len(perception.hands)} hand(s) found, none refinable (smaller than min_hand_size or no mesh); "
+            "the image is unchanged.")
+
+
+def hand_infos(perceived: Sequence[Any], refined: Sequence[Any]) -> List[HandInfo]:
+    """Per perceived hand, with the refined hand of the same box (the pipeline refines refinable hands in order)."""
+    remaining = list(refined)
+    infos = []
+    for p in perceived:
+        match = next((r for r in remaining if tuple(int(v) for v in r.box) == tuple(int(v) for v in p.box)), None)
+        if match is None and p.refinable and remaining:
+            match = remaining[0]
+        if match is not None:
+            remaining.remove(match)
+        tried = [(float(s), finite_or_none(e)) for s, e in (match.tried if match is not None else [])]
+        kept = float(match.strength) if match is not None else None
+        infos.append(HandInfo(
+            box=tuple(int(v) for v in p.box),
+            handedness=p.hand.handedness if p.hand is not None else None,
+            score=float(p.hand.score) if p.hand is not None else None,
+            refined=match is not None, strength=kept,
+            mpjpe=next((e for s, e in tried if s == kept), None), tried=tried))
+    return infos
+
+
+def finite_or_none(value: Any) -> Optional[float]:
+    # JSON has no inf/NaN (an MPJPE is inf when the refined hand is not re-detected).
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def ms(start: float, end: float) -> float:
+    return round((end - start) * 1000.0, 2)

@@ -1,0 +1,105 @@
+"""Which model files are available, by name only.
+
+API clients and the UI pick models by name (a file name without extension, as the WebUI shows them); a name
+resolves to a path only if it is one of the listed files. Nothing a client sends is ever joined to a path, so
+`../`, absolute paths and NUL bytes cannot reach the file system.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+
+# Files each mesh model needs (looked for in the mesh folders). "landmarks" is built from MediaPipe's
+# landmarks and needs none; MeshGraphormer needs its weights, its HRNet backbone and the MANO hand model.
+MESH_MODEL_FILES: Dict[str, Sequence[str]] = {
+    "landmarks": (),
+    "graphormer": ("graphormer_hand_state_dict.bin", "hrnetv2_w64_imagenet_pretrained.pth", "MANO_RIGHT.pkl"),
+}
+
+# The WebUI (and sd-webui-controlnet) show model names as "name [hash]"; the hash is not part of the file name.
+_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]$")
+
+
+class ModelNameError(ValueError):
+    """A model name that is not a listed file; the message says which names are."""
+
+
+@dataclass(frozen=True)
+class MeshModelStatus:
+    name: str
+    available: bool
+    missing: List[str]
+
+
+@dataclass
+class ModelListing:
+    controlnets: Dict[str, Path] = field(default_factory=dict)   # name (stem) -> file
+    checkpoints: Dict[str, Path] = field(default_factory=dict)
+    mesh_models: List[MeshModelStatus] = field(default_factory=list)
+
+    def mesh_status(self, name: str) -> Optional[MeshModelStatus]:
+        return next((m for m in self.mesh_models if m.name == name), None)
+
+
+def check_name_safe(name: object, what: str) -> str:
+    """The name as a plain file name, or ModelNameError for anything that could address another path."""
+    if not isinstance(name, str):
+        raise ModelNameError(f"{what} must be a string (a model name), got {type(name).__name__}")
+    if "\x00" in name:
+        raise ModelNameError(f"{what} contains a NUL byte; give a model name from GET /handrefiner/models")
+    if "/" in name or "\\" in name or name.strip() in (".", "..") or re.match(r"^[A-Za-z]:", name):
+        raise ModelNameError(f"{what} {name!r} is a path; give a model name from GET /handrefiner/models, "
+                             "not a path")
+    return _HASH_SUFFIX.sub("", name.strip())
+
+
+def list_model_files(folders: Iterable[Path | str | None], files: Iterable[Path | str] = ()) -> Dict[str, Path]:
+    """The given files and the model files directly inside the folders, by name (stem); the first wins on a
+    clash."""
+    found: Dict[str, Path] = {Path(f).stem: Path(f) for f in files if Path(f).is_file()}
+    for folder in folders:
+        if not folder:
+            continue
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS:
+                found.setdefault(path.stem, path)
+    return found
+
+
+def mesh_model_status(folders: Iterable[Path | str | None]) -> List[MeshModelStatus]:
+    present = set()
+    for folder in folders:
+        if folder and Path(folder).is_dir():
+            present.update(p.name for p in Path(folder).iterdir() if p.is_file())
+    statuses = []
+    for name, files in MESH_MODEL_FILES.items():
+        missing = [f for f in files if f not in present]
+        statuses.append(MeshModelStatus(name=name, available=not missing, missing=missing))
+    return statuses
+
+
+def build_listing(controlnet_dirs: Sequence[Path | str | None] = (), checkpoint_dirs: Sequence[Path | str | None] = (),
+                  mesh_dirs: Sequence[Path | str | None] = (), controlnet_files: Sequence[Path | str] = (),
+                  checkpoint_files: Sequence[Path | str] = ()) -> ModelListing:
+    return ModelListing(controlnets=list_model_files(controlnet_dirs, controlnet_files),
+                        checkpoints=list_model_files(checkpoint_dirs, checkpoint_files),
+                        mesh_models=mesh_model_status(mesh_dirs))
+
+
+def resolve_name(name: object, available: Dict[str, Path], what: str) -> Path:
+    """The listed file called `name` (with or without its extension or a " [hash]" suffix)."""
+    clean = check_name_safe(name, what)
+    if clean in available:
+        return available[clean]
+    stem = Path(clean).stem if Path(clean).suffix.lower() in MODEL_EXTENSIONS else None
+    if stem is not None and stem in available:
+        return available[stem]
+    names = ", ".join(sorted(available)) or "none are installed"
+    raise ModelNameError(f"{what} {clean!r} is not an available model; available: {names}")

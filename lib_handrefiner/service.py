@@ -1,0 +1,113 @@
+"""What the REST API and the hand-box editor drive: perception and refinement with named models.
+
+`HandRefinerService` is the interface; `StandaloneService` implements it with files on disk (the `serve`
+command and the tests). The WebUI glue implements the same interface over the WebUI's loaded model and its
+model folders.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence
+
+import numpy as np
+
+from .args import HandRefinerArgs
+from .models_registry import ModelListing, build_listing, resolve_name
+
+
+class ModelLoadError(RuntimeError):
+    """A listed model file could not be loaded (a server-side problem, not the request's)."""
+
+
+class HandRefinerService(Protocol):
+    def listing(self) -> ModelListing: ...
+
+    def default_controlnet(self) -> Optional[str]:
+        """The ControlNet used when a request names none (None: the settings model's default name)."""
+
+    def perceive(self, image: np.ndarray, args: HandRefinerArgs) -> Any:
+        """-> perception.PerceptionResult"""
+
+    def refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any = None) -> Any:
+        """-> pipeline.RefineResult"""
+
+
+@dataclass
+class StandaloneFolders:
+    controlnet_dirs: Sequence[Path]
+    checkpoint_dirs: Sequence[Path]
+    mesh_dirs: Sequence[Path]
+
+
+def standard_folders(models_dir: Optional[Path]) -> StandaloneFolders:
+    """The WebUI's layout under `models_dir` (ControlNet/, Stable-diffusion/, handrefiner/) plus the folder
+    itself."""
+    base = [Path(models_dir)] if models_dir else []
+    return StandaloneFolders(controlnet_dirs=[b / "ControlNet" for b in base] + base,
+                             checkpoint_dirs=[b / "Stable-diffusion" for b in base] + base,
+                             mesh_dirs=[b / "handrefiner" for b in base] + base)
+
+
+class StandaloneService:
+    """Loads the checkpoint and ControlNet named by a request (cached, one of each at a time)."""
+
+    def __init__(self, checkpoint: Path, controlnet: Path, models_dir: Optional[Path] = None,
+                 device: str = "cpu") -> None:
+        self.checkpoint = Path(checkpoint)
+        self.controlnet = Path(controlnet)
+        self.folders = standard_folders(models_dir)
+        self.device = device
+        self._cache: Dict[str, tuple] = {}
+        self._cache_lock = threading.Lock()
+
+    def listing(self) -> ModelListing:
+        return build_listing(self.folders.controlnet_dirs, self.folders.checkpoint_dirs, self.folders.mesh_dirs,
+                             controlnet_files=[self.controlnet], checkpoint_files=[self.checkpoint])
+
+    def default_controlnet(self) -> Optional[str]:
+        return self.controlnet.stem
+
+    def perceive(self, image: np.ndarray, args: HandRefinerArgs) -> Any:
+        from .perception import perceive
+        return perceive(image, args, mesh_model=self._mesh_model(args.mesh_model))
+
+    def refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any = None) -> Any:
+        from .pipeline import refine_image
+        listing = self.listing()
+        controlnet_path = resolve_name(args.controlnet, listing.controlnets, "controlnet")
+        checkpoint_path = (resolve_name(args.inpaint_checkpoint, listing.checkpoints, "inpaint_checkpoint")
+                           if args.inpaint_checkpoint else self.checkpoint)
+        sd = self._load("sd", checkpoint_path, self._load_sd)
+        controlnet = self._load("controlnet", controlnet_path, self._load_controlnet)
+        return refine_image(image, sd, controlnet, args, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                            seed=seed, mesh_model=self._mesh_model(args.mesh_model), perception=perception)
+
+    def _mesh_model(self, name: str) -> Any:
+        from .mesh import get_mesh_model
+        mesh_dir = next((d for d in self.folders.mesh_dirs if Path(d).is_dir()), None)
+        return self._load("mesh", Path(f"{name}@{mesh_dir}"), lambda _: get_mesh_model(name, models_dir=mesh_dir))
+
+    def _load_sd(self, path: Path) -> Any:
+        from .sd_model import load_sd_checkpoint
+        config = path.with_suffix(".yaml")
+        return load_sd_checkpoint(path, config_path=config if config.is_file() else None, device=self.device)
+
+    def _load_controlnet(self, path: Path) -> Any:
+        from .controlnet import load_controlnet
+        return load_controlnet(path, device=self.device)
+
+    def _load(self, kind: str, path: Path, loader: Callable[[Path], Any]) -> Any:
+        # One model of each kind stays loaded: switching frees the previous one before loading the next.
+        with self._cache_lock:
+            cached = self._cache.get(kind)
+            if cached is not None and cached[0] == path:
+                return cached[1]
+            self._cache.pop(kind, None)
+            try:
+                model = loader(path)
+            except (OSError, ValueError, RuntimeError, KeyError) as e:
+                raise ModelLoadError(f"could not load the {kind} model {path.name}: {e}") from e
+            self._cache[kind] = (path, model)
+            return model

@@ -1,0 +1,276 @@
+"""The /handrefiner/* REST API on a real FastAPI app (TestClient), backed by the real pipeline with tiny models."""
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi import FastAPI, HTTPException
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lib_handrefiner import __version__
+from lib_handrefiner.api import DEFAULT_MAX_PIXELS, ApiConfig, decode_image, InputError, mount, validate_script_args
+from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.models_registry import ModelNameError, build_listing, check_name_safe, resolve_name
+from lib_handrefiner.service import StandaloneService
+
+ROOT = Path(__file__).resolve().parents[1]
+MALFORMED = ROOT / "examples" / "malformed_1.jpg"
+
+
+def b64_file(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def b64_image(array: np.ndarray, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height, with one tiny IDAT: a decompression-bomb shape, 60 bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def decode_png(text: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
+
+
+@pytest.fixture(scope="session")
+def service(tiny_models) -> StandaloneService:
+    return StandaloneService(tiny_models.checkpoint, tiny_models.controlnet)
+
+
+@pytest.fixture(scope="session")
+def client(service) -> TestClient:
+    app = FastAPI()
+    mount(app, service, threading.Lock())
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def error_of(response) -> tuple[list, str]:
+    detail = response.json()["detail"]
+    return detail[0]["loc"], detail[0]["msg"]
+
+
+# ---- GET endpoints --------------------------------------------------------------------------------------------
+
+def test_version_and_schema(client):
+    assert client.get("/handrefiner/version").json() == {"name": "HandRefiner", "version": __version__}
+    schema = client.get("/handrefiner/schema").json()
+    assert set(schema["properties"]) == set(HandRefinerArgs.__fields__)
+    assert schema["properties"]["strength"]["default"] == 0.55
+    assert schema["additionalProperties"] is False
+
+
+def test_models_lists_the_tiny_controlnet_and_mesh_models(client, tiny_models):
+    models = client.get("/handrefiner/models").json()
+    assert tiny_models.controlnet.stem in models["controlnets"]
+    assert models["default_controlnet"] == tiny_models.controlnet.stem
+    mesh = {m["name"]: m for m in models["mesh_models"]}
+    assert mesh["landmarks"] == {"name": "landmarks", "available": True, "missing": []}
+    assert mesh["graphormer"]["available"] is False and "MANO_RIGHT.pkl" in mesh["graphormer"]["missing"]
+
+
+def test_openapi_documents_the_request(client):
+    spec = client.get("/openapi.json").json()
+    assert "/handrefiner/refine" in spec["paths"]
+    request = spec["components"]["schemas"]["RefineRequest"]["properties"]
+    assert {"image", "return_depth", "return_mask", "strength", "boxes", "prompt"} <= set(request)
+
+
+# ---- happy path and no hands ----------------------------------------------------------------------------------
+
+def test_refine_happy_path_on_a_malformed_hand(client):
+    source = np.asarray(Image.open(MALFORMED).convert("RGB"))
+    response = client.post("/handrefiner/refine", json={
+        "image": "data:image/jpeg;base64," + b64_file(MALFORMED), "steps": 2, "crop_resolution": 64, "seed": 7,
+        "return_depth": True, "return_mask": True, "prompt": "a hand"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    refined, mask, depth = decode_png(body["image"]), decode_png(body["mask"]), decode_png(body["depth"])
+    assert refined.shape == source.shape and mask.shape == depth.shape == source.shape[:2]
+    assert body["hands"] and any(h["refined"] for h in body["hands"])
+    hand = next(h for h in body["hands"] if h["refined"])
+    assert hand["handedness"] in ("left", "right") and 0 < hand["score"] <= 1 and hand["strength"] == 0.55
+    x0, y0, x1, y1 = hand["box"]
+    assert mask[y0:y1, x0:x1].max() == 255 and depth.max() > 0
+    # Pixels change only where the (feathered) mask allows: far outside every box the image is untouched.
+    outside = np.ones(mask.shape, bool)
+    for h in body["hands"]:
+        bx0, by0, bx1, by1 = h["box"]
+        outside[max(0, by0 - 40):by1 + 40, max(0, bx0 - 40):bx1 + 40] = False
+    assert np.abs(refined.astype(int) - source.astype(int))[outside].max() <= 1
+    assert np.abs(refined.astype(int) - source.astype(int))[mask > 0].mean() > 1
+    assert body["seed"] == 7 and "HandRefiner" in body["infotext"]
+    assert {"decode", "queue", "run", "total"} <= set(body["timings_ms"])
+
+
+def test_no_hands_returns_the_image_unchanged(client):
+    grey = np.full((96, 128, 3), 128, np.uint8)
+    response = client.post("/handrefiner/refine", json={"image": b64_image(grey), "return_mask": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert np.array_equal(decode_png(body["image"]), grey)
+    assert body["hands"] == [] and "No hands" in body["message"]
+    assert decode_png(body["mask"]).max() == 0 and body["depth"] is None
+
+
+def test_webp_input_is_accepted(client):
+    grey = np.full((40, 50, 3), 90, np.uint8)
+    response = client.post("/handrefiner/refine", json={"image": b64_image(grey, "WEBP")})
+    assert response.status_code == 200, response.text
+    assert decode_png(response.json()["image"]).shape == (40, 50, 3)
+
+
+# ---- bad input: each a 4xx naming the field -------------------------------------------------------------------
+
+GREY = b64_image(np.full((64, 64, 3), 128, np.uint8))
+
+
+@pytest.mark.parametrize("payload, field, words", [
+    ({"image": GREY, "colour": 1}, "colour", "extra fields"),
+    ({"image": GREY, "steps": "thirty"}, "steps", "integer"),
+    ({"image": GREY, "steps": 2.5}, "steps", "integer"),
+    ({"image": GREY, "crop": 1}, "crop", "boolean"),
+    ({"image": GREY, "steps": 0}, "steps", "greater than or equal"),
+    ({"image": GREY, "strength": 2.5}, "strength", "less than or equal"),
+    ({"image": GREY, "mode": "magic"}, "mode", "permitted"),
+    ({"image": GREY, "adaptive_strengths": [0.5, 3]}, "adaptive_strengths", "[0, 2]"),
+    ({"image": GREY, "boxes": [[10, 10, 5, 20]]}, "boxes", "x1 > x0"),
+    ({"image": GREY, "boxes": [[10, 10, 20]]}, "boxes", "4 numbers"),
+    ({"image": GREY, "boxes": [[10, 10, 80, 20]]}, "boxes", "outside the 64x64 image"),
+    ({"image": GREY, "boxes": [[-1, 0, 20, 20]]}, "boxes", "outside"),
+    ({}, "image", "field required"),
+    ({"image": 5}, "image", "string"),
+    ({"image": ""}, "image", "empty"),
+    ({"image": "not base64!!"}, "image", "not valid base64"),
+    ({"image": "data:image/png,abc"}, "image", "without ';base64'"),
+    ({"image": "data:image/png;base64,"}, "image", "empty"),
+    ({"image": "===="}, "image", "not valid base64"),
+    ({"image": base64.b64encode(b"hello, not an image").decode()}, "image", "not a PNG, JPEG or WebP"),
+    ({"image": b64_image(np.zeros((8, 8, 3), np.uint8), "GIF")}, "image", "GIF"),
+    ({"image": base64.b64encode(base64.b64decode(GREY)[:60]).decode()}, "image", "truncated"),
+    ({"image": GREY, "controlnet": "../../etc/passwd"}, "controlnet", "is a path"),
+    ({"image": GREY, "controlnet": "/abs/model"}, "controlnet", "is a path"),
+    ({"image": GREY, "controlnet": "model\x00.safetensors"}, "controlnet", "NUL"),
+    ({"image": GREY, "controlnet": "not_installed"}, "controlnet", "not an available model"),
+    ({"image": GREY, "inpaint_checkpoint": "..\\sd"}, "inpaint_checkpoint", "is a path"),
+    ({"image": GREY, "mesh_model": "graphormer"}, "mesh_model", "MANO_RIGHT.pkl"),
+])
+def test_bad_input_is_a_422_naming_the_field(client, payload, field, words):
+    response = client.post("/handrefiner/refine", json=payload)
+    assert response.status_code == 422, response.text
+    loc, msg = error_of(response)
+    assert loc[:2] == ["body", field], (loc, msg)
+    assert words in msg, msg
+
+
+@pytest.mark.parametrize("side, words", [(5000, "5000x5000 = 25000000 pixels"), (30000, "too large")])
+def test_decompression_bomb_is_refused_before_decoding(client, side, words):
+    bomb = base64.b64encode(png_header_only(side, side)).decode()
+    assert len(bomb) < 100  # decoding its pixels would need side*side*3 bytes
+    response = client.post("/handrefiner/refine", json={"image": bomb})
+    assert response.status_code == 413
+    loc, msg = error_of(response)
+    assert loc == ["body", "image"] and words in msg
+
+
+def test_pixel_limit_is_configurable():
+    with pytest.raises(InputError) as e:
+        decode_image(b64_image(np.zeros((40, 40, 3), np.uint8)), max_pixels=1000)
+    assert e.value.status == 413 and "40x40 = 1600 pixels" in e.value.message
+    assert decode_image(b64_image(np.zeros((30, 30, 3), np.uint8)), max_pixels=1000).shape == (30, 30, 3)
+    assert DEFAULT_MAX_PIXELS >= 4096 * 4096
+
+
+def test_not_json_and_wrong_shapes_are_4xx(client):
+    assert client.post("/handrefiner/refine", content=b"{not json",
+                       headers={"content-type": "application/json"}).status_code == 422
+    assert client.post("/handrefiner/refine", json=[1, 2]).status_code == 422
+    assert client.post("/handrefiner/refine", json={"image": GREY, "boxes": "0 0 1 1"}).status_code == 422
+
+
+def test_decoding_keeps_exif_orientation_and_modes():
+    gradient = np.tile(np.arange(60, dtype=np.uint8)[None, :, None], (20, 1, 3))
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    Image.fromarray(gradient).save(buffer, format="JPEG", exif=exif, quality=95)
+    rotated = decode_image(base64.b64encode(buffer.getvalue()).decode())
+    assert rotated.shape == (60, 20, 3)
+    grey16 = io.BytesIO()
+    Image.fromarray(np.full((10, 12), 40000, np.uint16)).save(grey16, format="PNG")
+    rgb = decode_image(base64.b64encode(grey16.getvalue()).decode())
+    assert rgb.shape == (10, 12, 3) and rgb.dtype == np.uint8 and 150 <= rgb[0, 0, 0] <= 160
+
+
+# ---- model names ----------------------------------------------------------------------------------------------
+
+def test_model_names_resolve_only_to_listed_files(tmp_path):
+    (tmp_path / "ControlNet").mkdir()
+    (tmp_path / "ControlNet" / "hand_depth.safetensors").write_bytes(b"x")
+    (tmp_path / "secret.txt").write_text("no")
+    listing = build_listing([tmp_path / "ControlNet", tmp_path])
+    assert list(listing.controlnets) == ["hand_depth"]
+    path = tmp_path / "ControlNet" / "hand_depth.safetensors"
+    assert resolve_name("hand_depth", listing.controlnets, "controlnet") == path
+    assert resolve_name("hand_depth.safetensors", listing.controlnets, "controlnet") == path
+    assert resolve_name("hand_depth [a1b2c3d4]", listing.controlnets, "controlnet") == path
+    for bad in ("secret", "secret.txt", "../secret.txt", "ControlNet/hand_depth", "C:model", "..", "x\x00y", 3):
+        with pytest.raises(ModelNameError):
+            resolve_name(bad, listing.controlnets, "controlnet")
+    assert check_name_safe(" name ", "controlnet") == "name"
+
+
+# ---- alwayson_scripts args ------------------------------------------------------------------------------------
+
+def test_alwayson_args_dict_and_positional():
+    assert validate_script_args({"enabled": True, "strength": 0.7}).strength == 0.7
+    assert validate_script_args([{"enabled": True}]).enabled is True
+    positional = validate_script_args([True, 0.8, "adaptive"])
+    assert (positional.enabled, positional.strength, positional.mode) == (True, 0.8, "adaptive")
+
+
+@pytest.mark.parametrize("args, loc_end, words", [
+    ({"strenght": 0.5}, "strenght", "extra fields"),
+    ({"strength": 9}, "strength", "less than or equal"),
+    ([True, "strong"], "strength", "float"),
+    ([True] * 60, "args", "at most"),
+])
+def test_alwayson_args_errors_are_422_naming_the_field(args, loc_end, words):
+    with pytest.raises(HTTPException) as e:
+        validate_script_args(args)
+    assert e.value.status_code == 422
+    detail = e.value.detail[0]
+    assert detail["loc"][:3] == ["alwayson_scripts", "HandRefiner", "args"] and detail["loc"][-1] == loc_end
+    assert words in detail["msg"]
+
+
+# ---- one at a time --------------------------------------------------------------------------------------------
+
+def test_requests_wait_for_the_lock(service):
+    lock = threading.Lock()
+    app = FastAPI()
+    mount(app, service, lock, ApiConfig())
+    client = TestClient(app)
+    results = []
+    lock.acquire()
+    worker = threading.Thread(target=lambda: results.append(
+        client.post("/handrefiner/refine", json={"image": GREY}).status_code))
+    worker.start()
+    worker.join(timeout=1.0)
+    assert worker.is_alive() and not results  # blocked on the held lock (e.g. the WebUI generating)
+    lock.release()
+    worker.join(timeout=60)
+    assert results == [200]

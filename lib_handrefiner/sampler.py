@@ -1,0 +1,177 @@
+"""HandRefiner's sampler: DDIM with the known region re-noised and blended back at every step (paper eq. 1–2),
+classifier-free guidance with the extra negative prompt (eq. 3), and the ControlNet on both guidance branches.
+
+The core (`ddim_inpaint`) is a pure function over a denoiser callable `eps = denoise(x, t)`, so it reads like the
+paper and can be checked against a direct implementation. `sample_inpaint` wires an `SDModel` and a ControlNet
+into it; it samples several control strengths as one batch from the same noise (adaptive mode).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from lib_handrefiner.sd_model import SDModel
+
+LATENT_SCALE = 8  # the SD 1.x VAE downsamples by 8
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,4,h,w), t (B,) long) -> eps
+
+
+class SamplingInterrupted(Exception):
+    """should_stop() returned True between two steps."""
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    timesteps: torch.Tensor    # (K,) long, descending: the t the UNet sees at each step
+    alphas: torch.Tensor       # (K,) float64: ᾱ at each step's t
+    alphas_next: torch.Tensor  # (K,) float64: ᾱ the step moves to (ldm calls it "prev")
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+
+def ddim_schedule(alphas_cumprod: torch.Tensor, steps: int, denoising_strength: float = 1.0) -> DDIMSchedule:
+    """ldm's "uniform" DDIM discretisation (t = 1, 1+c, 1+2c, …) with exactly `steps` steps; a denoising
+    strength below 1 keeps only the last `round(steps * strength)` steps (img2img)."""
+    ac = alphas_cumprod.detach().to("cpu", torch.float64)
+    total = len(ac)
+    if not 1 <= steps <= total:
+        raise ValueError(f"steps must lie in [1, {total}], got {steps}")
+    ascending = torch.arange(steps) * (total // steps) + 1
+    alphas = ac[ascending]
+    alphas_next = torch.cat([ac[:1], ac[ascending[:-1]]])
+    keep = max(1, min(steps, round(steps * denoising_strength)))
+    return DDIMSchedule(timesteps=ascending.flip(0)[-keep:], alphas=alphas.flip(0)[-keep:],
+                        alphas_next=alphas_next.flip(0)[-keep:])
+
+
+def noise_to_level(x0: torch.Tensor, noise: torch.Tensor, alpha: float) -> torch.Tensor:
+    """A sample of q(x_t | x_0) = N(√ᾱ x_0, (1 − ᾱ) I)."""
+    return alpha ** 0.5 * x0 + (1.0 - alpha) ** 0.5 * noise
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha: float, alpha_next: float, eta: float = 0.0,
+              noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM update (Song et al. eq. 12): returns (x_next, predicted x_0)."""
+    x0 = (x - (1.0 - alpha) ** 0.5 * eps) / alpha ** 0.5
+    sigma = eta * ((1.0 - alpha_next) / (1.0 - alpha) * (1.0 - alpha / alpha_next)) ** 0.5
+    x_next = alpha_next ** 0.5 * x0 + (1.0 - alpha_next - sigma ** 2) ** 0.5 * eps
+    if sigma > 0:
+        x_next = x_next + sigma * noise
+    return x_next, x0
+
+
+def blend_known(x: torch.Tensor, known_noised: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 2: the hand (mask 1) from the sample, everything else from the re-noised original."""
+    return mask * x + (1.0 - mask) * known_noised
+
+
+def ddim_inpaint(denoise: DenoiseFn, x_T: torch.Tensor, known_latent: torch.Tensor, mask: torch.Tensor,
+                 schedule: DDIMSchedule, generator: torch.Generator, eta: float = 0.0,
+                 callback: Optional[Callable[[int, int], None]] = None,
+                 should_stop: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+    """DDIM from x_T over `schedule`; after every step but the last, the known region is replaced by the
+    original latent noised to the level just reached (eq. 1) and blended in (eq. 2). The last step is left
+    unmasked so that the hand and its surroundings harmonise.
+
+    Noise comes from `generator` (on the CPU, so results match across devices) in the shape of `known_latent`,
+    so every sample of a batch sees the same noise."""
+    x = x_T
+    for i in range(len(schedule)):
+        if should_stop is not None and should_stop():
+            raise SamplingInterrupted
+        t = schedule.timesteps[i].to(x.device).expand(x.shape[0])
+        alpha, alpha_next = float(schedule.alphas[i]), float(schedule.alphas_next[i])
+        eps = denoise(x, t)
+        step_noise = _randn_like(known_latent, generator) if eta > 0 else None
+        x, _ = ddim_step(x, eps, alpha, alpha_next, eta, step_noise)
+        if i < len(schedule) - 1:
+            known = noise_to_level(known_latent, _randn_like(known_latent, generator), alpha_next)
+            x = blend_known(x, known, mask)
+        if callback is not None:
+            callback(i + 1, len(schedule))
+    return x
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+
+
+def cfg_denoiser(sd: SDModel, cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float,
+                 c_concat: Optional[torch.Tensor] = None) -> DenoiseFn:
+    """Paper eq. 3: ε = ε(x, ∅') + w (ε(x, c) − ε(x, ∅')), where ∅' is the negative prompt with the extra
+    "fake 3D rendered image". Both branches run as one batch [uncond × B, cond × B]; the ControlNet hooks see
+    that batch, so control applies to both."""
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        concat = None if c_concat is None else c_concat.expand(b, -1, -1, -1)
+        if cfg_scale == 1.0:
+            return sd.apply_unet(x, t, cond.expand(b, -1, -1), concat)
+        context = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)])
+        concat = None if concat is None else torch.cat([concat, concat])
+        eps_uncond, eps_cond = sd.apply_unet(torch.cat([x, x]), torch.cat([t, t]), context, concat).chunk(2)
+        return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+
+    return denoise
+
+
+def with_extra_negative(negative: str, extra: str) -> str:
+    return ", ".join(p for p in (negative.strip(), extra.strip()) if p)
+
+
+def latent_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) in {0,1} → (B,1,H/8,W/8): a latent cell belongs to the hand if any of its pixels does, so the
+    blend never pastes the old hand back."""
+    return F.max_pool2d(mask, LATENT_SCALE)
+
+
+@dataclass
+class InpaintRequest:
+    image: torch.Tensor        # (1,3,H,W) in [-1,1], H and W multiples of 8
+    mask: torch.Tensor         # (1,1,H,W) in {0,1}, 1 = hand (regenerated)
+    hint: torch.Tensor         # (1,3,H,W) in [0,1]: the depth map
+    prompt: str
+    negative_prompt: str       # already including the extra negative
+    steps: int = 30
+    cfg_scale: float = 9.0
+    denoising_strength: float = 1.0
+    eta: float = 0.0
+
+
+def sample_inpaint(sd: SDModel, controlnet, request: InpaintRequest, strengths: Sequence[float], seed: int,
+                   callback: Optional[Callable[[int, int], None]] = None,
+                   should_stop: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+    """Refined images (len(strengths),3,H,W) in [-1,1], one per control strength, all from the same noise."""
+    if request.image.shape[-1] % LATENT_SCALE or request.image.shape[-2] % LATENT_SCALE:
+        raise ValueError(f"image size {tuple(request.image.shape[-2:])} must be a multiple of {LATENT_SCALE}")
+    device, dtype = sd.device, sd.dtype
+    image = request.image.to(device, dtype)
+    mask = (request.mask > 0.5).to(device, dtype)
+    known = sd.encode_image(image)
+    m = latent_mask(mask)
+    c_concat = None
+    if sd.in_channels == 9:  # inpainting UNet: it also sees where the hole is and what surrounds it
+        c_concat = torch.cat([m, sd.encode_image(image * (1.0 - mask))], dim=1)
+    cond = sd.encode_text([request.prompt])
+    uncond = sd.encode_text([request.negative_prompt])
+    schedule = ddim_schedule(sd.alphas_cumprod, request.steps, request.denoising_strength)
+    generator = torch.Generator().manual_seed(int(seed))
+    noise = _randn_like(known, generator)
+    x_T = noise if request.denoising_strength >= 1.0 else noise_to_level(known, noise, float(schedule.alphas[0]))
+    x_T = x_T.expand(len(strengths), -1, -1, -1)
+    denoise = cfg_denoiser(sd, cond, uncond, request.cfg_scale, c_concat)
+    branches = 1 if request.cfg_scale == 1.0 else 2
+    strength = torch.tensor(list(strengths) * branches, device=device, dtype=dtype)
+    control = nullcontext()
+    if controlnet is not None:
+        from lib_handrefiner.controlnet import inject_control
+
+        control = inject_control(sd.unet, controlnet, request.hint.to(device, dtype), strength)
+    with torch.no_grad(), control:
+        z = ddim_inpaint(denoise, x_T, known, m, schedule, generator, request.eta, callback, should_stop)
+        return sd.decode_latent(z).float()

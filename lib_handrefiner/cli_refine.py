@@ -1,0 +1,140 @@
+"""`python -m lib_handrefiner refine IMAGE... --checkpoint CKPT --controlnet CN`: refine the hands of images.
+
+Writes `<stem>.refined.png` (the generation parameters in its PNG text under `parameters`, with a line starting
+`HandRefiner:`) and `<stem>.refine.json` (hands, boxes, strengths, seed, timings) for each image. An image without
+refinable hands is written unchanged and its JSON says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from lib_handrefiner.args import HandRefinerArgs
+
+DEFAULTS = HandRefinerArgs()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="images to refine")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="single-file SD 1.x inpainting checkpoint (.safetensors or .ckpt; a .yaml of the same "
+                             "name beside it is used as its config)")
+    parser.add_argument("--controlnet", required=True, metavar="CN",
+                        help="HandRefiner depth ControlNet (e.g. control_sd15_inpaint_depth_hand_fp16.safetensors)")
+    parser.add_argument("--prompt", default="", metavar="P", help="prompt for the hands")
+    parser.add_argument("--negative", default="", metavar="N",
+                        help=f"negative prompt (\"{DEFAULTS.extra_negative}\" is always appended)")
+    strength = parser.add_mutually_exclusive_group()
+    strength.add_argument("--strength", type=float, default=DEFAULTS.strength, metavar="S",
+                          help=f"control strength (default {DEFAULTS.strength})")
+    strength.add_argument("--adaptive", action="store_true",
+                          help="search the strength per hand: the first whose pose error passes")
+    parser.add_argument("--steps", type=int, default=DEFAULTS.steps, metavar="K",
+                        help=f"DDIM steps (default {DEFAULTS.steps})")
+    parser.add_argument("--cfg", type=float, default=DEFAULTS.cfg_scale, metavar="W",
+                        help=f"classifier-free guidance scale (default {DEFAULTS.cfg_scale:g})")
+    parser.add_argument("--seed", type=int, default=-1, metavar="X", help="seed (default: a random one per image)")
+    parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: out)")
+    parser.add_argument("--save-depth", action="store_true", help="also write <stem>.depth.png")
+    parser.add_argument("--save-mask", action="store_true", help="also write <stem>.mask.png")
+
+
+def settings(ns: argparse.Namespace) -> HandRefinerArgs:
+    return HandRefinerArgs(enabled=True, strength=ns.strength, mode="adaptive" if ns.adaptive else "fixed",
+                           steps=ns.steps, cfg_scale=ns.cfg, seed=ns.seed, save_depth=ns.save_depth,
+                           save_mask=ns.save_mask)
+
+
+def parameters_text(prompt: str, negative: str, infotext: str) -> str:
+    """The WebUI's `parameters` layout: prompt, "Negative prompt: …", then the key: value line."""
+    lines = [prompt] if prompt else []
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    return "\n".join(lines + [infotext])
+
+
+def save_png(path: Path, rgb, parameters: str | None = None) -> None:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if parameters is not None:
+        info = PngInfo()
+        info.add_text("parameters", parameters)
+    Image.fromarray(rgb).save(path, pnginfo=info)
+
+
+def report(image_path: Path, output: Path, result, args: HandRefinerArgs) -> dict:
+    p = result.perception
+    return {
+        "image": str(image_path), "output": str(output), "width": p.width, "height": p.height,
+        "refined": bool(result.hands), "message": result.message, "seed": result.seed,
+        "mode": args.mode, "strength": args.strength if args.mode == "fixed" else None,
+        "detected": [{"box": [int(v) for v in h.box], "refinable": bool(h.refinable),
+                      "handedness": h.hand.handedness if h.hand else None,
+                      "score": float(h.hand.score) if h.hand else None} for h in p.hands],
+        "hands": [asdict(h) for h in result.hands],
+        "infotext": result.infotext,
+        "timings_ms": {k: round(v, 1) for k, v in {**p.timings_ms, **result.timings_ms}.items()},
+    }
+
+
+def _device():
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.float16
+    return "cpu", torch.float32
+
+
+def run(ns: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
+    from lib_handrefiner.imageio import ImageError, load_image
+    from lib_handrefiner.pipeline import refine_image
+    from lib_handrefiner.sd_model import CheckpointError, load_sd_checkpoint
+
+    try:
+        args = settings(ns)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device, dtype = _device()
+    try:
+        sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
+        controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype)
+    except (CheckpointError, ControlNetLoadError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(ns.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for name in ns.images:
+        path = Path(name)
+        try:
+            rgb = load_image(path)
+        except ImageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        with tqdm(desc=path.name, unit="step", leave=False) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result = refine_image(rgb, sd, controlnet, args, prompt=ns.prompt, negative_prompt=ns.negative,
+                                  progress=progress)
+        output = out_dir / f"{path.stem}.refined.png"
+        save_png(output, result.image, parameters_text(ns.prompt, ns.negative, result.infotext))
+        if ns.save_depth:
+            save_png(out_dir / f"{path.stem}.depth.png", result.perception.depth)
+        if ns.save_mask:
+            save_png(out_dir / f"{path.stem}.mask.png", result.perception.mask)
+        data = report(path, output, result, args)
+        (out_dir / f"{path.stem}.refine.json").write_text(json.dumps(data, indent=2))
+        print(f"{path.name}: {result.message} -> {output}")
+    return 1 if failures else 0

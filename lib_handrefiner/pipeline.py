@@ -1,0 +1,323 @@
+"""Image → perception → per-hand crops → refine → composite.
+
+Each refinable hand (or all hands at once, `hands_together`) gets a square crop around its mask box, resized to
+the working resolution, so small hands are refined at full resolution. The mesh is moved into the crop and its
+depth rendered there (crisp at any zoom); the refined crop is resized back and composited through the feathered
+mask: pixels outside it are the original's, byte for byte. Crops may hang over the image edge (edge-padded), so
+any image size or aspect works.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.sampler import LATENT_SCALE, InpaintRequest, SamplingInterrupted, sample_inpaint, \
+    with_extra_negative
+from lib_handrefiner.sd_model import SDModel
+
+Box = Tuple[int, int, int, int]
+CROP_CONTEXT = 0.5      # a crop's side is the mask box's longest side × (1 + this): room for the arm and background
+ADAPTIVE_BATCH = 2      # strengths sampled per batch in adaptive mode
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class CropRegion:
+    """A rectangle in image pixels (may extend past the image) and the working size it is resized to."""
+    x0: int
+    y0: int
+    width: int
+    height: int
+    work_width: int      # multiples of 8
+    work_height: int
+
+    @property
+    def scale(self) -> float:
+        return self.work_width / self.width
+
+
+@dataclass
+class RefinedHand:
+    box: Box
+    handedness: str
+    score: float
+    strength: float
+    tried: List[Tuple[float, float]] = field(default_factory=list)  # (strength, mpjpe px) in adaptive mode
+    seed: int = 0
+    crop: Optional[Box] = None      # x0, y0, x1, y1 of the crop region (may extend past the image)
+
+
+@dataclass
+class RefineResult:
+    image: np.ndarray               # RGB uint8, the input's size
+    perception: Any                 # PerceptionResult
+    hands: List[RefinedHand]
+    infotext: str
+    timings_ms: dict
+    message: str
+    seed: int = 0
+
+
+def round_up(n: float, multiple: int = LATENT_SCALE) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def hand_crop_region(box: Sequence[float], image_w: int, image_h: int, resolution: int) -> CropRegion:
+    """A square around `box` with CROP_CONTEXT margin, moved inside the image where it fits, centred on the
+    image where it is larger (then edge-padded)."""
+    x0, y0, x1, y1 = box
+    side = max(8, int(math.ceil(max(x1 - x0, y1 - y0) * (1.0 + CROP_CONTEXT))))
+    resolution = round_up(resolution)
+
+    def place(center: float, extent: int) -> int:
+        start = int(round(center - side / 2))
+        return min(max(start, 0), extent - side) if side <= extent else (extent - side) // 2
+
+    return CropRegion(place((x0 + x1) / 2, image_w), place((y0 + y1) / 2, image_h), side, side, resolution,
+                      resolution)
+
+
+def whole_image_region(image_w: int, image_h: int) -> CropRegion:
+    """crop=False: the whole image at its own resolution, padded to multiples of 8."""
+    w, h = round_up(image_w), round_up(image_h)
+    return CropRegion(0, 0, w, h, w, h)
+
+
+def cut(array: np.ndarray, region: CropRegion, pad_mode: str) -> np.ndarray:
+    """The region of an H×W(×C) array; parts outside the image are edge-replicated ("edge") or zero ("constant")."""
+    h, w = array.shape[:2]
+    x0, y0, x1, y1 = region.x0, region.y0, region.x0 + region.width, region.y0 + region.height
+    inner = array[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+    pads = [(max(-y0, 0), max(y1 - h, 0)), (max(-x0, 0), max(x1 - w, 0))] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(inner, pads, mode=pad_mode) if any(p != (0, 0) for p in pads) else inner
+
+
+def resize(array: np.ndarray, width: int, height: int, resample=Image.LANCZOS) -> np.ndarray:
+    if array.shape[1] == width and array.shape[0] == height:
+        return array
+    return np.array(Image.fromarray(array).resize((width, height), resample))
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 H×W×3 → (1,3,H,W) in [-1,1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> List[np.ndarray]:
+    """(B,3,H,W) in [-1,1] → list of uint8 H×W×3."""
+    arr = ((x.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return list(arr)
+
+
+def grow_box(box: Sequence[float], by: int, w: int, h: int) -> Box:
+    x0, y0, x1, y1 = box
+    return (max(0, int(math.floor(x0)) - by), max(0, int(math.floor(y0)) - by),
+            min(w, int(math.ceil(x1)) + by), min(h, int(math.ceil(y1)) + by))
+
+
+def region_mask(mask: np.ndarray, boxes: Sequence[Sequence[float]], region: CropRegion, dilation: int,
+                margin: int) -> np.ndarray:
+    """The part of the perception mask that belongs to `boxes` (grown by the mask dilation), kept `margin` px
+    inside the crop region so the feathered edge never reaches beyond the refined pixels."""
+    h, w = mask.shape
+    keep = np.zeros_like(mask, dtype=bool)
+    for box in boxes:
+        x0, y0, x1, y1 = grow_box(box, dilation, w, h)
+        keep[y0:y1, x0:x1] = True
+    # Only region edges inside the image need the margin; at the image border there is nothing to bleed into.
+    x0 = region.x0 + margin if region.x0 > 0 else 0
+    y0 = region.y0 + margin if region.y0 > 0 else 0
+    x1 = region.x0 + region.width - margin if region.x0 + region.width < w else w
+    y1 = region.y0 + region.height - margin if region.y0 + region.height < h else h
+    inside = np.zeros_like(keep)
+    inside[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = True
+    return np.where(keep & inside & (mask > 0), 255, 0).astype(np.uint8)
+
+
+def composite(original: np.ndarray, refined_region: np.ndarray, region: CropRegion, weight: np.ndarray
+              ) -> np.ndarray:
+    """original·(1−f) + refined·f inside the region; every pixel with f = 0 stays the original's exactly."""
+    h, w = original.shape[:2]
+    x0, y0 = max(region.x0, 0), max(region.y0, 0)
+    x1, y1 = min(region.x0 + region.width, w), min(region.y0 + region.height, h)
+    patch = refined_region[y0 - region.y0:y1 - region.y0, x0 - region.x0:x1 - region.x0].astype(np.float32)
+    f = weight[y0:y1, x0:x1, None]
+    orig = original[y0:y1, x0:x1]
+    blended = np.clip(np.rint(orig.astype(np.float32) * (1.0 - f) + patch * f), 0, 255).astype(np.uint8)
+    out = original.copy()
+    out[y0:y1, x0:x1] = np.where(f > 0, blended, orig)
+    return out
+
+
+def format_infotext(entries: dict) -> str:
+    """A1111-style "Key: value, Key: value"; values with separators are JSON-quoted."""
+    import json
+
+    def fmt(v: Any) -> str:
+        s = str(v)
+        return json.dumps(s) if any(c in s for c in ',:\n"') else s
+
+    return ", ".join(f"{k}: {fmt(v)}" for k, v in entries.items())
+
+
+def choose_seed(seed: Optional[int], args: HandRefinerArgs) -> int:
+    if seed is not None and seed >= 0:
+        return int(seed) % 2 ** 32
+    if args.seed >= 0:
+        return args.seed
+    return secrets.randbelow(2 ** 32)
+
+
+@dataclass
+class _Unit:
+    """One sampling pass: one hand, or all hands together."""
+    hands: list          # PerceivedHand
+    region: CropRegion
+    seed: int
+
+
+def _units(perception, args: HandRefinerArgs, base_seed: int) -> List[_Unit]:
+    hands = [h for h in perception.hands if h.refinable]
+    if not hands:
+        return []
+    w, h = perception.width, perception.height
+    if not args.crop:
+        return [_Unit(hands, whole_image_region(w, h), base_seed)]
+    if args.hands_together:
+        boxes = np.array([hd.box for hd in hands], dtype=float)
+        union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+        return [_Unit(hands, hand_crop_region(union, w, h, args.crop_resolution), base_seed)]
+    return [_Unit([hd], hand_crop_region(hd.box, w, h, args.crop_resolution), (base_seed + i) % 2 ** 32)
+            for i, hd in enumerate(hands)]
+
+
+def _render_hint(all_meshes: list, region: CropRegion) -> np.ndarray:
+    from lib_handrefiner.depth import render_depth
+    from lib_handrefiner.mesh import transform_mesh
+
+    meshes = [transform_mesh(m, region.scale, (region.x0, region.y0)) for m in all_meshes]
+    return render_depth(meshes, region.work_width, region.work_height).depth
+
+
+def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: str = "", negative_prompt: str = "",
+                 seed: Optional[int] = None, mesh_model=None, perception=None, progress: Optional[ProgressFn] = None,
+                 should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
+    """Refines the hands of `image` (any RGB input `imageio.to_rgb` takes). `args.prompt`/`negative_prompt`, when
+    set, override the job's prompts given here. `perception` skips detection (e.g. user-edited boxes)."""
+    from lib_handrefiner.imageio import to_rgb
+    from lib_handrefiner.masking import feather
+
+    started = time.perf_counter()
+    timings: dict = {}
+    original = to_rgb(image)
+    if perception is None:
+        from lib_handrefiner.perception import perceive
+
+        if mesh_model is None and args.mode == "adaptive":
+            from lib_handrefiner.mesh import get_mesh_model
+
+            mesh_model = get_mesh_model(args.mesh_model)
+        t = time.perf_counter()
+        perception = perceive(original, args, mesh_model=mesh_model)
+        timings["perception"] = (time.perf_counter() - t) * 1000
+    base_seed = choose_seed(seed, args)
+    used_args = args.copy(update={"enabled": True, "seed": base_seed})
+    infotext = format_infotext(used_args.infotext())
+    units = _units(perception, args, base_seed)
+    if not units:
+        found = len(perception.hands)
+        message = ("no hands found" if not found else
+                   f"{found} hand(s) found, none refinable (smaller than {args.min_hand_size}px or without a mesh)")
+        timings["total"] = (time.perf_counter() - started) * 1000
+        return RefineResult(original.copy(), perception, [], infotext, timings, message + "; image unchanged",
+                            base_seed)
+
+    meshes = [hd.mesh for hd in perception.hands if hd.refinable]
+    prompt_used = args.prompt or prompt
+    negative_used = with_extra_negative(args.negative_prompt or negative_prompt, args.extra_negative)
+    margin = args.mask_feather + 1
+    out = original
+    refined: List[RefinedHand] = []
+    steps_per_pass = max(1, round(args.steps * args.denoising_strength))
+    passes = 1 if args.mode == "fixed" else math.ceil((1 + len(args.adaptive_strengths)) / ADAPTIVE_BATCH)
+    total_steps = steps_per_pass * passes * len(units)
+    done_steps = [0]
+
+    def on_step(done: int, total: int) -> None:
+        done_steps[0] += 1
+        if progress is not None:
+            progress(done_steps[0], max(total_steps, done_steps[0]))
+
+    message = f"refined {len(units)} region(s)"
+    for unit in units:
+        region = unit.region
+        t = time.perf_counter()
+        mask = region_mask(perception.mask, [hd.box for hd in unit.hands], region, args.mask_dilation + 1, margin)
+        weight = feather(mask, args.mask_feather)
+        _add(timings, "mask", t)
+        if not mask.any():
+            continue
+        t = time.perf_counter()
+        crop = resize(cut(out, region, "edge"), region.work_width, region.work_height)
+        crop_mask = resize(cut(mask, region, "constant"), region.work_width, region.work_height, Image.BILINEAR)
+        depth = _render_hint(meshes, region)
+        _add(timings, "crop", t)
+        request = InpaintRequest(image=to_tensor(crop), mask=torch.from_numpy(crop_mask > 0)[None, None].float(),
+                                 hint=torch.from_numpy(depth).float().div(255.0)[None, None].expand(1, 3, -1, -1),
+                                 prompt=prompt_used, negative_prompt=negative_used, steps=args.steps,
+                                 cfg_scale=args.cfg_scale, denoising_strength=args.denoising_strength)
+
+        def sample(strengths: Sequence[float]) -> List[np.ndarray]:
+            return to_uint8(sample_inpaint(sd, controlnet, request, list(strengths), unit.seed, on_step, should_stop))
+
+        t = time.perf_counter()
+        try:
+            if args.mode == "adaptive":
+                result = _adaptive(sample, unit, region, args, mesh_model)
+                refined_crop, strength, tried = result.sample, result.strength, list(result.tried)
+            else:
+                refined_crop, strength, tried = sample([args.strength])[0], args.strength, []
+        except SamplingInterrupted:
+            message = f"interrupted: refined {len(refined)} of {len(units)} region(s)"
+            break
+        _add(timings, "sample", t)
+        t = time.perf_counter()
+        back = resize(refined_crop, region.width, region.height)
+        out = composite(out, back, region, weight)
+        _add(timings, "composite", t)
+        crop_box = (region.x0, region.y0, region.x0 + region.width, region.y0 + region.height)
+        for hd in unit.hands:
+            refined.append(RefinedHand(box=tuple(int(v) for v in hd.box),
+                                       handedness=hd.hand.handedness if hd.hand else "unknown",
+                                       score=float(hd.hand.score) if hd.hand else 0.0, strength=float(strength),
+                                       tried=tried, seed=unit.seed, crop=crop_box))
+    timings["total"] = (time.perf_counter() - started) * 1000
+    return RefineResult(out, perception, refined, infotext, timings, message, base_seed)
+
+
+def _add(timings: dict, key: str, since: float) -> None:
+    timings[key] = timings.get(key, 0.0) + (time.perf_counter() - since) * 1000
+
+
+def _adaptive(sample: Callable[[Sequence[float]], List[np.ndarray]], unit: _Unit, region: CropRegion,
+              args: HandRefinerArgs, mesh_model):
+    """Per region: the first strength whose re-detected pose error (in the crop) passes the reference test."""
+    from lib_handrefiner.adaptive import pose_error, search_strength
+    from lib_handrefiner.mesh import get_mesh_model, transform_mesh
+
+    mesh_model = mesh_model or get_mesh_model(args.mesh_model)
+    targets = [transform_mesh(hd.mesh, region.scale, (region.x0, region.y0)).joints[:, :2] for hd in unit.hands]
+
+    def error(crop_rgb: np.ndarray) -> float:
+        return float(np.mean([pose_error(crop_rgb, target, mesh_model, args) for target in targets]))
+
+    return search_strength(sample, error, reference=args.adaptive_reference, strengths=args.adaptive_strengths,
+                           factor=args.adaptive_factor, batch_size=ADAPTIVE_BATCH)

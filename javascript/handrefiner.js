@@ -1,0 +1,158 @@
+// HandRefiner hand-box editor: drag to move, drag a corner to resize, drag on empty image to add, × to delete.
+// The boxes live in a Gradio textbox as JSON [[x0, y0, x1, y1], ...] in image pixels (x1/y1 exclusive); this
+// script draws them over the editor image and writes edits back (firing "input" so Gradio sees them). It runs in
+// the WebUI (which loads every javascript/*.js) and in `python -m lib_handrefiner serve` (injected on load).
+(function () {
+    "use strict";
+    if (window.handRefinerEditor) return;
+    const POLL_MS = 150;
+    const MIN_SIDE = 4;
+    const CORNERS = ["nw", "ne", "sw", "se"];
+
+    function root() {
+        if (typeof gradioApp === "function") return gradioApp();
+        const app = document.querySelector("gradio-app");
+        return (app && app.shadowRoot) || document;
+    }
+
+    function boxesField(editor) {
+        const host = root().querySelector("#" + editor.dataset.boxesId);
+        return host ? host.querySelector("textarea, input") : null;
+    }
+
+    function readBoxes(field) {
+        try {
+            const boxes = JSON.parse(field.value || "[]");
+            return Array.isArray(boxes) ? boxes.filter((b) => Array.isArray(b) && b.length === 4).map((b) => b.map(Number)) : [];
+        } catch (e) {
+            return [];
+        }
+    }
+
+    function writeBoxes(field, boxes) {
+        field.value = JSON.stringify(boxes.map((b) => b.map((v) => Math.round(v))));
+        const event = new Event("input", {bubbles: true});
+        Object.defineProperty(event, "target", {value: field});
+        field.dispatchEvent(event);
+    }
+
+    function clamp(v, lo, hi) {
+        return Math.min(Math.max(v, lo), hi);
+    }
+
+    function render(editor, boxes) {
+        const overlay = editor.querySelector(".handrefiner-overlay");
+        const width = Number(editor.dataset.width), height = Number(editor.dataset.height);
+        overlay.replaceChildren();
+        boxes.forEach((box, index) => {
+            const el = document.createElement("div");
+            el.className = "handrefiner-box";
+            el.dataset.index = String(index);
+            el.style.left = (100 * box[0] / width) + "%";
+            el.style.top = (100 * box[1] / height) + "%";
+            el.style.width = (100 * (box[2] - box[0]) / width) + "%";
+            el.style.height = (100 * (box[3] - box[1]) / height) + "%";
+            const label = document.createElement("span");
+            label.className = "handrefiner-label";
+            label.textContent = String(index + 1);
+            el.appendChild(label);
+            const remove = document.createElement("button");
+            remove.className = "handrefiner-delete";
+            remove.type = "button";
+            remove.title = "Delete this box";
+            remove.textContent = "×";
+            el.appendChild(remove);
+            CORNERS.forEach((corner) => {
+                const handle = document.createElement("div");
+                handle.className = "handrefiner-handle " + corner;
+                handle.dataset.corner = corner;
+                el.appendChild(handle);
+            });
+            overlay.appendChild(el);
+        });
+    }
+
+    // Applies a pointer drag (dx, dy in image pixels) to a box; `mode` is "move", a corner, or "new".
+    function dragged(start, mode, dx, dy, width, height) {
+        let [x0, y0, x1, y1] = start;
+        if (mode === "move") {
+            const mx = clamp(dx, -x0, width - x1), my = clamp(dy, -y0, height - y1);
+            return [x0 + mx, y0 + my, x1 + mx, y1 + my];
+        }
+        if (mode.includes("w")) x0 = clamp(x0 + dx, 0, x1 - MIN_SIDE);
+        if (mode.includes("e")) x1 = clamp(x1 + dx, x0 + MIN_SIDE, width);
+        if (mode.includes("n")) y0 = clamp(y0 + dy, 0, y1 - MIN_SIDE);
+        if (mode.includes("s")) y1 = clamp(y1 + dy, y0 + MIN_SIDE, height);
+        return [x0, y0, x1, y1];
+    }
+
+    function bind(editor) {
+        editor.dataset.bound = "1";
+        const img = editor.querySelector("img");
+        const overlay = editor.querySelector(".handrefiner-overlay");
+        const width = Number(editor.dataset.width), height = Number(editor.dataset.height);
+        let drag = null;
+
+        const toImage = (event) => {
+            const rect = img.getBoundingClientRect();
+            return [(event.clientX - rect.left) * width / rect.width, (event.clientY - rect.top) * height / rect.height];
+        };
+
+        overlay.addEventListener("pointerdown", (event) => {
+            const field = boxesField(editor);
+            if (!field || event.button !== 0) return;
+            const boxes = readBoxes(field);
+            const target = event.target;
+            if (target.classList.contains("handrefiner-delete")) {
+                boxes.splice(Number(target.parentElement.dataset.index), 1);
+                render(editor, boxes);
+                writeBoxes(field, boxes);
+                event.preventDefault();
+                return;
+            }
+            const [px, py] = toImage(event);
+            const boxEl = target.closest(".handrefiner-box");
+            if (boxEl) {
+                const index = Number(boxEl.dataset.index);
+                drag = {index, mode: target.dataset.corner || "move", start: boxes[index], origin: [px, py], boxes};
+            } else {
+                const x = clamp(px, 0, width - MIN_SIDE), y = clamp(py, 0, height - MIN_SIDE);
+                boxes.push([x, y, x + MIN_SIDE, y + MIN_SIDE]);
+                drag = {index: boxes.length - 1, mode: "se", start: boxes[boxes.length - 1], origin: [px, py], boxes};
+            }
+            overlay.setPointerCapture(event.pointerId);
+            event.preventDefault();
+        });
+        overlay.addEventListener("pointermove", (event) => {
+            if (!drag) return;
+            const [px, py] = toImage(event);
+            drag.boxes[drag.index] = dragged(drag.start, drag.mode, px - drag.origin[0], py - drag.origin[1], width, height);
+            render(editor, drag.boxes);
+        });
+        const finish = () => {
+            if (!drag) return;
+            const field = boxesField(editor);
+            if (field) writeBoxes(field, drag.boxes);
+            drag = null;
+        };
+        overlay.addEventListener("pointerup", finish);
+        overlay.addEventListener("pointercancel", finish);
+    }
+
+    // Gradio re-creates the editor HTML on every Detect and sets the textbox from Python (table edits): poll both.
+    function poll() {
+        root().querySelectorAll(".handrefiner-editor").forEach((editor) => {
+            if (!editor.dataset.bound) bind(editor);
+            const field = boxesField(editor);
+            if (!field) return;
+            if (editor.dataset.rendered !== field.value || !editor.querySelector(".handrefiner-overlay").dataset.ready) {
+                editor.dataset.rendered = field.value;
+                editor.querySelector(".handrefiner-overlay").dataset.ready = "1";
+                render(editor, readBoxes(field));
+            }
+        });
+    }
+
+    window.handRefinerEditor = {readBoxes, dragged, poll};
+    setInterval(poll, POLL_MS);
+})();

@@ -1,0 +1,76 @@
+"""`python -m lib_handrefiner serve`: the REST API and the hand-box editor without the WebUI."""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import Optional, Tuple
+
+from .args import HandRefinerArgs
+
+TINY_NOTICE = ("No weights configured: serving TINY RANDOM models (for trying the UI and API; the refined hands "
+               "are noise). Pass --checkpoint and --controlnet for real results.")
+# Tiny random models refine noise either way; few steps at a small crop keep the page responsive on a CPU.
+TINY_DEFAULTS = {"steps": 4, "crop_resolution": 128}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default: loopback only).")
+    parser.add_argument("--port", type=int, default=7861)
+    parser.add_argument("--checkpoint", type=Path, help="SD 1.5 inpainting checkpoint (.safetensors/.ckpt).")
+    parser.add_argument("--controlnet", type=Path, help="HandRefiner depth ControlNet file.")
+    parser.add_argument("--models-dir", type=Path,
+                        help="Folder with the WebUI's layout (ControlNet/, Stable-diffusion/, handrefiner/) whose "
+                             "models requests may name.")
+    parser.add_argument("--tiny-dir", type=Path, default=Path(".cache") / "tiny-models",
+                        help="Where the tiny models are built when no weights are given.")
+    parser.add_argument("--device", default="cpu")
+
+
+def resolve_models(ns: argparse.Namespace) -> Tuple[Path, Path, Optional[str]]:
+    """(checkpoint, controlnet, notice): the given files, or tiny models with a loud notice."""
+    if (ns.checkpoint is None) != (ns.controlnet is None):
+        raise SystemExit("serve: give both --checkpoint and --controlnet, or neither (tiny models)")
+    if ns.checkpoint is not None:
+        for path in (ns.checkpoint, ns.controlnet):
+            if not path.is_file():
+                raise SystemExit(f"serve: {path} is not a file")
+        return ns.checkpoint, ns.controlnet, None
+    from .tiny import ensure_tiny_models
+    tiny = ensure_tiny_models(ns.tiny_dir)
+    return tiny.checkpoint, tiny.controlnet, TINY_NOTICE
+
+
+def create_app(service, notice: Optional[str] = None, defaults: HandRefinerArgs = HandRefinerArgs()):
+    """FastAPI app with /handrefiner/* and the editor page at /, sharing one lock."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from .api import mount
+    from .ui import create_blocks
+
+    lock = threading.Lock()
+    app = FastAPI(title="HandRefiner")
+    mount(app, service, lock)
+    blocks = create_blocks(service, lock, defaults=defaults, notice=notice or "")
+    blocks.queue(concurrency_count=1)
+    return gr.mount_gradio_app(app, blocks, path="/")
+
+
+def run(ns: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .service import StandaloneService
+
+    checkpoint, controlnet, notice = resolve_models(ns)
+    defaults = HandRefinerArgs(**TINY_DEFAULTS) if notice else HandRefinerArgs()
+    if notice:
+        banner = "!" * len(notice)
+        print(f"{banner}\n{notice}\n{banner}", file=sys.stderr, flush=True)
+    service = StandaloneService(checkpoint, controlnet, ns.models_dir, device=ns.device)
+    app = create_app(service, notice, defaults)
+    print(f"HandRefiner: editor at http://{ns.host}:{ns.port}/ , API at http://{ns.host}:{ns.port}/handrefiner/ "
+          f"(docs at /docs)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=ns.host, port=ns.port, log_level="warning")
+    return 0

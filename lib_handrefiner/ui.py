@@ -1,0 +1,259 @@
+"""Gradio (3.41) hand-box editor: detect hands, edit their boxes (drag in the image or type numbers), preview the
+mask and depth, refine.
+
+`build_editor` adds the editor to the Blocks being built (the WebUI glue places it in the accordion and in
+img2img); `create_blocks` is the standalone page of `python -m lib_handrefiner serve`. The drag/resize logic is
+javascript/handrefiner.js with style.css, which the WebUI loads by itself and `create_blocks` injects.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+from pydantic import ValidationError
+
+from .args import HandRefinerArgs
+from .service import HandRefinerService
+
+ROOT = Path(__file__).resolve().parents[1]
+Box = Tuple[float, float, float, float]
+
+# The settings the standalone page shows (the WebUI accordion shows its own, from the same model).
+STANDALONE_FIELDS = ("prompt", "negative_prompt", "strength", "mode", "steps", "cfg_scale", "seed",
+                     "crop_resolution", "mask_padding", "mask_feather", "max_hands", "detection_confidence",
+                     "controlnet")
+
+
+# ---- settings controls from HandRefinerArgs -------------------------------------------------------------------
+
+def field_control(name: str, value: Any, choices: Optional[Sequence[str]] = None) -> gr.components.Component:
+    """A Gradio control for one HandRefinerArgs field: its title (without "HandRefiner "), description, range."""
+    field = HandRefinerArgs.__fields__[name]
+    label = field.field_info.title.replace("HandRefiner ", "", 1).capitalize()
+    info = field.field_info.description
+    elem_id = f"handrefiner_setting_{name}"
+    if choices is not None or getattr(field.outer_type_, "__origin__", None) is not None:
+        options = list(choices) if choices is not None else list(field.outer_type_.__args__)
+        return gr.Dropdown(options, value=value, label=label, info=info, elem_id=elem_id)
+    kind = field.type_
+    if issubclass(kind, bool):
+        return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
+    if issubclass(kind, (int, float)):
+        low, high = getattr(kind, "ge", None), getattr(kind, "le", None)
+        step = 1 if issubclass(kind, int) else 0.01
+        if low is not None and high is not None and high - low <= 4096 and name != "seed":
+            return gr.Slider(low, high, value=value, step=step, label=label, info=info, elem_id=elem_id)
+        return gr.Number(value=value, precision=0 if step == 1 else None, label=label, info=info, elem_id=elem_id)
+    return gr.Textbox(value=value, label=label, info=info, elem_id=elem_id, lines=1)
+
+
+def args_from_controls(base: HandRefinerArgs, names: Sequence[str], values: Sequence[Any],
+                       boxes: Sequence[Box] = ()) -> HandRefinerArgs:
+    """`base` with the controls' values and the edited boxes; gr.Error naming the field on bad values."""
+    update = dict(zip(names, values))
+    for name, value in update.items():
+        kind = HandRefinerArgs.__fields__[name].type_
+        if isinstance(value, float) and isinstance(kind, type) and issubclass(kind, int) \
+                and not issubclass(kind, bool) and value.is_integer():
+            update[name] = int(value)  # sliders send floats
+    try:
+        return HandRefinerArgs(**{**base.dict(), **update, "boxes": list(boxes), "boxes_mode": "replace"})
+    except ValidationError as e:
+        raise gr.Error("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from e
+
+
+# ---- boxes: JSON text, table rows -----------------------------------------------------------------------------
+
+def parse_boxes(text: str, width: int, height: int) -> List[Box]:
+    """Boxes from the editor's JSON, clipped to the image; boxes left empty by clipping are dropped."""
+    try:
+        raw = json.loads(text or "[]")
+    except json.JSONDecodeError as e:
+        raise gr.Error(f"Boxes must be JSON like [[x0, y0, x1, y1], ...]: {e}") from e
+    if not isinstance(raw, list):
+        raise gr.Error("Boxes must be a JSON list of [x0, y0, x1, y1]")
+    return clip_boxes(raw, width, height)
+
+
+def clip_boxes(raw: Sequence[Any], width: int, height: int) -> List[Box]:
+    boxes = []
+    for item in raw:
+        try:
+            x0, y0, x1, y1 = (float(v) for v in item)
+        except (TypeError, ValueError) as e:
+            raise gr.Error(f"Box {item!r} must be 4 numbers x0, y0, x1, y1") from e
+        x0, x1 = sorted((min(max(x0, 0.0), width), min(max(x1, 0.0), width)))
+        y0, y1 = sorted((min(max(y0, 0.0), height), min(max(y1, 0.0), height)))
+        if x1 - x0 >= 1 and y1 - y0 >= 1:
+            boxes.append((round(x0), round(y0), round(x1), round(y1)))
+    return boxes
+
+
+def rows_to_boxes(rows: Any, width: int, height: int) -> List[Box]:
+    rows = rows.values.tolist() if hasattr(rows, "values") else (rows or [])
+    complete = [r for r in rows if len(r) >= 4 and all(v not in ("", None) for v in r[:4])]
+    return clip_boxes([r[:4] for r in complete], width, height)
+
+
+def boxes_json(boxes: Sequence[Box]) -> str:
+    return json.dumps([[int(round(v)) for v in b] for b in boxes])
+
+
+def table_rows(boxes: Sequence[Box]) -> List[List[int]]:
+    return [[int(round(v)) for v in b] for b in boxes]
+
+
+# ---- rendering --------------------------------------------------------------------------------------------------
+
+def editor_html(image: np.ndarray, boxes_elem_id: str) -> str:
+    """The editor: the image (JPEG data URL) with an overlay that handrefiner.js fills with the boxes."""
+    height, width = image.shape[:2]
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=88)
+    src = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return (f'<div class="handrefiner-editor" data-boxes-id="{boxes_elem_id}" data-width="{width}" '
+            f'data-height="{height}"><img src="{src}" alt="image with hand boxes" width="{width}" '
+            f'height="{height}"><div class="handrefiner-overlay"></div></div>'
+            '<div class="handrefiner-hint">Drag a box to move it, a corner to resize, on the image to add one; '
+            '× deletes.</div>')
+
+
+def hands_summary(perception: Any) -> List[dict]:
+    return [{"box": [int(v) for v in p.box],
+             "handedness": p.hand.handedness if p.hand is not None else None,
+             "score": round(float(p.hand.score), 3) if p.hand is not None else None,
+             "refinable": bool(p.refinable)} for p in perception.hands]
+
+
+# ---- the editor -------------------------------------------------------------------------------------------------
+
+@dataclass
+class Editor:
+    detect: gr.Button
+    view: gr.HTML
+    boxes: gr.Textbox
+    table: gr.Dataframe
+    mask: gr.Image
+    depth: gr.Image
+    hands: gr.JSON
+
+
+def build_editor(service: HandRefinerService, image: gr.Image, settings: Sequence[gr.components.Component] = (),
+                 setting_names: Sequence[str] = (), lock: Any = None, prefix: str = "handrefiner",
+                 base_args: Callable[[], HandRefinerArgs] = HandRefinerArgs) -> Editor:
+    """Adds Detect, the box editor, the box table and the mask/depth previews under `image`.
+
+    `settings`/`setting_names` are controls holding HandRefinerArgs fields (detection thresholds, padding, …);
+    `lock` is held while perceiving (the WebUI's queue_lock there); `prefix` keeps element ids unique when the
+    editor appears in several tabs."""
+    lock = lock if lock is not None else nullcontext()
+    with gr.Group():
+        detect = gr.Button("Detect hands", elem_id=f"{prefix}_detect")
+        view = gr.HTML(elem_id=f"{prefix}_editor")
+        boxes = gr.Textbox(label="Boxes [[x0, y0, x1, y1], …] (pixels)", value="[]", lines=1,
+                           elem_id=f"{prefix}_boxes")
+        table = gr.Dataframe(headers=["x0", "y0", "x1", "y1"], datatype=["number"] * 4, col_count=(4, "fixed"),
+                             row_count=(1, "dynamic"), type="array", interactive=True,
+                             label="Boxes as numbers (edit for precision; add or delete rows)",
+                             elem_id=f"{prefix}_table")
+    with gr.Row():
+        mask = gr.Image(label="Mask preview", interactive=False, elem_id=f"{prefix}_mask_preview")
+        depth = gr.Image(label="Depth preview", interactive=False, elem_id=f"{prefix}_depth_preview")
+    hands = gr.JSON(label="Hands", elem_id=f"{prefix}_hands")
+
+    def perceive(img: np.ndarray, args: HandRefinerArgs) -> Any:
+        with lock:
+            return service.perceive(img, args)
+
+    def on_detect(img: Optional[np.ndarray], *values: Any):
+        if img is None:
+            raise gr.Error("Upload an image first.")
+        args = args_from_controls(base_args(), setting_names, values)
+        perception = perceive(img, args)
+        found = [tuple(p.box) for p in perception.hands]
+        return (editor_html(img, f"{prefix}_boxes"), boxes_json(found), table_rows(found), perception.mask,
+                perception.depth, hands_summary(perception))
+
+    def on_boxes(img: Optional[np.ndarray], text: str, *values: Any):
+        if img is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        height, width = img.shape[:2]
+        edited = parse_boxes(text, width, height)
+        perception = perceive(img, args_from_controls(base_args(), setting_names, values, edited))
+        return table_rows(edited), perception.mask, perception.depth, hands_summary(perception)
+
+    def on_table(img: Optional[np.ndarray], rows: Any, *values: Any):
+        if img is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        height, width = img.shape[:2]
+        edited = rows_to_boxes(rows, width, height)
+        perception = perceive(img, args_from_controls(base_args(), setting_names, values, edited))
+        return boxes_json(edited), perception.mask, perception.depth, hands_summary(perception)
+
+    detect.click(on_detect, inputs=[image, *settings], outputs=[view, boxes, table, mask, depth, hands])
+    # "input" fires on user edits only (the script fires it after a drag), never on values set from Python: so
+    # Detect, the drag and the table each update the others without loops or a second perception.
+    boxes.input(on_boxes, inputs=[image, boxes, *settings], outputs=[table, mask, depth, hands])
+    table.input(on_table, inputs=[image, table, *settings], outputs=[boxes, mask, depth, hands])
+    return Editor(detect, view, boxes, table, mask, depth, hands)
+
+
+# ---- the standalone page ----------------------------------------------------------------------------------------
+
+def page_assets() -> Tuple[str, str]:
+    """(css, js) of the editor, for pages the WebUI does not build."""
+    css = (ROOT / "style.css").read_text(encoding="utf-8")
+    js = (ROOT / "javascript" / "handrefiner.js").read_text(encoding="utf-8")
+    return css, js
+
+
+def create_blocks(service: HandRefinerService, lock: Any = None, defaults: HandRefinerArgs = HandRefinerArgs(),
+                  notice: str = "") -> gr.Blocks:
+    """The standalone page: image, settings, the editor, Refine."""
+    lock = lock if lock is not None else threading.Lock()
+    css, js = page_assets()
+    controlnets = sorted(service.listing().controlnets)
+    defaults = defaults.copy(update={"controlnet": service.default_controlnet() or defaults.controlnet})
+    with gr.Blocks(title="HandRefiner", css=css, analytics_enabled=False) as blocks:
+        gr.Markdown("## HandRefiner: hand-box editor" + (f"\n\n**{notice}**" if notice else ""))
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(label="Image", type="numpy", source="upload", elem_id="handrefiner_image")
+                with gr.Accordion("Settings", open=False):
+                    settings = [field_control(n, getattr(defaults, n), controlnets if n == "controlnet" else None)
+                                for n in STANDALONE_FIELDS]
+            with gr.Column():
+                editor = build_editor(service, image, settings, STANDALONE_FIELDS, lock, base_args=lambda: defaults)
+        refine = gr.Button("Refine", variant="primary", elem_id="handrefiner_refine")
+        with gr.Row():
+            result = gr.Image(label="Refined", interactive=False, elem_id="handrefiner_result")
+            message = gr.Textbox(label="Result", lines=4, elem_id="handrefiner_message")
+
+        def on_refine(img: Optional[np.ndarray], text: str, *values: Any):
+            if img is None:
+                raise gr.Error("Upload an image first.")
+            height, width = img.shape[:2]
+            args = args_from_controls(defaults, STANDALONE_FIELDS, values, parse_boxes(text, width, height))
+            if not args.boxes:
+                raise gr.Error("No boxes: press Detect hands or drag a box on the image.")
+            seed = args.seed if args.seed >= 0 else random.randrange(2**32)
+            with lock:
+                perception = service.perceive(img, args)
+                if not any(p.refinable for p in perception.hands):
+                    return img, "No refinable hand in the boxes (no hand found there); the image is unchanged."
+                out = service.refine(img, args, seed, perception=perception)
+            return out.image, f"{out.message}\nseed {seed}\n{out.infotext}"
+
+        refine.click(on_refine, inputs=[image, editor.boxes, *settings], outputs=[result, message])
+        blocks.load(None, None, None, _js=f"() => {{ {js}\n }}")
+    return blocks

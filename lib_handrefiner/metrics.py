@@ -65,11 +65,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(f"FID statistics disagree in shape: mu {mu1.shape} / {mu2.shape}, "
                          f"sigma {sigma1.shape} / {sigma2.shape}")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)  # disp=False: no "Failed to find" print
     if not np.isfinite(covmean).all():
         warnings.warn(f"FID: the covariance product is singular; adding {eps} to the diagonals", RuntimeWarning)
         offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        covmean, _ = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset), disp=False)
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"FID: sqrtm has an imaginary component of {np.max(np.abs(covmean.imag)):g}; "

@@ -1,0 +1,93 @@
+"""Inpainting masks: each hand's padded keypoint box united with its depth pixels, optionally dilated, and a soft
+(feathered) version for compositing.
+
+Boxes are [x0, y0, x1, y1] in pixels with x1/y1 exclusive; integer boxes are clamped to the image.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+
+IntBox = Tuple[int, int, int, int]
+
+
+def hand_box(landmarks_xy: np.ndarray, width: int, height: int, pad_px: float = 30,
+             pad_ratio: float = 0.15) -> IntBox:
+    """The box around the landmarks padded on every side by max(pad_px, pad_ratio × the box's longer side),
+    clamped to the image; every landmark's pixel lies inside it."""
+    xy = np.asarray(landmarks_xy, dtype=np.float64)[:, :2]
+    x0, y0 = xy.min(axis=0)
+    x1, y1 = xy.max(axis=0)
+    pad = max(float(pad_px), pad_ratio * max(x1 - x0, y1 - y0))
+    # A landmark at x = 100.0 lies in pixel 100, so the exclusive end is floor(max) + 1.
+    return clamp_box((math.floor(x0 - pad), math.floor(y0 - pad), math.floor(x1 + pad) + 1,
+                      math.floor(y1 + pad) + 1), width, height)
+
+
+def clamp_box(box: Sequence[float], width: int, height: int) -> IntBox:
+    """A float box as whole pixels (outward) inside the image; may be empty (x1 == x0) when off the image."""
+    x0, y0, x1, y1 = box
+    x0, y0 = min(max(math.floor(x0), 0), width), min(max(math.floor(y0), 0), height)
+    x1, y1 = min(max(math.ceil(x1), x0), width), min(max(math.ceil(y1), y0), height)
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def union_box(a: IntBox, b: Optional[IntBox]) -> IntBox:
+    if b is None:
+        return a
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def pixels_box(pixels: np.ndarray) -> Optional[IntBox]:
+    """The box around the True pixels of a boolean H×W array; None when there are none."""
+    rows = np.flatnonzero(pixels.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(pixels.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def build_mask(width: int, height: int, boxes: Iterable[IntBox], depth_pixels: Optional[np.ndarray] = None,
+               dilation: int = 0) -> np.ndarray:
+    """uint8 H×W mask, 255 inside any box or depth pixel (boolean H×W, e.g. depth > 0), grown by `dilation` px."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        x0, y0, x1, y1 = clamp_box((x0, y0, x1, y1), width, height)
+        mask[y0:y1, x0:x1] = 255
+    if depth_pixels is not None:
+        mask[np.asarray(depth_pixels, dtype=bool)] = 255
+    return dilate(mask, dilation)
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grows a 0/255 mask by `radius` pixels (a round structuring element)."""
+    if radius <= 0:
+        return mask
+    import cv2
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask, kernel)
+
+
+def feather(mask: np.ndarray, radius: int) -> np.ndarray:
+    """float32 H×W weights for compositing: 1 on the mask, easing to exactly 0 at `radius` px outside it (and
+    beyond), so the refined pixels blend in without a seam and nothing outside the grown mask changes."""
+    inside = np.asarray(mask) > 0
+    if radius <= 0:
+        return inside.astype(np.float32)
+    import cv2
+
+    # Distance of each outside pixel to the nearest mask pixel (0 on the mask).
+    distance = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    t = np.clip(1.0 - distance / float(radius), 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep: no visible edge at either end

@@ -1,0 +1,210 @@
+"""The perception stage in one call: image → hands (MediaPipe) → meshes → depth map → mask, with per-stage
+timings. User-given boxes (`args.boxes`) replace or add to the detected hands (`args.boxes_mode`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.depth import render_depth
+from lib_handrefiner.detection import Hand, detect_hands, uncrop_hand
+from lib_handrefiner.imageio import ImageLike, to_rgb
+from lib_handrefiner.masking import IntBox, box_iou, build_mask, clamp_box, hand_box, pixels_box, union_box
+from lib_handrefiner.mesh import HandMesh, MeshModel, get_mesh_model
+
+# A user box is searched for a hand in a crop grown by this fraction of its side on every side (the palm
+# detector needs some context) and resized so its longer side is this many pixels.
+USER_BOX_CONTEXT = 0.25
+USER_BOX_CROP_SIDE = 512
+# In "add" mode, a hand found in a user box that overlaps a detected hand this much is that hand.
+SAME_HAND_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class PerceivedHand:
+    hand: Optional[Hand]      # None: a user box in which no hand was found (mask only)
+    mesh: Optional[HandMesh]
+    box: IntBox               # the box of this hand's mask: padded keypoint box ∪ user box ∪ its depth pixels
+    refinable: bool           # has a mesh and is at least min_hand_size
+    from_user_box: bool = False
+
+
+@dataclass(frozen=True)
+class PerceptionResult:
+    width: int
+    height: int
+    hands: List[PerceivedHand]
+    depth: np.ndarray         # (H, W) uint8, 0 background, 51..255 hands
+    mask: np.ndarray          # (H, W) uint8 0/255, all hands, dilated by args.mask_dilation
+    timings_ms: Dict[str, float]
+    hand_index: np.ndarray = field(default=None, repr=False)  # (H, W) int16: the hand of each depth pixel, -1 none
+
+    def hand_mask(self, i: int, dilation: int = 0) -> np.ndarray:
+        """The mask of hand `i` alone: its box ∪ its depth pixels, uint8 0/255."""
+        return build_mask(self.width, self.height, [self.hands[i].box], self.hand_index == i, dilation)
+
+
+@dataclass
+class _Candidate:
+    hand: Optional[Hand]
+    box: Optional[IntBox]     # the user's box (clamped) for a hand given or confirmed by one, else None
+    from_user_box: bool
+
+
+def perceive(image: ImageLike, args: HandRefinerArgs = HandRefinerArgs(),
+             mesh_model: Optional[MeshModel] = None) -> PerceptionResult:
+    timings: Dict[str, float] = {}
+    start = clock = perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = perf_counter()
+        timings[name] = (now - clock) * 1000.0
+        clock = now
+
+    rgb = to_rgb(image)
+    height, width = rgb.shape[:2]
+    lap("convert")
+    candidates = _find_hands(rgb, args)
+    lap("detect")
+    model = mesh_model if mesh_model is not None else get_mesh_model(args.mesh_model)
+    meshes = [model.fit(c.hand, rgb) if c.hand is not None else None for c in candidates]
+    lap("mesh")
+    present = [i for i, m in enumerate(meshes) if m is not None]
+    rendered = render_depth([meshes[i] for i in present], width, height)
+    hand_index = np.full((height, width), -1, dtype=np.int16)
+    for k, i in enumerate(present):
+        hand_index[rendered.hand_index == k] = i
+    lap("depth")
+    hands = [_perceived(c, m, hand_index == i, width, height, args) for i, (c, m) in enumerate(zip(candidates, meshes))]
+    mask = build_mask(width, height, [h.box for h in hands], rendered.depth > 0, args.mask_dilation)
+    lap("mask")
+    timings["total"] = (perf_counter() - start) * 1000.0
+    return PerceptionResult(width, height, hands, rendered.depth, mask, timings, hand_index)
+
+
+def _find_hands(rgb: np.ndarray, args: HandRefinerArgs) -> List[_Candidate]:
+    height, width = rgb.shape[:2]
+    candidates: List[_Candidate] = []
+    if not (args.boxes and args.boxes_mode == "replace"):
+        candidates = [_Candidate(h, None, False) for h in detect_hands(
+            rgb, args.max_hands, args.detection_confidence, args.presence_confidence)]
+    detected = list(candidates)
+    for user_box in args.boxes:
+        box = clamp_box(user_box, width, height)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            continue  # entirely off the image
+        hand = detect_in_box(rgb, box, args)
+        same = _same_hand(hand, detected) if hand is not None else None
+        if same is not None:
+            same.box = union_box(box, same.box)  # None for a detected hand: the user's box
+            same.from_user_box = True
+        else:
+            candidates.append(_Candidate(hand, box, True))
+    return candidates
+
+
+def _same_hand(hand: Hand, detected: Sequence[_Candidate]) -> Optional[_Candidate]:
+    for candidate in detected:
+        if box_iou(hand.keypoint_box, candidate.hand.keypoint_box) > SAME_HAND_IOU:
+            return candidate
+    return None
+
+
+def detect_in_box(rgb: np.ndarray, box: IntBox, args: HandRefinerArgs) -> Optional[Hand]:
+    """The most confident hand whose keypoint-box centre lies in `box`, searched in an upscaled crop around the
+    box (small or cut-off hands that whole-image detection misses are often found this way)."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    x0, y0, x1, y1 = box
+    grow = USER_BOX_CONTEXT * max(x1 - x0, y1 - y0)
+    cx0, cy0, cx1, cy1 = clamp_box((x0 - grow, y0 - grow, x1 + grow, y1 + grow), width, height)
+    scale = USER_BOX_CROP_SIDE / max(cx1 - cx0, cy1 - cy0)
+    crop = cv2.resize(rgb[cy0:cy1, cx0:cx1], (max(1, round((cx1 - cx0) * scale)), max(1, round((cy1 - cy0) * scale))),
+                      interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    found = [uncrop_hand(h, scale, (cx0, cy0)) for h in detect_hands(
+        crop, args.max_hands, args.detection_confidence, args.presence_confidence)]
+    inside = [h for h in found if _centre_in(h.keypoint_box, box)]
+    return max(inside, key=lambda h: h.score) if inside else None
+
+
+def _centre_in(inner: Sequence[float], box: Sequence[float]) -> bool:
+    cx, cy = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2
+    return box[0] <= cx < box[2] and box[1] <= cy < box[3]
+
+
+def _perceived(candidate: _Candidate, mesh: Optional[HandMesh], depth_pixels: np.ndarray, width: int, height: int,
+               args: HandRefinerArgs) -> PerceivedHand:
+    hand = candidate.hand
+    box = candidate.box
+    if hand is not None:
+        box = union_box(hand_box(hand.landmarks, width, height, args.mask_padding, args.mask_padding_ratio), box)
+    box = union_box(box, pixels_box(depth_pixels))
+    refinable = hand is not None and mesh is not None and hand.size >= args.min_hand_size
+    return PerceivedHand(hand, mesh, box, refinable, candidate.from_user_box)
+
+
+# ---- pictures ---------------------------------------------------------------------------------------------------
+
+# MediaPipe's 21-landmark skeleton: (from, to) pairs, wrist-to-knuckle lines and each finger's chain.
+SKELETON: Tuple[Tuple[int, int], ...] = (
+    (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11), (11, 12),
+    (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (0, 17), (17, 18), (18, 19), (19, 20))
+FINGER_COLOURS = ((255, 80, 80), (255, 200, 40), (80, 220, 80), (60, 170, 255), (200, 90, 255))
+
+
+def overlay_image(rgb: np.ndarray, result: PerceptionResult) -> np.ndarray:
+    """The image with the depth map blended over the hands, the mask outline, each hand's box and label and its
+    landmark skeleton; RGB uint8."""
+    from PIL import Image, ImageDraw
+
+    rgb = to_rgb(rgb)
+    out = rgb.astype(np.float32) * 0.55
+    hit = result.depth > 0
+    # Depth in a warm tint over the darkened image: near (255) bright, far (51) dim.
+    tint = result.depth[hit, None].astype(np.float32) / 255.0 * np.array([255.0, 235.0, 200.0])
+    out[hit] = 0.25 * rgb[hit] + 0.75 * tint
+    out = _with_mask_outline(np.clip(out, 0, 255).astype(np.uint8), result.mask)
+    picture = Image.fromarray(out)
+    draw = ImageDraw.Draw(picture)
+    line = max(1, round(min(result.width, result.height) / 256))
+    font = _font(10 + 4 * line)
+    for perceived in result.hands:
+        colour = (60, 255, 120) if perceived.refinable else (255, 160, 0)
+        x0, y0, x1, y1 = perceived.box
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=line)
+        hand = perceived.hand
+        if hand is None:
+            draw.text((x0 + 3 * line, y0 + 2 * line), "box (no hand found)", fill=colour, font=font)
+            continue
+        draw.text((x0 + 3 * line, y0 + 2 * line), f"{hand.handedness} {hand.score:.2f}", fill=colour, font=font)
+        xy = hand.landmarks[:, :2]
+        for a, b in SKELETON:
+            finger = min(max((b - 1) // 4, 0), 4)
+            draw.line((*xy[a], *xy[b]), fill=FINGER_COLOURS[finger], width=line)
+        r = 1.5 * line + 0.5
+        for i, (x, y) in enumerate(xy):
+            fill = (255, 255, 255) if i == 0 else FINGER_COLOURS[(i - 1) // 4]
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill, outline=(0, 0, 0))
+    return np.asarray(picture)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _with_mask_outline(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return cv2.drawContours(np.ascontiguousarray(rgb), contours, -1, (255, 255, 255), 1)

@@ -1,0 +1,600 @@
+"""The HandRefiner ControlNet: an ldm-layout ControlNet, its files, and its injection into an ldm UNet.
+
+The network is the encoder half of an SD UNet (time embedding, input blocks, middle block) plus a hint encoder that
+turns the 3-channel depth map (image size, values in [0, 1]) into a latent-size feature, and one 1×1 "zero
+convolution" per encoder output. Its forward returns one residual per UNet skip connection plus one for the middle
+block (13 for SD 1.5); `inject_control` adds them, scaled by the control strength, to a UNet *instance* through
+forward hooks, so the WebUI's own UNet (and other extensions that replace its `forward`) stay untouched.
+
+Files: `.safetensors` (preferred) or `.pth`/`.ckpt` read with `torch.load(weights_only=True)`; keys with or without
+the `control_model.` prefix (a full HandRefiner training checkpoint works too: only `control_model.*` is taken).
+The architecture is read from the tensor shapes. Head counts leave no trace in weights: files written by
+`save_controlnet` record the configuration in their metadata; otherwise 8 heads for SD 1.x width (320) and
+`model_channels // 16` heads (at most 8) for other widths, which gives the project's tiny models their 2 heads.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+CONTROL_PREFIX = "control_model."
+UNET_PREFIX = "model.diffusion_model."
+HINT_DOWNSCALE = 8
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+METADATA_KEY = "handrefiner_controlnet_config"
+
+Strength = Union[float, int, torch.Tensor, Sequence[float]]
+
+
+class ControlNetLoadError(ValueError):
+    """A file that is not a loadable ControlNet; the message names the file, what does not fit and the fix."""
+
+
+# ---- configuration ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ControlNetConfig:
+    in_channels: int = 4
+    hint_channels: int = 3
+    model_channels: int = 320
+    attention_resolutions: Tuple[int, ...] = (4, 2, 1)
+    num_res_blocks: int = 2
+    channel_mult: Tuple[int, ...] = (1, 2, 4, 4)
+    num_heads: int = 8
+    transformer_depth: int = 1
+    context_dim: int = 768
+
+    def __post_init__(self) -> None:
+        # One spelling per architecture, so configurations compare equal however they were written.
+        object.__setattr__(self, "attention_resolutions", tuple(sorted(self.attention_resolutions, reverse=True)))
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+
+    @staticmethod
+    def sd15() -> "ControlNetConfig":
+        """The released HandRefiner ControlNet (and every SD 1.5 ControlNet)."""
+        return ControlNetConfig()
+
+    @staticmethod
+    def tiny() -> "ControlNetConfig":
+        """Pairs with the project's tiny SD models (../shared/models/tiny-sd15-inpaint, lib_handrefiner.tiny)."""
+        return ControlNetConfig(in_channels=4, hint_channels=3, model_channels=32, attention_resolutions=(1, 2),
+                                num_res_blocks=1, channel_mult=(1, 2), num_heads=2, transformer_depth=1,
+                                context_dim=64)
+
+    @staticmethod
+    def from_state_dict(state: Mapping[str, Any]) -> "ControlNetConfig":
+        """The configuration from tensor shapes of a ControlNet or of a UNet (keys with or without the
+        `control_model.` / `model.diffusion_model.` prefix). From a 9-channel inpainting UNet the ControlNet gets
+        4 input channels: it sees only the noisy latent."""
+        shapes = {k: tuple(v.shape) for k, v in _strip_known_prefix(state).items()}
+        return infer_config(shapes)
+
+    @property
+    def num_residuals(self) -> int:
+        """Outputs of forward: input conv + res blocks + downsamples, plus the middle block."""
+        levels = len(self.channel_mult)
+        return 1 + levels * self.num_res_blocks + (levels - 1) + 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "ControlNetConfig":
+        return ControlNetConfig(**json.loads(text))
+
+
+def sd15_heads_rule(model_channels: int) -> int:
+    """Head count for a width that carries no head information: SD 1.x's 8 at 320, else one head per 16
+    channels (2 for the tiny 32-wide models), at most 8."""
+    return 8 if model_channels == 320 else max(1, min(8, model_channels // 16))
+
+
+def infer_config(shapes: Mapping[str, Tuple[int, ...]]) -> ControlNetConfig:
+    """ControlNetConfig from unprefixed key → shape (ControlNet or UNet encoder keys)."""
+    conv_in = shapes.get("input_blocks.0.0.weight")
+    if conv_in is None or len(conv_in) != 4:
+        raise ValueError("no input convolution 'input_blocks.0.0.weight' (4-D) to infer the architecture from")
+    model_channels, in_channels = int(conv_in[0]), int(conv_in[1])
+    is_unet = "input_hint_block.0.weight" not in shapes and any(k.startswith("output_blocks.") for k in shapes)
+    if is_unet and in_channels == 9:  # inpainting UNet: latent + mask + masked-image latent; control sees the latent
+        in_channels = 4
+    blocks = sorted({int(m.group(1)) for k in shapes for m in [re.match(r"input_blocks\.(\d+)\.", k)] if m})
+    levels: List[List[int]] = [[]]
+    for b in blocks[1:]:
+        if f"input_blocks.{b}.0.op.weight" in shapes:  # a Downsample closes a level
+            levels.append([])
+        else:
+            levels[-1].append(b)
+    res_counts = {len(level) for level in levels}
+    if len(res_counts) != 1 or 0 in res_counts:
+        raise ValueError(f"input blocks {blocks} do not form levels of equal size (res blocks per level: "
+                         f"{[len(level) for level in levels]})")
+    channel_mult, attention = [], []
+    for depth, level in enumerate(levels):
+        out = shapes.get(f"input_blocks.{level[0]}.0.out_layers.3.weight")
+        if out is None:
+            raise ValueError(f"input block {level[0]} has no ResBlock output convolution")
+        channel_mult.append(int(out[0]) // model_channels)
+        if f"input_blocks.{level[0]}.1.proj_in.weight" in shapes:
+            attention.append(2 ** depth)
+    to_k = [v for k, v in shapes.items() if re.search(r"attn2\.to_k\.weight$", k)]
+    if not to_k:
+        raise ValueError("no cross-attention (attn2.to_k) to read the text context width from")
+    depth_keys = {int(m.group(1)) for k in shapes
+                  for m in [re.match(r"middle_block\.1\.transformer_blocks\.(\d+)\.", k)] if m}
+    hint = shapes.get("input_hint_block.0.weight")
+    return ControlNetConfig(in_channels=in_channels, hint_channels=int(hint[1]) if hint else 3,
+                            model_channels=model_channels, attention_resolutions=tuple(attention),
+                            num_res_blocks=res_counts.pop(), channel_mult=tuple(channel_mult),
+                            num_heads=sd15_heads_rule(model_channels),
+                            transformer_depth=max(1, len(depth_keys)), context_dim=int(to_k[0][1]))
+
+
+# ---- the network -----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ldm prints a line per attention layer it builds; keep the console readable."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+class ControlNet(nn.Module):
+    """ldm-layout ControlNet (state_dict keys as in the released HandRefiner file, without `control_model.`)."""
+
+    def __init__(self, in_channels: int = 4, hint_channels: int = 3, model_channels: int = 320,
+                 attention_resolutions: Sequence[int] = (4, 2, 1), num_res_blocks: int = 2,
+                 channel_mult: Sequence[int] = (1, 2, 4, 4), num_heads: int = 8, transformer_depth: int = 1,
+                 context_dim: int = 768, dropout: float = 0.0, use_checkpoint: bool = False):
+        super().__init__()
+        with _quiet():
+            from ldm.modules.attention import SpatialTransformer
+            from ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, TimestepEmbedSequential
+            from ldm.modules.diffusionmodules.util import conv_nd, linear, zero_module
+
+        self.config = ControlNetConfig(in_channels, hint_channels, model_channels, tuple(attention_resolutions),
+                                       num_res_blocks, tuple(channel_mult), num_heads, transformer_depth,
+                                       context_dim)
+        self.model_channels = model_channels
+        emb_dim = model_channels * 4
+
+        def zero_conv(channels: int) -> nn.Module:
+            return TimestepEmbedSequential(zero_module(conv_nd(2, channels, channels, 1, padding=0)))
+
+        def transformer(channels: int) -> nn.Module:
+            # legacy=False: the head width follows the channels (ch // heads); proj_in/out are 1×1 convs.
+            return SpatialTransformer(channels, num_heads, channels // num_heads, depth=transformer_depth,
+                                      context_dim=context_dim, use_linear=False, use_checkpoint=use_checkpoint)
+
+        def resblock(channels: int, out_channels: int) -> nn.Module:
+            return ResBlock(channels, emb_dim, dropout, out_channels=out_channels, dims=2,
+                            use_checkpoint=use_checkpoint)
+
+        self.time_embed = nn.Sequential(linear(model_channels, emb_dim), nn.SiLU(), linear(emb_dim, emb_dim))
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(2, in_channels, model_channels, 3,
+                                                                           padding=1))])
+        self.zero_convs = nn.ModuleList([zero_conv(model_channels)])
+        channels, scale = model_channels, 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [resblock(channels, mult * model_channels)]
+                channels = mult * model_channels
+                if scale in attention_resolutions:
+                    layers.append(transformer(channels))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                self.zero_convs.append(zero_conv(channels))
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(channels, True, dims=2,
+                                                                            out_channels=channels)))
+                self.zero_convs.append(zero_conv(channels))
+                scale *= 2
+        # Image size → latent size: three stride-2 convolutions (×8), widening 16 → 32 → 96 → 256 channels.
+        hint_layers: List[nn.Module] = []
+        widths = [(hint_channels, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 96, 2), (96, 96, 1),
+                  (96, 256, 2)]
+        for cin, cout, stride in widths:
+            hint_layers += [conv_nd(2, cin, cout, 3, padding=1, stride=stride), nn.SiLU()]
+        hint_layers.append(zero_module(conv_nd(2, 256, model_channels, 3, padding=1)))
+        self.input_hint_block = TimestepEmbedSequential(*hint_layers)
+
+        self.middle_block = TimestepEmbedSequential(resblock(channels, channels), transformer(channels),
+                                                    resblock(channels, channels))
+        self.middle_block_out = zero_conv(channels)
+
+    @classmethod
+    def from_config(cls, config: ControlNetConfig) -> "ControlNet":
+        return cls(**asdict(config))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.input_blocks[0][0].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_blocks[0][0].weight.device
+
+    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor,
+                context: Optional[torch.Tensor]) -> List[torch.Tensor]:
+        """Residuals for the UNet: one per input block (the skip connections, in order), then the middle one."""
+        from ldm.modules.diffusionmodules.util import timestep_embedding
+
+        t_emb = timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(self.dtype)
+        emb = self.time_embed(t_emb)
+        guided_hint = self.input_hint_block(hint, emb, context)
+        residuals = []
+        h = x
+        for index, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
+            h = block(h, emb, context)
+            if index == 0:  # the hint enters once, right after the input convolution
+                h = h + guided_hint
+            residuals.append(zero_conv(h, emb, context))
+        h = self.middle_block(h, emb, context)
+        residuals.append(self.middle_block_out(h, emb, context))
+        return residuals
+
+
+# ---- files -----------------------------------------------------------------------------------------------------
+
+def _strip_known_prefix(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """Unprefixed ControlNet keys if any `control_model.*` exist (full HandRefiner checkpoints hold both the
+    ControlNet and the UNet), else unprefixed UNet keys if `model.diffusion_model.*` exist, else the keys as is."""
+    for prefix in (CONTROL_PREFIX, UNET_PREFIX):
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return dict(state)
+
+
+class _ShapeOnly:
+    """A stand-in with just `.shape`, for naming files whose tensors need not be read."""
+
+    def __init__(self, shape: Sequence[int]):
+        self.shape = torch.Size(shape)
+
+
+def _control_keys(keys: Sequence[str]) -> List[str]:
+    """The keys worth reading for a ControlNet: `control_model.*` when present (a full HandRefiner checkpoint also
+    holds a UNet), none from files with other networks' prefixes, else all (an unprefixed ControlNet)."""
+    if any(k.startswith(CONTROL_PREFIX) for k in keys):
+        return [k for k in keys if k.startswith(CONTROL_PREFIX)]
+    if any(k.startswith((UNET_PREFIX, "first_stage_model.", "cond_stage_model.")) for k in keys):
+        return []
+    return list(keys)
+
+
+def _unet_keys(keys: Sequence[str]) -> List[str]:
+    if any(k.startswith(UNET_PREFIX) for k in keys):
+        return [k for k in keys if k.startswith(UNET_PREFIX)]
+    return list(keys)
+
+
+def read_tensors(path, pick=_control_keys) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """(key → tensor, safetensors metadata) of a checkpoint on the CPU. Keys that `pick` leaves out are listed
+    with their shape only (enough to say what a file is) and, from safetensors files, never read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ControlNetLoadError(f"{path} does not exist; pass the path of a .safetensors (or .pth/.ckpt) file, "
+                                  "e.g. control_sd15_inpaint_depth_hand_fp16.safetensors")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                keys = list(f.keys())
+                wanted = set(pick(keys))
+                tensors = {k: f.get_tensor(k) if k in wanted else _ShapeOnly(f.get_slice(k).get_shape())
+                           for k in keys}
+                return tensors, dict(f.metadata() or {})
+        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+            raise ControlNetLoadError(f"{path}: not a readable safetensors file ({e}); download it again") from None
+    if suffix not in PICKLE_SUFFIXES:
+        raise ControlNetLoadError(f"{path}: unknown file type {path.suffix!r}; expected .safetensors "
+                                  f"(or {', '.join(PICKLE_SUFFIXES)})")
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for anything but plain tensors and containers: nothing in it ran
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        raise ControlNetLoadError(
+            f"{path}: refused: not a weights-only pickle ({type(e).__name__}: {first_line}). Pickles that need "
+            "code to load are never opened; use the .safetensors release of this model") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise ControlNetLoadError(f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors")
+    tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+    wanted = set(pick(list(tensors)))
+    return {k: v if k in wanted else _ShapeOnly(v.shape) for k, v in tensors.items()}, {}
+
+
+def identify_foreign(keys: Sequence[str]) -> Optional[str]:
+    """What a file that is not a ControlNet probably is, with the fix; None when it looks like a ControlNet."""
+    def has(*prefixes: str) -> bool:
+        return any(k.startswith(prefixes) for k in keys)
+
+    if has(CONTROL_PREFIX, "input_hint_block."):
+        return None
+    if has(UNET_PREFIX) and has("first_stage_model.", "cond_stage_model."):
+        return ("this looks like a full Stable Diffusion checkpoint (model.diffusion_model.*, first_stage_model.*), "
+                "not a ControlNet: select it as the SD checkpoint, or create a ControlNet from it with "
+                "`python -m lib_handrefiner controlnet init --from FILE --out NEW.safetensors`")
+    if has(UNET_PREFIX, "output_blocks.", "out.0."):
+        return ("this looks like a UNet (it has output blocks) without a hint encoder, not a ControlNet: "
+                "the HandRefiner ControlNet is control_sd15_inpaint_depth_hand_fp16.safetensors")
+    if has("backbone.", "trans_encoder.", "cam_param_fc"):
+        return ("this looks like the Mesh Graphormer hand model (backbone.*, trans_encoder.*), not a ControlNet: "
+                "put it in the mesh models folder")
+    if has("controlnet_cond_embedding.", "down_blocks.", "controlnet_down_blocks."):
+        return ("this looks like a diffusers-format ControlNet; use the single-file ldm release "
+                "(control_sd15_inpaint_depth_hand_fp16.safetensors)")
+    if has("lora_", "lora_unet_", "lora_te_") or any(".lora_" in k for k in keys):
+        return "this looks like a LoRA, not a ControlNet"
+    if has("encoder.down.", "decoder.up.", "first_stage_model."):
+        return "this looks like a VAE, not a ControlNet"
+    if has("text_model.", "cond_stage_model.", "transformer.text_model."):
+        return "this looks like a text encoder, not a ControlNet"
+    return "it holds none of a ControlNet's tensors (input_hint_block.*, zero_convs.*)"
+
+
+def _examples(keys: Sequence[str], n: int = 3) -> str:
+    return ", ".join(list(keys)[:n]) + (", …" if len(keys) > n else "")
+
+
+def _check_fits(path: Path, model: ControlNet, state: Mapping[str, Any]) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})" for k in expected
+                 if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or misshaped:
+        hint = identify_foreign(list(state)) or ("it may be a ControlNet for another base model (SD 2.x/SDXL); "
+                                                 "HandRefiner needs an SD 1.5 ControlNet")
+        raise ControlNetLoadError(
+            f"{path} does not fit a ControlNet of the configuration inferred from it ({model.config}): "
+            f"{len(missing)} missing tensors (e.g. {_examples(missing)}), {len(unexpected)} unexpected "
+            f"(e.g. {_examples(unexpected)}), {len(misshaped)} of the wrong shape (e.g. {_examples(misshaped)}); "
+            f"{hint}")
+
+
+@dataclass
+class ControlNetFile:
+    """What `read_controlnet_file` found: the unprefixed tensors, their configuration and how they were stored."""
+    path: Path
+    state: Dict[str, torch.Tensor]
+    config: ControlNetConfig
+    prefixed: bool
+    dtypes: Dict[str, int] = field(default_factory=dict)   # dtype name → tensor count
+    config_source: str = "inferred"                        # "metadata" or "inferred"
+
+
+def read_controlnet_file(path) -> ControlNetFile:
+    """Reads and checks a ControlNet file without building the network."""
+    path = Path(path)
+    raw, metadata = read_tensors(path)
+    foreign = identify_foreign(list(raw))
+    if foreign is not None:
+        raise ControlNetLoadError(f"{path} is not a ControlNet ({len(raw)} tensors, e.g. "
+                                  f"{_examples(list(raw))}): {foreign}")
+    prefixed = any(k.startswith(CONTROL_PREFIX) for k in raw)
+    state = {k[len(CONTROL_PREFIX):]: v for k, v in raw.items() if k.startswith(CONTROL_PREFIX)} if prefixed else raw
+    try:
+        config = (ControlNetConfig.from_json(metadata[METADATA_KEY]) if METADATA_KEY in metadata
+                  else ControlNetConfig.from_state_dict(state))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ControlNetLoadError(f"{path}: cannot infer the ControlNet's architecture: {e}") from None
+    dtypes: Dict[str, int] = {}
+    for v in state.values():
+        name = str(v.dtype).replace("torch.", "")
+        dtypes[name] = dtypes.get(name, 0) + 1
+    return ControlNetFile(path, state, config, prefixed, dtypes,
+                          "metadata" if METADATA_KEY in metadata else "inferred")
+
+
+def load_controlnet(path, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+                    config: Optional[ControlNetConfig] = None) -> ControlNet:
+    """A ControlNet from a file, cast to `dtype` (the released file is fp16) on `device`, in eval mode.
+    `config` overrides the stored/inferred configuration (e.g. another head count)."""
+    found = read_controlnet_file(path)
+    with torch.device("meta"):
+        model = ControlNet.from_config(config or found.config)
+    _check_fits(found.path, model, found.state)
+    model.load_state_dict(found.state, assign=True)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def save_controlnet(controlnet: ControlNet, path, fp16: bool = False) -> None:
+    """Safetensors with the `control_model.` prefix (the released layout) and the configuration as metadata."""
+    from safetensors.torch import save_file
+
+    dtype = torch.float16 if fp16 else None
+    state = {CONTROL_PREFIX + k: (v.to(dtype) if dtype else v).detach().cpu().contiguous()
+             for k, v in controlnet.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt", METADATA_KEY: controlnet.config.to_json()})
+
+
+# ---- creation from a UNet --------------------------------------------------------------------------------------
+
+def _zero_initialised(controlnet: ControlNet) -> List[nn.Module]:
+    """The convolutions that start at zero: the zero convs, the middle one and the hint encoder's last one."""
+    return [*(zc[0] for zc in controlnet.zero_convs), controlnet.middle_block_out[0], controlnet.input_hint_block[-1]]
+
+
+def controlnet_from_unet(unet_state_dict: Mapping[str, torch.Tensor], config: Optional[ControlNetConfig] = None,
+                         random_zero_convs: bool = False, seed: int = 0) -> ControlNet:
+    """A ControlNet whose encoder copies a UNet's (time_embed, input_blocks, middle_block; of a 9-channel input
+    convolution the first 4 input channels, the noisy latent's). The hint encoder is randomly initialised
+    (seeded); the zero convolutions are zero, the training start, or random with `random_zero_convs` (tests).
+    Accepts a UNet state dict or a full single-file SD checkpoint (`model.diffusion_model.*`)."""
+    unet = _strip_known_prefix(unet_state_dict)
+    if "input_blocks.0.0.weight" not in unet or not any(k.startswith("middle_block.") for k in unet):
+        raise ValueError(f"not a UNet state dict: no input_blocks.0.0.weight/middle_block.* among {len(unet)} "
+                         f"tensors (e.g. {_examples(list(unet))}); pass an SD 1.x checkpoint or its UNet")
+    config = config or ControlNetConfig.from_state_dict(unet)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        controlnet = ControlNet.from_config(config)
+        if random_zero_convs:
+            for conv in _zero_initialised(controlnet):
+                conv.reset_parameters()
+    copied = {}
+    for key, target in controlnet.state_dict().items():
+        if not key.startswith(("time_embed.", "input_blocks.", "middle_block.")):
+            continue
+        source = unet.get(key)
+        if source is None:
+            raise ValueError(f"the UNet has no tensor {key!r} for this ControlNet configuration ({config})")
+        if key == "input_blocks.0.0.weight":
+            source = source[:, :config.in_channels]
+        if tuple(source.shape) != tuple(target.shape):
+            raise ValueError(f"UNet tensor {key!r} has shape {tuple(source.shape)}, the ControlNet needs "
+                             f"{tuple(target.shape)}: the configuration ({config}) does not match the UNet")
+        copied[key] = source.to(target.dtype)
+    controlnet.load_state_dict(copied, strict=False)
+    return controlnet.eval()
+
+
+# ---- injection -------------------------------------------------------------------------------------------------
+
+@dataclass
+class ControlHandle:
+    """Live control settings of an `inject_control` context; `strength` and `hint` may be reassigned inside it."""
+    controlnet: ControlNet
+    hint: torch.Tensor
+    strength: Strength
+    residuals: Optional[List[torch.Tensor]] = None   # of the UNet call in progress (None between calls)
+    calls: int = 0                                    # UNet calls that computed control
+
+
+def _per_block_scales(strength: Strength, count: int) -> Optional[List[float]]:
+    if isinstance(strength, (list, tuple)):
+        if len(strength) != count:
+            raise ValueError(f"per-block control strengths: got {len(strength)} values, this ControlNet has {count} "
+                             "residuals (13 for SD 1.5); pass one float, a per-sample tensor, or one value per block")
+        return [float(s) for s in strength]
+    return None
+
+
+def _batch_repeat(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    """Tile a batch to the UNet's batch when that is a multiple (CFG runs [cond; uncond] in one call)."""
+    if tensor.shape[0] == batch:
+        return tensor
+    if tensor.shape[0] == 0 or batch % tensor.shape[0]:
+        raise ValueError(f"{what} batch {tensor.shape[0]} does not divide the UNet batch {batch}")
+    return tensor.repeat(batch // tensor.shape[0], *([1] * (tensor.dim() - 1)))
+
+
+def _is_zero(strength: Strength) -> bool:
+    if isinstance(strength, torch.Tensor):
+        return bool((strength == 0).all())
+    if isinstance(strength, (list, tuple)):
+        return all(float(s) == 0 for s in strength)
+    return float(strength) == 0
+
+
+def compute_control(handle: ControlHandle, x: torch.Tensor, timesteps: torch.Tensor,
+                    context: Optional[torch.Tensor]) -> Optional[List[torch.Tensor]]:
+    """The scaled residuals for one UNet call (x: the UNet's input; its first channels are the noisy latent),
+    in the ControlNet's device and dtype; None at strength 0, so the UNet then runs exactly as without control."""
+    if _is_zero(handle.strength):
+        return None
+    controlnet = handle.controlnet
+    batch, latent_h, latent_w = x.shape[0], x.shape[-2], x.shape[-1]
+    hint = handle.hint
+    if hint.dim() == 3:
+        hint = hint.unsqueeze(0)
+    if tuple(hint.shape[-2:]) != (latent_h * HINT_DOWNSCALE, latent_w * HINT_DOWNSCALE):
+        raise ValueError(f"control hint is {tuple(hint.shape[-2:])} pixels but the latent is {latent_h}×{latent_w}: "
+                         f"the hint must be the image size, {latent_h * HINT_DOWNSCALE}×{latent_w * HINT_DOWNSCALE}")
+    device, dtype = controlnet.device, controlnet.dtype
+    hint = _batch_repeat(hint.to(device, dtype), batch, "control hint")
+    timesteps = torch.as_tensor(timesteps, device=device)
+    if timesteps.dim() == 0:
+        timesteps = timesteps.expand(batch)
+    context = None if context is None else context.to(device, dtype)
+    residuals = controlnet(x[:, :controlnet.config.in_channels].to(device, dtype), hint, timesteps, context)
+    blocks = _per_block_scales(handle.strength, len(residuals))
+    if blocks is not None:
+        return [r * s for r, s in zip(residuals, blocks)]
+    if isinstance(handle.strength, torch.Tensor) and handle.strength.dim() > 0:
+        per_sample = _batch_repeat(handle.strength.reshape(-1).to(device, dtype), batch, "control strength")
+        return [r * per_sample.view(-1, 1, 1, 1) for r in residuals]
+    scale = float(handle.strength)
+    return [r * scale for r in residuals]
+
+
+def _split_unet_call(args: tuple, kwargs: dict) -> Tuple[torch.Tensor, Any, Any]:
+    """x, timesteps, context of a call to ldm's UNetModel.forward(x, timesteps=None, context=None, ...)."""
+    x = args[0] if args else kwargs["x"]
+    timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
+    context = args[2] if len(args) > 2 else kwargs.get("context")
+    return x, timesteps, context
+
+
+def _check_pairing(unet: nn.Module, controlnet: ControlNet) -> None:
+    for name in ("input_blocks", "middle_block", "output_blocks"):
+        if not hasattr(unet, name):
+            raise TypeError(f"{type(unet).__name__} is not an ldm UNetModel (no {name}); control needs one")
+    count = controlnet.config.num_residuals
+    if len(unet.input_blocks) != count - 1 or len(unet.output_blocks) != count - 1:
+        raise ValueError(f"this ControlNet ({count - 1} encoder blocks, {controlnet.config.model_channels} channels) "
+                         f"does not pair with this UNet ({len(unet.input_blocks)} input blocks): use a ControlNet "
+                         "made for the same base model (SD 1.5 for HandRefiner)")
+
+
+@contextlib.contextmanager
+def inject_control(unet: nn.Module, controlnet: ControlNet, hint: torch.Tensor,
+                   strength: Strength = 1.0) -> Iterator[ControlHandle]:
+    """Adds the ControlNet's residuals to every call of `unet` inside the context.
+
+    hint: (B,3,H,W) in [0, 1] at image size (B divides the UNet batch: it is tiled, e.g. for CFG).
+    strength: a float; a (B,) tensor of per-sample scales (tiled like the hint); or a list of per-block scales
+    (one per residual, 13 for SD 1.5). Residual k < n goes to the skip connection of input block k, which output
+    block n-1-k concatenates; the last one is added to the middle block's output (ldm's ControlledUnetModel).
+    Hooks attach to the instance and its blocks and come off on exit, leaving the UNet exactly as before.
+    """
+    _check_pairing(unet, controlnet)
+    handle = ControlHandle(controlnet=controlnet, hint=hint, strength=strength)
+    skips = len(unet.input_blocks)
+
+    def before_unet(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x, timesteps, context = _split_unet_call(args, kwargs)
+        handle.residuals = compute_control(handle, x, timesteps, context)
+        handle.calls += handle.residuals is not None
+
+    def after_unet(module: nn.Module, args: tuple, output: Any) -> None:
+        handle.residuals = None
+
+    def after_middle(module: nn.Module, args: tuple, output: torch.Tensor) -> Optional[torch.Tensor]:
+        if handle.residuals is None:
+            return None
+        return output + handle.residuals[-1].to(output.device, output.dtype)
+
+    def before_output_block(index: int):
+        def hook(module: nn.Module, args: tuple) -> Optional[tuple]:
+            if handle.residuals is None:
+                return None
+            h = args[0]
+            residual = handle.residuals[skips - 1 - index].to(h.device, h.dtype)
+            width = residual.shape[1]  # the skip is the second part of cat([h, skip], dim=1)
+            h = torch.cat([h[:, :-width], h[:, -width:] + residual], dim=1)
+            return (h, *args[1:])
+        return hook
+
+    removers = [unet.register_forward_pre_hook(before_unet, with_kwargs=True),
+                unet.register_forward_hook(after_unet),
+                unet.middle_block.register_forward_hook(after_middle)]
+    removers += [block.register_forward_pre_hook(before_output_block(i))
+                 for i, block in enumerate(unet.output_blocks)]
+    try:
+        yield handle
+    finally:
+        for remover in removers:
+            remover.remove()
+        handle.residuals = None

@@ -20,7 +20,7 @@ from PIL import Image
 
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.sampler import LATENT_SCALE, InpaintRequest, SamplingInterrupted, sample_inpaint, \
-    with_extra_negative
+    size_multiple, with_extra_negative
 from lib_handrefiner.sd_model import SDModel
 
 Box = Tuple[int, int, int, int]
@@ -36,7 +36,7 @@ class CropRegion:
     y0: int
     width: int
     height: int
-    work_width: int      # multiples of 8
+    work_width: int      # multiples of the UNet's size multiple (64 for SD 1.5)
     work_height: int
 
     @property
@@ -70,12 +70,13 @@ def round_up(n: float, multiple: int = LATENT_SCALE) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-def hand_crop_region(box: Sequence[float], image_w: int, image_h: int, resolution: int) -> CropRegion:
+def hand_crop_region(box: Sequence[float], image_w: int, image_h: int, resolution: int,
+                     multiple: int = LATENT_SCALE) -> CropRegion:
     """A square around `box` with CROP_CONTEXT margin, moved inside the image where it fits, centred on the
     image where it is larger (then edge-padded)."""
     x0, y0, x1, y1 = box
     side = max(8, int(math.ceil(max(x1 - x0, y1 - y0) * (1.0 + CROP_CONTEXT))))
-    resolution = round_up(resolution)
+    resolution = round_up(resolution, multiple)
 
     def place(center: float, extent: int) -> int:
         start = int(round(center - side / 2))
@@ -85,9 +86,9 @@ def hand_crop_region(box: Sequence[float], image_w: int, image_h: int, resolutio
                       resolution)
 
 
-def whole_image_region(image_w: int, image_h: int) -> CropRegion:
-    """crop=False: the whole image at its own resolution, padded to multiples of 8."""
-    w, h = round_up(image_w), round_up(image_h)
+def whole_image_region(image_w: int, image_h: int, multiple: int = LATENT_SCALE) -> CropRegion:
+    """crop=False: the whole image at its own resolution, edge-padded to the UNet's size multiple."""
+    w, h = round_up(image_w, multiple), round_up(image_h, multiple)
     return CropRegion(0, 0, w, h, w, h)
 
 
@@ -108,7 +109,7 @@ def resize(array: np.ndarray, width: int, height: int, resample=Image.LANCZOS) -
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """uint8 H×W×3 → (1,3,H,W) in [-1,1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
 def to_uint8(x: torch.Tensor) -> List[np.ndarray]:
@@ -184,18 +185,18 @@ class _Unit:
     seed: int
 
 
-def _units(perception, args: HandRefinerArgs, base_seed: int) -> List[_Unit]:
+def _units(perception, args: HandRefinerArgs, base_seed: int, multiple: int) -> List[_Unit]:
     hands = [h for h in perception.hands if h.refinable]
     if not hands:
         return []
     w, h = perception.width, perception.height
     if not args.crop:
-        return [_Unit(hands, whole_image_region(w, h), base_seed)]
+        return [_Unit(hands, whole_image_region(w, h, multiple), base_seed)]
     if args.hands_together:
         boxes = np.array([hd.box for hd in hands], dtype=float)
         union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
-        return [_Unit(hands, hand_crop_region(union, w, h, args.crop_resolution), base_seed)]
-    return [_Unit([hd], hand_crop_region(hd.box, w, h, args.crop_resolution), (base_seed + i) % 2 ** 32)
+        return [_Unit(hands, hand_crop_region(union, w, h, args.crop_resolution, multiple), base_seed)]
+    return [_Unit([hd], hand_crop_region(hd.box, w, h, args.crop_resolution, multiple), (base_seed + i) % 2 ** 32)
             for i, hd in enumerate(hands)]
 
 
@@ -231,7 +232,7 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     base_seed = choose_seed(seed, args)
     used_args = args.copy(update={"enabled": True, "seed": base_seed})
     infotext = format_infotext(used_args.infotext())
-    units = _units(perception, args, base_seed)
+    units = _units(perception, args, base_seed, size_multiple(sd.unet))
     if not units:
         found = len(perception.hands)
         message = ("no hands found" if not found else

@@ -124,6 +124,15 @@ def with_extra_negative(negative: str, extra: str) -> str:
     return ", ".join(p for p in (negative.strip(), extra.strip()) if p)
 
 
+def size_multiple(unet: torch.nn.Module) -> int:
+    """Pixel sizes the UNet takes: 8 (the VAE) × 2 per downsampling level, so skips and upsamples line up
+    (64 for SD 1.5)."""
+    from ldm.modules.diffusionmodules.openaimodel import Downsample
+
+    levels = sum(isinstance(layer, Downsample) for block in unet.input_blocks for layer in block)
+    return LATENT_SCALE * 2 ** levels
+
+
 def latent_mask(mask: torch.Tensor) -> torch.Tensor:
     """(B,1,H,W) in {0,1} → (B,1,H/8,W/8): a latent cell belongs to the hand if any of its pixels does, so the
     blend never pastes the old hand back."""
@@ -132,7 +141,7 @@ def latent_mask(mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class InpaintRequest:
-    image: torch.Tensor        # (1,3,H,W) in [-1,1], H and W multiples of 8
+    image: torch.Tensor        # (1,3,H,W) in [-1,1], H and W multiples of size_multiple(unet)
     mask: torch.Tensor         # (1,1,H,W) in {0,1}, 1 = hand (regenerated)
     hint: torch.Tensor         # (1,3,H,W) in [0,1]: the depth map
     prompt: str
@@ -147,8 +156,10 @@ def sample_inpaint(sd: SDModel, controlnet, request: InpaintRequest, strengths: 
                    callback: Optional[Callable[[int, int], None]] = None,
                    should_stop: Optional[Callable[[], bool]] = None) -> torch.Tensor:
     """Refined images (len(strengths),3,H,W) in [-1,1], one per control strength, all from the same noise."""
-    if request.image.shape[-1] % LATENT_SCALE or request.image.shape[-2] % LATENT_SCALE:
-        raise ValueError(f"image size {tuple(request.image.shape[-2:])} must be a multiple of {LATENT_SCALE}")
+    multiple = size_multiple(sd.unet)
+    if request.image.shape[-1] % multiple or request.image.shape[-2] % multiple:
+        raise ValueError(f"image size {tuple(request.image.shape[-2:])} must be a multiple of {multiple} for this "
+                         "UNet; pad or resize it")
     device, dtype = sd.device, sd.dtype
     image = request.image.to(device, dtype)
     mask = (request.mask > 0.5).to(device, dtype)

@@ -158,5 +158,5 @@ def test_sample_inpaint_regular_unet_and_img2img(tiny_sd_regular, tiny_controlne
 def test_sample_inpaint_stops_and_rejects_odd_sizes(tiny_sd):
     with pytest.raises(SamplingInterrupted):
         sample_inpaint(tiny_sd, None, _request(), [1.0], seed=1, should_stop=lambda: True)
-    with pytest.raises(ValueError, match="multiple of 8"):
-        sample_inpaint(tiny_sd, None, _request(size=60), [1.0], seed=1)
+    with pytest.raises(ValueError, match="multiple of 16"):  # tiny UNet: 8 (VAE) × 2 (one downsampling)
+        sample_inpaint(tiny_sd, None, _request(size=56), [1.0], seed=1)

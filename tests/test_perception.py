@@ -1,0 +1,116 @@
+"""perceive(): the whole perception stage on the shipped images, any input mode, user boxes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.imageio import load_image
+from lib_handrefiner.perception import overlay_image, perceive
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.jpg"))
+STAGES = {"convert", "detect", "mesh", "depth", "mask", "total"}
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {name: perceive(load_image(EXAMPLES / f"{name}.jpg")) for name in NAMES}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_hand_box_mask_and_depth(results, name):
+    r = results[name]
+    assert (r.width, r.height) == load_image(EXAMPLES / f"{name}.jpg").shape[1::-1]
+    assert len(r.hands) == 1
+    (p,) = r.hands
+    assert p.hand is not None and p.mesh is not None and p.refinable and not p.from_user_box
+    x0, y0, x1, y1 = p.box
+    xy = np.floor(p.hand.landmarks[:, :2])
+    inside_image = (xy[:, 0] >= 0) & (xy[:, 0] < r.width) & (xy[:, 1] >= 0) & (xy[:, 1] < r.height)
+    assert inside_image.all()
+    assert np.all((xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1))  # box covers landmarks
+    assert r.mask.dtype == np.uint8 and set(np.unique(r.mask)) == {0, 255}
+    assert np.all(r.mask[r.depth > 0] == 255)                                              # mask ⊇ depth pixels
+    assert np.all(r.mask[y0:y1, x0:x1] == 255)                                              # mask ⊇ box
+    assert r.depth.max() == 255 and r.depth[r.depth > 0].min() == 51
+    ys, xs = np.nonzero(r.depth)
+    assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1           # box ⊇ depth pixels
+    assert set(r.timings_ms) == STAGES and all(v >= 0 for v in r.timings_ms.values())
+    np.testing.assert_array_equal(r.hand_mask(0), r.mask)
+
+
+def _modes(rgb: np.ndarray):
+    image = Image.fromarray(rgb)
+    gray16 = Image.fromarray((np.asarray(image.convert("L")).astype(np.uint16) * 257))
+    rgba = image.convert("RGBA")
+    return {"RGBA": rgba, "L": image.convert("L"), "P": image.convert("P"), "CMYK": image.convert("CMYK"),
+            "I;16": gray16, "uint16 array": rgb.astype(np.uint16) * 257, "float array": rgb / 255.0}
+
+
+def test_every_input_mode_finds_the_hand(results):
+    rgb = load_image(EXAMPLES / "malformed_3.jpg")
+    expected = results["malformed_3"].hands[0].hand.landmarks
+    tolerance = 0.15 * results["malformed_3"].hands[0].hand.size  # grey or dithered pixels move MediaPipe a bit
+    for mode, image in _modes(rgb).items():
+        r = perceive(image)
+        assert len(r.hands) == 1, mode
+        assert np.abs(r.hands[0].hand.landmarks[:, :2] - expected[:, :2]).max() < tolerance, mode
+
+
+def test_user_box_replaces_detections_and_finds_the_hand_inside(results):
+    rgb = load_image(EXAMPLES / "malformed_3.jpg")
+    x0, y0, x1, y1 = results["malformed_3"].hands[0].hand.keypoint_box
+    args = HandRefinerArgs(boxes=[(x0 - 10, y0 - 10, x1 + 10, y1 + 10), (400, 20, 480, 90)], boxes_mode="replace")
+    r = perceive(rgb, args)
+    assert len(r.hands) == 2 and all(h.from_user_box for h in r.hands)
+    found, empty = r.hands
+    assert found.hand is not None and found.mesh is not None and found.refinable
+    assert found.box[0] <= x0 - 10 and found.box[2] >= x1 + 10
+    assert empty.hand is None and empty.mesh is None and not empty.refinable
+    assert empty.box == (400, 20, 480, 90) and np.all(r.mask[20:90, 400:480] == 255)
+    assert not r.depth[20:90, 400:480].any()
+
+
+def test_user_box_on_an_empty_region_is_mask_only():
+    r = perceive(np.full((128, 128, 3), 90, np.uint8), HandRefinerArgs(boxes=[(10, 20, 50, 60)]))
+    assert len(r.hands) == 1 and r.hands[0].hand is None and r.hands[0].box == (10, 20, 50, 60)
+    assert (r.mask > 0).sum() == 40 * 40 and not r.depth.any()
+
+
+def test_add_mode_merges_a_box_on_a_detected_hand_and_adds_others(results):
+    rgb = load_image(EXAMPLES / "malformed_1.jpg")
+    detected = results["malformed_1"].hands[0]
+    x0, y0, x1, y1 = detected.hand.keypoint_box
+    args = HandRefinerArgs(boxes=[(x0, y0, x1, y1), (10, 10, 60, 60)], boxes_mode="add")
+    r = perceive(rgb, args)
+    assert len(r.hands) == 2
+    assert r.hands[0].hand is not None and r.hands[0].from_user_box and r.hands[0].box == detected.box
+    assert r.hands[1].hand is None and r.hands[1].box == (10, 10, 60, 60)
+
+
+def test_small_hands_reported_not_refined_and_dilation_grows_the_mask(results):
+    rgb = load_image(EXAMPLES / "malformed_2.jpg")
+    r = perceive(rgb, HandRefinerArgs(min_hand_size=4096, mask_dilation=12))
+    assert len(r.hands) == 1 and not r.hands[0].refinable and r.hands[0].mesh is not None
+    base = results["malformed_2"].mask
+    assert (r.mask > 0).sum() > (base > 0).sum() and np.all(r.mask[base > 0] == 255)
+
+
+def test_no_hands():
+    r = perceive(Image.new("RGB", (200, 150), (120, 130, 140)))
+    assert r.hands == [] and not r.depth.any() and not r.mask.any() and r.depth.shape == (150, 200)
+
+
+def test_overlay_shows_depth_and_landmarks(results):
+    rgb = load_image(EXAMPLES / "malformed_3.jpg")
+    r = results["malformed_3"]
+    picture = overlay_image(rgb, r)
+    assert picture.shape == rgb.shape and picture.dtype == np.uint8
+    hand = r.depth > 0
+    # Hand pixels are brighter than the darkened background outside the mask.
+    assert picture[hand].mean() > picture[r.mask == 0].mean() + 30
+    assert not np.array_equal(picture, rgb)

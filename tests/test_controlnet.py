@@ -247,3 +247,166 @@ def test_a_controlnet_for_another_base_model_is_refused_before_sampling():
     with pytest.raises(ValueError, match="does not pair"):
         with inject_control(unet, wide, torch.rand(1, 3, 64, 64)):
             pass
+
+
+# ---- files -------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    return randomise(ControlNet.from_config(ControlNetConfig.tiny()), seed=21)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module, atol: float = 0.0) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.allclose(sa[k], sb[k].to(sa[k].dtype), rtol=0, atol=atol) for k in sa)
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_save_load_round_trip(tmp_path, tiny_net, fp16):
+    path = tmp_path / "cn.safetensors"
+    save_controlnet(tiny_net, path, fp16=fp16)
+    found = read_controlnet_file(path)
+    assert found.prefixed and found.config == ControlNetConfig.tiny() and found.config_source == "metadata"
+    assert found.dtypes == {"float16" if fp16 else "float32": len(tiny_net.state_dict())}
+    loaded = load_controlnet(path)  # the run's dtype: fp32
+    assert loaded.dtype == torch.float32 and not loaded.training
+    assert same_weights(tiny_net, loaded, atol=1e-3 if fp16 else 0.0)
+    if fp16:
+        assert load_controlnet(path, dtype=torch.float16).dtype == torch.float16
+
+
+@pytest.mark.parametrize("prefix", ["", CONTROL_PREFIX], ids=["bare-keys", "control_model-keys"])
+def test_files_from_other_tools_load_with_the_configuration_inferred_from_shapes(tmp_path, tiny_net, prefix):
+    from safetensors.torch import save_file
+
+    state = {prefix + k: v.half().contiguous() for k, v in tiny_net.state_dict().items()}
+    save_file(state, str(tmp_path / "cn.safetensors"))  # no metadata: the architecture comes from the shapes
+    torch.save(state, tmp_path / "cn.pth")
+    for name in ("cn.safetensors", "cn.pth"):
+        found = read_controlnet_file(tmp_path / name)
+        assert found.config == ControlNetConfig.tiny() and found.config_source == "inferred"
+        assert found.prefixed == bool(prefix)
+        assert same_weights(tiny_net, load_controlnet(tmp_path / name), atol=1e-3)
+
+
+def test_a_full_handrefiner_checkpoint_gives_only_its_controlnet(tmp_path, tiny_net):
+    unet = build_unet(9)
+    state = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    state.update({CONTROL_PREFIX + k: v for k, v in tiny_net.state_dict().items()})
+    state["alphas_cumprod"] = torch.linspace(1, 0, 1000)
+    torch.save({"state_dict": state, "global_step": 1}, tmp_path / "inpaint_depth_control.ckpt")
+    assert same_weights(tiny_net, load_controlnet(tmp_path / "inpaint_depth_control.ckpt"))
+
+
+class Malicious:
+    """Unpickling this creates a file: a stand-in for any code a hostile checkpoint would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("name, writer", [("evil.ckpt", "torch"), ("evil.pth", "pickle")])
+def test_a_malicious_pickle_is_refused_without_running_it(tmp_path, name, writer):
+    marker = tmp_path / "pwned"
+    payload = {"input_hint_block.0.weight": torch.zeros(1), "evil": Malicious(marker)}
+    path = tmp_path / name
+    if writer == "torch":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    assert not marker.exists()
+    with pytest.raises(ControlNetLoadError, match="refused") as err:
+        load_controlnet(path)
+    assert str(path) in str(err.value) and ".safetensors" in str(err.value)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(Malicious(marker)))  # the payload is live: a plain unpickler runs it
+    assert marker.exists()
+
+
+def test_wrong_files_say_what_they_probably_are(tmp_path, tiny_net):
+    from safetensors.torch import save_file
+
+    unet = {k: v.contiguous() for k, v in build_unet(9).state_dict().items()}
+    cases = {
+        "sd.safetensors": ({"model.diffusion_model." + k: v for k, v in unet.items()}
+                           | {"first_stage_model.encoder.conv_in.weight": torch.zeros(2, 3, 3, 3)},
+                           "full Stable Diffusion checkpoint"),
+        "unet.safetensors": (unet, "UNet"),
+        "graphormer.safetensors": ({"backbone.conv1.weight": torch.zeros(64, 3, 3, 3),
+                                    "trans_encoder.0.bert.embeddings.position_embeddings.weight": torch.zeros(4, 2)},
+                                   "Graphormer"),
+    }
+    for name, (state, probably) in cases.items():
+        save_file(state, str(tmp_path / name))
+        with pytest.raises(ControlNetLoadError, match=probably) as err:
+            load_controlnet(tmp_path / name)
+        assert str(tmp_path / name) in str(err.value)
+    # Right names, but a tensor of the wrong shape and one missing, one foreign: counts and examples.
+    state = {k: v.contiguous() for k, v in tiny_net.state_dict().items()}
+    state["zero_convs.1.0.weight"] = torch.zeros(32, 32, 3, 3)
+    del state["middle_block_out.0.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(ControlNetLoadError) as err:
+        load_controlnet(tmp_path / "broken.safetensors")
+    message = str(err.value)
+    for part in ("1 missing tensors (e.g. middle_block_out.0.bias)", "1 unexpected (e.g. extra.weight)",
+                 "1 of the wrong shape (e.g. zero_convs.1.0.weight (32, 32, 3, 3) (expected (32, 32, 1, 1)))",
+                 "broken.safetensors"):
+        assert part in message
+    for bad, why in (("missing.safetensors", "does not exist"), ("cn.onnx", "unknown file type")):
+        if why == "unknown file type":
+            (tmp_path / bad).write_bytes(b"x")
+        with pytest.raises(ControlNetLoadError, match=why):
+            load_controlnet(tmp_path / bad)
+    (tmp_path / "truncated.safetensors").write_bytes(b"\x10\x00\x00")
+    with pytest.raises(ControlNetLoadError, match="not a readable safetensors file"):
+        load_controlnet(tmp_path / "truncated.safetensors")
+
+
+# ---- creation from a UNet ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("in_channels", [9, 4])
+def test_controlnet_from_unet_copies_the_encoder(in_channels):
+    unet = build_unet(in_channels, seed=5).state_dict()
+    full = {"model.diffusion_model." + k: v for k, v in unet.items()}
+    full["first_stage_model.decoder.conv_out.weight"] = torch.zeros(3, 32, 3, 3)
+    controlnet = controlnet_from_unet(full, seed=1)
+    assert controlnet.config == ControlNetConfig.tiny()
+    state = controlnet.state_dict()
+    assert torch.equal(state["input_blocks.0.0.weight"], unet["input_blocks.0.0.weight"][:, :4])
+    copied = [k for k in state if k.startswith(("time_embed.", "input_blocks.", "middle_block."))
+              and k != "input_blocks.0.0.weight"]
+    assert len(copied) > 50 and all(torch.equal(state[k], unet[k]) for k in copied)
+    zero = [k for k in state if k.startswith(("zero_convs.", "middle_block_out.", "input_hint_block.14."))]
+    assert len(zero) == 2 * (5 + 1) and all(torch.count_nonzero(state[k]) == 0 for k in zero)
+    assert torch.count_nonzero(state["input_hint_block.0.weight"]) > 0
+    again = controlnet_from_unet(unet, ControlNetConfig.tiny(), seed=1)  # seeded: same hint encoder
+    assert same_weights(controlnet, again)
+
+
+@torch.no_grad()
+def test_a_fresh_controlnet_changes_nothing_and_random_zero_convs_do(tmp_path):
+    unet = build_unet(9, seed=6)
+    x, t, context, hint = inputs(9)
+    bare = unet(x, t, context)
+    fresh = controlnet_from_unet(unet.state_dict())
+    with inject_control(unet, fresh, hint, strength=1.0):
+        assert torch.equal(unet(x, t, context), bare)  # zero convs: training starts from the plain UNet
+    noisy = controlnet_from_unet(unet.state_dict(), random_zero_convs=True, seed=2)
+    with inject_control(unet, noisy, hint, strength=1.0):
+        assert (unet(x, t, context) - bare).abs().max() > 1e-3
+    save_controlnet(noisy, tmp_path / "noisy.safetensors", fp16=True)
+    assert same_weights(noisy, load_controlnet(tmp_path / "noisy.safetensors"), atol=1e-3)
+
+
+def test_controlnet_from_unet_refuses_what_is_not_a_unet():
+    with pytest.raises(ValueError, match="not a UNet state dict"):
+        controlnet_from_unet({"backbone.conv1.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="does not match the UNet"):
+        controlnet_from_unet(build_unet(9).state_dict(), ControlNetConfig.tiny().__class__(
+            model_channels=32, channel_mult=(1, 4), num_res_blocks=1, attention_resolutions=(1, 2), num_heads=2,
+            context_dim=64))

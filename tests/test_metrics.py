@@ -158,3 +158,93 @@ def test_kid_kernel_parameters_are_used():
 def test_kid_subset_size_larger_than_a_set_is_an_error():
     with pytest.raises(ValueError, match="subset size 50"):
         kid_from_features(np.zeros((10, 3)), np.zeros((40, 3)), subset_size=50)
+
+
+# ---- FID Inception-v3 --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def random_inception():
+    from lib_handrefiner.inception import random_fid_inception
+
+    return random_fid_inception(seed=0)
+
+
+def test_inception_layout_is_the_fid_weights_layout(random_inception):
+    # Names and shapes of pt_inception-2015-12-05 (torchvision's Inception-v3 names, 1008 classes, no aux head).
+    shapes = {k: tuple(v.shape) for k, v in random_inception.state_dict().items()}
+    assert shapes["Conv2d_1a_3x3.conv.weight"] == (32, 3, 3, 3)
+    assert shapes["Conv2d_4a_3x3.bn.running_var"] == (192,)
+    assert shapes["Mixed_5b.branch_pool.conv.weight"] == (32, 192, 1, 1)
+    assert shapes["Mixed_6b.branch7x7dbl_5.conv.weight"] == (192, 128, 1, 7)
+    assert shapes["Mixed_7a.branch7x7x3_4.conv.weight"] == (192, 192, 3, 3)
+    assert shapes["Mixed_7c.branch3x3dbl_3b.conv.weight"] == (384, 384, 3, 1)
+    assert shapes["fc.weight"] == (1008, 2048)
+    assert not any(k.startswith("AuxLogits") for k in shapes)
+    params = sum(p.numel() for p in random_inception.parameters())
+    assert params - 1008 * 2049 == 23834568 - 1000 * 2049  # torchvision's count without the aux head
+
+
+def test_tf_average_pool_ignores_the_padding():
+    import torch
+
+    from lib_handrefiner.inception import _tf_avg_pool
+
+    pooled = _tf_avg_pool(torch.ones(1, 1, 4, 4))
+    assert torch.equal(pooled, torch.ones(1, 1, 4, 4))  # corners average 4 real pixels, not 9 with zeros
+
+
+def test_features_differ_between_images_and_are_2048_wide(random_inception):
+    from lib_handrefiner.inception import extract_features
+
+    images = [np.full((80, 90, 3), c, np.uint8) for c in (0, 128, 255)]
+    images.append(np.random.default_rng(0).integers(0, 256, (120, 100, 3), dtype=np.uint8))
+    features = extract_features(random_inception, images, batch_size=3)
+    assert features.shape == (4, 2048) and features.dtype == np.float32
+    assert np.abs(features[0] - features[2]).mean() > 1e-3
+    again = extract_features(random_inception, images[::-1], batch_size=2)[::-1]
+    np.testing.assert_allclose(again, features, rtol=1e-4, atol=1e-6)  # batching does not change a row
+
+
+def test_weights_roundtrip_pth_without_batch_counters_and_safetensors(tmp_path, random_inception):
+    import torch
+    from safetensors.torch import save_file
+
+    from lib_handrefiner.inception import extract_features, load_fid_inception
+
+    state = {k: v for k, v in random_inception.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "weights.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "weights.safetensors"))
+    image = [np.random.default_rng(1).integers(0, 256, (90, 90, 3), dtype=np.uint8)]
+    expected = extract_features(random_inception, image)
+    for name in ("weights.pth", "weights.safetensors"):
+        loaded = load_fid_inception(tmp_path / name, input_size=random_inception.input_size)
+        np.testing.assert_array_equal(extract_features(loaded, image), expected)
+
+
+def test_missing_weights_name_the_file_and_where_to_get_it(tmp_path):
+    from lib_handrefiner.inception import InceptionWeightsError, load_fid_inception
+
+    with pytest.raises(InceptionWeightsError) as error:
+        load_fid_inception(tmp_path / "nope.pth")
+    assert "pt_inception-2015-12-05-6726825d.pth" in str(error.value)
+    assert "github.com/mseitzer/pytorch-fid/releases" in str(error.value)
+
+
+def test_other_weights_are_rejected(tmp_path):
+    import torch
+
+    from lib_handrefiner.inception import InceptionWeightsError, load_fid_inception
+
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(InceptionWeightsError, match="not the FID Inception-v3 weights"):
+        load_fid_inception(tmp_path / "other.pth")
+    (tmp_path / "broken.pth").write_bytes(b"not a pickle")
+    with pytest.raises(InceptionWeightsError, match="cannot read"):
+        load_fid_inception(tmp_path / "broken.pth")
+
+
+def test_input_below_75_px_is_rejected():
+    from lib_handrefiner.inception import FIDInceptionV3
+
+    with pytest.raises(ValueError, match="at least 75"):
+        FIDInceptionV3(input_size=64)

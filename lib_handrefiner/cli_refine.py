@@ -96,7 +96,7 @@ def run(ns: argparse.Namespace) -> int:
     from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.pipeline import refine_image
-    from lib_handrefiner.sd_model import CheckpointError, load_sd_checkpoint
+    from lib_handrefiner.sd_model import CheckpointError, load_sd_checkpoint, use_fast_attention
 
     try:
         args = settings(ns)
@@ -107,6 +107,7 @@ def run(ns: argparse.Namespace) -> int:
     try:
         sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
         controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype)
+        use_fast_attention(controlnet)
     except (CheckpointError, ControlNetLoadError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

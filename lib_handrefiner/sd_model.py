@@ -329,6 +329,33 @@ class LdmSDModel(nn.Module):
         return self.unet(x, timesteps=t, context=context)
 
 
+def _sdpa_attention(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ldm CrossAttention.forward through torch's fused scaled-dot-product attention: the same result without
+    materialising the (tokens × tokens) matrix (4096² per head at 512 px)."""
+    if mask is not None:
+        return type(self).forward(self, x, context, mask)
+    context = x if context is None else context
+    q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+    b, n = q.shape[:2]
+    q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def use_fast_attention(module: nn.Module) -> int:
+    """Routes the ldm cross-attention layers of this module instance (UNet or ControlNet) through fused
+    attention; the class, and so the WebUI's own models, stay untouched. Returns the number of layers."""
+    from ldm.modules.attention import CrossAttention
+
+    count = 0
+    for sub in module.modules():
+        if type(sub) is CrossAttention:
+            sub.forward = _sdpa_attention.__get__(sub)
+            count += 1
+    return count
+
+
 @contextlib.contextmanager
 def _quiet():
     """ldm prints a line per attention layer it builds; keep the user's console readable."""
@@ -393,6 +420,7 @@ def load_sd_checkpoint(path, config_path=None, device="cpu", dtype: torch.dtype 
                  VAE_PREFIX)
     # position_ids is a buffer some transformers versions save and others do not.
     _load_strict(model.text_model, _text_state(state), "text encoder", TEXT_PREFIX, ignore=("position_ids",))
+    use_fast_attention(model.unet)
     if "alphas_cumprod" in state:  # the checkpoint's own schedule wins over the config's
         model.alphas_cumprod = state["alphas_cumprod"].to(torch.float64)
     return model.to(device=device, dtype=dtype)

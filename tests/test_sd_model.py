@@ -43,6 +43,22 @@ def test_tiny_model_runs_and_vae_downscales_by_8(tiny_sd):
         tiny_sd.apply_unet(z, torch.tensor([10, 900]), ctx)
 
 
+def test_fast_attention_matches_ldms(tiny_sd):
+    import copy
+
+    from ldm.modules.attention import CrossAttention
+
+    plain = copy.deepcopy(tiny_sd.unet)
+    layers = [m for m in plain.modules() if type(m) is CrossAttention]
+    assert layers and all("forward" in vars(m) for m in layers)  # loading routed them through fused attention
+    for m in layers:
+        del m.forward  # back to ldm's own einsum attention
+    x, ctx = torch.randn(2, 9, 16, 8), torch.randn(2, 77, 64)
+    t = torch.tensor([3, 700])
+    torch.testing.assert_close(tiny_sd.unet(x, timesteps=t, context=ctx), plain(x, timesteps=t, context=ctx),
+                               atol=1e-5, rtol=1e-4)
+
+
 def test_inferred_config_without_yaml(tiny_models, tiny_sd, tmp_path):
     lone = tmp_path / "model.safetensors"
     shutil.copyfile(tiny_models.checkpoint, lone)

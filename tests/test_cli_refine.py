@@ -1,0 +1,55 @@
+"""`python -m lib_handrefiner refine` end to end with the tiny models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib_handrefiner.__main__ import main
+
+from conftest import EXAMPLES
+
+
+def _models(tiny_models):
+    return ["--checkpoint", str(tiny_models.checkpoint), "--controlnet", str(tiny_models.controlnet)]
+
+
+def test_refine_writes_png_with_parameters_and_json(tiny_models, tmp_path, capsys):
+    image = EXAMPLES / "freihand_sample1.jpg"
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((96, 80, 3), 128, np.uint8)).save(blank)
+    out = tmp_path / "out"
+    code = main(["refine", str(image), str(blank), *_models(tiny_models), "--steps", "1", "--seed", "11",
+                 "--prompt", "a hand", "--negative", "blurry", "--out", str(out), "--save-depth", "--save-mask"])
+    assert code == 0
+    refined = Image.open(out / "freihand_sample1.refined.png")
+    lines = refined.text["parameters"].splitlines()
+    assert lines[0] == "a hand" and lines[1] == "Negative prompt: blurry"
+    assert lines[-1].startswith("HandRefiner: True, HandRefiner strength: 0.55") and "HandRefiner seed: 11" in lines[-1]
+    data = json.loads((out / "freihand_sample1.refine.json").read_text())
+    assert data["refined"] and data["seed"] == 11 and data["strength"] == 0.55
+    assert len(data["hands"]) >= 1 and len(data["hands"][0]["box"]) == 4 and data["detected"][0]["refinable"]
+    assert data["timings_ms"]["total"] > 0 and "sample" in data["timings_ms"]
+    original = np.asarray(Image.open(image).convert("RGB"))
+    assert refined.size == (original.shape[1], original.shape[0])
+    assert (np.asarray(refined) != original).any()
+    depth = Image.open(out / "freihand_sample1.depth.png")
+    mask = np.asarray(Image.open(out / "freihand_sample1.mask.png"))
+    assert depth.size == refined.size and mask.max() == 255
+    # No hands: the original is written unchanged and the JSON says so.
+    assert np.array_equal(np.asarray(Image.open(out / "blank.refined.png")), np.asarray(Image.open(blank)))
+    blank_data = json.loads((out / "blank.refine.json").read_text())
+    assert not blank_data["refined"] and "no hands" in blank_data["message"] and blank_data["hands"] == []
+    assert "no hands" in capsys.readouterr().out
+
+
+def test_refine_reports_bad_inputs(tiny_models, tmp_path, capsys):
+    code = main(["refine", str(tmp_path / "missing.png"), *_models(tiny_models), "--out", str(tmp_path)])
+    assert code == 1 and "missing.png" in capsys.readouterr().err
+    code = main(["refine", str(EXAMPLES / "freihand_sample1.jpg"), "--checkpoint", str(tiny_models.controlnet),
+                 "--controlnet", str(tiny_models.controlnet), "--out", str(tmp_path)])
+    assert code == 2 and "ControlNet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["refine", "x.png", *_models(tiny_models), "--strength", "0.5", "--adaptive"])

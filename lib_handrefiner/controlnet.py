@@ -344,7 +344,21 @@ def identify_foreign(keys: Sequence[str]) -> Optional[str]:
 
 
 def _examples(keys: Sequence[str], n: int = 3) -> str:
-    return ", ".join(list(keys)[:n]) + (", …" if len(keys) > n else "")
+    """A few keys, from different top-level groups where there are several (they say most about a file)."""
+    by_group: Dict[str, str] = {}
+    for key in keys:
+        by_group.setdefault(key.split(".")[0], key)
+    picked = list(by_group.values())[:n]
+    picked += [k for k in keys if k not in picked][:n - len(picked)]
+    return ", ".join(picked) + (", …" if len(keys) > n else "")
+
+
+def check_fits(found: "ControlNetFile", config: Optional[ControlNetConfig] = None) -> ControlNet:
+    """An empty (meta-device) ControlNet of the file's configuration, after checking that every tensor fits it."""
+    with torch.device("meta"):
+        model = ControlNet.from_config(config or found.config)
+    _check_fits(found.path, model, found.state)
+    return model
 
 
 def _check_fits(path: Path, model: ControlNet, state: Mapping[str, Any]) -> None:
@@ -402,9 +416,7 @@ def load_controlnet(path, device: Union[str, torch.device] = "cpu", dtype: torch
     """A ControlNet from a file, cast to `dtype` (the released file is fp16) on `device`, in eval mode.
     `config` overrides the stored/inferred configuration (e.g. another head count)."""
     found = read_controlnet_file(path)
-    with torch.device("meta"):
-        model = ControlNet.from_config(config or found.config)
-    _check_fits(found.path, model, found.state)
+    model = check_fits(found, config)
     model.load_state_dict(found.state, assign=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -420,6 +432,20 @@ def save_controlnet(controlnet: ControlNet, path, fp16: bool = False) -> None:
 
 
 # ---- creation from a UNet --------------------------------------------------------------------------------------
+
+def read_unet_state(path) -> Dict[str, torch.Tensor]:
+    """The UNet's tensors (unprefixed) of a single-file SD checkpoint or of a bare UNet state dict."""
+    path = Path(path)
+    raw, _ = read_tensors(path, pick=_unet_keys)
+    state = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    unet = _strip_known_prefix({k: v for k, v in state.items() if not k.startswith(CONTROL_PREFIX)})
+    if "input_blocks.0.0.weight" not in unet or not any(k.startswith("output_blocks.") for k in unet):
+        what = ("it is already a ControlNet" if any(k.startswith((CONTROL_PREFIX, "input_hint_block.")) for k in raw)
+                else identify_foreign(list(raw)) or "it holds no UNet")
+        raise ControlNetLoadError(f"{path} has no UNet (model.diffusion_model.* or input/output_blocks.*): {what}; "
+                                  "pass an SD 1.x checkpoint such as sd-v1-5-inpainting.ckpt")
+    return unet
+
 
 def _zero_initialised(controlnet: ControlNet) -> List[nn.Module]:
     """The convolutions that start at zero: the zero convs, the middle one and the hint encoder's last one."""

@@ -1,0 +1,155 @@
+"""`python -m lib_handrefiner detect IMAGE... --out DIR`: find hands; write depth, mask, overlay and JSON.
+
+For each image: `<stem>.hands.json` (width, height, hands with handedness, score, mask box, 21 landmarks in pixels
+and mesh name; timings_ms), `<stem>.depth.png`, `<stem>.mask.png` and `<stem>.overlay.png`. Needs no downloaded
+weights. An unreadable image gets a one-line error naming it; the others are still processed and the exit status
+is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+from pydantic import ValidationError
+
+from lib_handrefiner.args import HandRefinerArgs
+
+DEFAULTS = HandRefinerArgs()
+_FIELD = HandRefinerArgs.__fields__
+
+
+def _describe(name: str) -> str:
+    return f"{_FIELD[name].field_info.description} (default {getattr(DEFAULTS, name)})"
+
+
+def _box(text: str) -> Tuple[float, float, float, float]:
+    parts = text.replace(",", " ").split()
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"a box is X0,Y0,X1,Y1 in pixels, got {text!r}")
+    try:
+        return tuple(float(p) for p in parts)  # type: ignore[return-value]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a box is four numbers X0,Y0,X1,Y1, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="images to look for hands in")
+    parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: out)")
+    parser.add_argument("--max-hands", type=int, default=DEFAULTS.max_hands, metavar="N", help=_describe("max_hands"))
+    parser.add_argument("--detection-confidence", type=float, default=DEFAULTS.detection_confidence, metavar="C",
+                        help=_describe("detection_confidence"))
+    parser.add_argument("--presence-confidence", type=float, default=DEFAULTS.presence_confidence, metavar="C",
+                        help=_describe("presence_confidence"))
+    parser.add_argument("--min-hand-size", type=int, default=DEFAULTS.min_hand_size, metavar="PX",
+                        help=_describe("min_hand_size"))
+    parser.add_argument("--mask-padding", type=int, default=DEFAULTS.mask_padding, metavar="PX",
+                        help=_describe("mask_padding"))
+    parser.add_argument("--mask-padding-ratio", type=float, default=DEFAULTS.mask_padding_ratio, metavar="R",
+                        help=_describe("mask_padding_ratio"))
+    parser.add_argument("--mask-dilation", type=int, default=DEFAULTS.mask_dilation, metavar="PX",
+                        help=_describe("mask_dilation"))
+    parser.add_argument("--mesh", default=DEFAULTS.mesh_model, metavar="MODEL", help=_describe("mesh_model"))
+    parser.add_argument("--box", type=_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
+                        help="a hand box in pixels (repeat for several); see --boxes-mode")
+    parser.add_argument("--boxes-mode", choices=["replace", "add"], default=DEFAULTS.boxes_mode,
+                        help=_describe("boxes_mode"))
+
+
+def settings(ns: argparse.Namespace) -> HandRefinerArgs:
+    return HandRefinerArgs(max_hands=ns.max_hands, detection_confidence=ns.detection_confidence,
+                           presence_confidence=ns.presence_confidence, min_hand_size=ns.min_hand_size,
+                           mask_padding=ns.mask_padding, mask_padding_ratio=ns.mask_padding_ratio,
+                           mask_dilation=ns.mask_dilation, mesh_model=ns.mesh, boxes=ns.box,
+                           boxes_mode=ns.boxes_mode)
+
+
+def hands_json(result) -> dict:
+    """The `<stem>.hands.json` content of a PerceptionResult."""
+    hands = []
+    for p in result.hands:
+        hand = p.hand
+        hands.append({
+            "handedness": hand.handedness if hand else None,
+            "score": round(float(hand.score), 4) if hand else None,
+            "box": [int(v) for v in p.box],
+            "landmarks": [[round(float(v), 2) for v in point] for point in hand.landmarks] if hand else None,
+            "mesh": p.mesh.model if p.mesh is not None else None,
+            "refinable": bool(p.refinable),
+            "from_user_box": bool(p.from_user_box),
+        })
+    return {"width": result.width, "height": result.height, "hands": hands,
+            "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()}}
+
+
+def _compact_json(data: dict) -> str:
+    """Indented JSON with each innermost list of numbers (a box, a landmark) on one line."""
+    text = json.dumps(data, indent=2)
+    return re.sub(r"\[\s+([-0-9.e,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
+def _save_png(path: Path, array) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
+def _detect_one(path: Path, out_dir: Path, args: HandRefinerArgs, mesh_model) -> str:
+    from lib_handrefiner.imageio import load_image
+    from lib_handrefiner.perception import overlay_image, perceive
+
+    rgb = load_image(path)
+    result = perceive(rgb, args, mesh_model=mesh_model)
+    stem = out_dir / path.stem
+    Path(f"{stem}.hands.json").write_text(_compact_json({"image": str(path), **hands_json(result)}))
+    _save_png(Path(f"{stem}.depth.png"), result.depth)
+    _save_png(Path(f"{stem}.mask.png"), result.mask)
+    _save_png(Path(f"{stem}.overlay.png"), overlay_image(rgb, result))
+    if not result.hands:
+        return f"{path}: no hands found (hands: []) -> {stem}.*"
+    found = ", ".join(f"{p.hand.handedness} {p.hand.score:.2f}" if p.hand else "box without a hand"
+                      for p in result.hands)
+    return f"{path}: {len(result.hands)} hand(s) [{found}] in {result.timings_ms['total']:.0f} ms -> {stem}.*"
+
+
+def run(ns: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from lib_handrefiner.imageio import ImageError
+    from lib_handrefiner.mesh import MeshModelError, get_mesh_model
+
+    try:
+        args = settings(ns)
+        mesh_model = get_mesh_model(args.mesh_model)
+    except ValidationError as e:
+        print("error: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()),
+              file=sys.stderr)
+        return 2
+    except MeshModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(ns.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create the output folder {out_dir}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    paths: List[Path] = [Path(p) for p in ns.images]
+    failures = 0
+    with tqdm(paths, unit="image", disable=len(paths) < 2, file=sys.stderr) as bar:
+        for path in bar:
+            try:
+                tqdm.write(_detect_one(path, out_dir, args, mesh_model), file=sys.stdout)
+            except ImageError as e:
+                tqdm.write(f"error: {e}", file=sys.stderr)
+                failures += 1
+            except OSError as e:
+                tqdm.write(f"error: {path}: cannot write its results to {out_dir}: {e.strerror or e}",
+                           file=sys.stderr)
+                failures += 1
+    if failures:
+        print(f"{failures} of {len(paths)} image(s) failed", file=sys.stderr)
+    return 1 if failures else 0

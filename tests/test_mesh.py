@@ -11,7 +11,7 @@ import pytest
 from lib_handrefiner.detection import detect_hands, make_hand
 from lib_handrefiner.imageio import load_image
 from lib_handrefiner.mesh import HandMesh, MeshModelError, get_mesh_model, mesh_model_names, transform_mesh
-from lib_handrefiner.mesh.landmarks import FINGERTIPS, hand_parts, landmark_mesh, palm_length
+from lib_handrefiner.mesh.landmarks import FINGERTIPS, hand_parts, landmark_mesh, palm_length, separate_fingers
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -124,12 +124,13 @@ def test_example_meshes_align_with_their_landmarks(example_hands):
     for name, (rgb, hand) in example_hands.items():
         mesh = model.fit(hand, rgb)
         _assert_closed_and_outward(mesh)
-        np.testing.assert_array_equal(mesh.joints, hand.landmarks)
+        # Joints are the landmarks, but for overlapping fingers pushed apart by a few pixels.
+        assert np.abs(mesh.joints - hand.landmarks).max() < 0.08 * hand.size, name
         h, w = rgb.shape[:2]
         depth = render_depth([mesh], w, h).depth
-        xy = np.floor(hand.landmarks[:, :2]).astype(int)
+        xy = np.floor(mesh.joints[:, :2]).astype(int)
         inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
-        assert np.all(depth[xy[inside, 1], xy[inside, 0]] > 0), name  # every landmark is on the hand's silhouette
+        assert np.all(depth[xy[inside, 1], xy[inside, 0]] > 0), name  # every joint is on the silhouette
         # The silhouette hugs the landmarks: its box is the keypoint box grown by at most ~half a palm length.
         ys, xs = np.nonzero(depth)
         x0, y0, x1, y1 = hand.keypoint_box
@@ -149,3 +150,24 @@ def test_fit_uses_the_hand_landmarks():
     hand = make_hand("right", 0.9, flat_hand(), np.zeros((21, 3)))
     mesh = get_mesh_model().fit(hand, np.zeros((260, 260, 3), np.uint8))
     np.testing.assert_array_equal(mesh.joints, hand.landmarks)
+
+
+def test_fingers_lying_on_each_other_are_pushed_apart():
+    lm = flat_hand().astype(np.float64)
+    lm[[10, 11, 12]] = lm[[6, 7, 8]] + [1.0, 0.0, 0.0]  # the middle finger drawn over the index finger
+    separated = separate_fingers(lm)
+    size = palm_length(lm)
+    for index_joint, middle_joint, radii_sum in ((6, 10, 0.108 + 0.113), (7, 11, 0.097 + 0.100), (8, 12, 0.086 + 0.090)):
+        gap = np.linalg.norm(separated[middle_joint] - separated[index_joint])
+        assert gap >= radii_sum * size * 0.999
+        # Pushed sideways in the knuckles' order: the middle finger ends up on the pinky side (smaller x here).
+        assert separated[middle_joint, 0] < separated[index_joint, 0]
+    np.testing.assert_array_equal(separated[[0, 1, 2, 3, 4, 5, 9, 13, 17]], lm[[0, 1, 2, 3, 4, 5, 9, 13, 17]])
+    mesh = landmark_mesh(lm)
+    np.testing.assert_allclose(mesh.joints, separated, atol=1e-4)
+    _assert_closed_and_outward(mesh)
+
+
+def test_apart_fingers_keep_their_landmarks():
+    lm = flat_hand().astype(np.float64)
+    np.testing.assert_array_equal(separate_fingers(lm), lm)

@@ -49,6 +49,7 @@ FOREARM_HALF_WIDTH = 0.17
 FOREARM_RADIUS = 0.125
 THENAR_RADII = (0.140, 0.130, 0.135)  # at the thumb CMC, the thumb side of the wrist, the palm under the index
 
+OVERLAP_GAP = 1.3   # overlapping finger chains are pushed this far apart (× the sum of their radii)
 TIP_BACK_OFF = 0.8  # fingertip sphere centre this many radii behind the tip landmark
 SPHERE_POINTS = 40  # samples per sphere: ~10 around a finger, enough for a smooth silhouette at 512 px
 
@@ -64,8 +65,9 @@ class LandmarkMeshModel:
 
 
 def landmark_mesh(landmarks: np.ndarray) -> HandMesh:
-    """A hand mesh around 21 landmarks in the image camera (pixels, z away from the viewer)."""
-    joints = np.asarray(landmarks, dtype=np.float64).reshape(21, 3)
+    """A hand mesh around 21 landmarks in the image camera (pixels, z away from the viewer). Its joints are the
+    landmarks, except where two neighbouring fingers run through each other (see `separate_fingers`)."""
+    joints = separate_fingers(np.asarray(landmarks, dtype=np.float64).reshape(21, 3))
     parts = [_hull_of_spheres(spheres) for spheres in hand_parts(joints)]
     vertices, faces = _concatenate(parts)
     return HandMesh(vertices=vertices.astype(np.float32), faces=faces.astype(np.int32),
@@ -79,6 +81,51 @@ def palm_length(joints: np.ndarray) -> float:
     estimates = (d(WRIST, MIDDLE_MCP), d(INDEX_MCP, PINKY_MCP) / 0.72, d(WRIST, INDEX_MCP) / 0.95,
                  d(WRIST, PINKY_MCP) / 0.85)
     return max(max(estimates), 1.0)
+
+
+def separate_fingers(joints: np.ndarray) -> np.ndarray:
+    """The joints with neighbouring long fingers pushed apart where they interpenetrate.
+
+    On malformed hands MediaPipe often lays two finger chains over each other (e.g. index and middle on the one
+    finger the image shows); a mesh of them would show four fingers, and the ControlNet would paint four. At each
+    joint level (PIP, DIP, tip) two neighbours closer than the sum of their radii are pushed apart, each by half,
+    moving the rest of the finger with the joint: along the line between them, or, where they nearly coincide,
+    sideways in the knuckles' order; to touching, or, where one lies on the other, to a small gap. Fingers that
+    touch, or pass in front of each other, are left alone.
+    """
+    joints = joints.copy()
+    size = palm_length(joints)
+    fingers = [chain for chain, _ in FINGER_CHAINS[1:]]
+    radii = [r for _, r in FINGER_CHAINS[1:]]
+    for level in (1, 2, 3):
+        for _ in range(2):  # pushing one pair apart can press the next pair together
+            for f in range(len(fingers) - 1):
+                a, b = fingers[f], fingers[f + 1]
+                touching = (radii[f][level] + radii[f + 1][level]) * size
+                delta = joints[b[level]] - joints[a[level]]
+                distance = float(np.linalg.norm(delta))
+                if distance >= touching:
+                    continue
+                # Chains lying on each other: the landmarks say nothing about the gap, so leave a visible one.
+                need = touching * (OVERLAP_GAP if distance < 0.5 * touching else 1.0)
+                if distance > 0.3 * touching:
+                    direction = delta / distance
+                else:
+                    direction = _sideways(joints, a, b)
+                along = float(np.dot(delta, direction))
+                # Move by s along `direction` so that |delta + s·direction| = need.
+                s = -along + np.sqrt(along * along + need * need - distance * distance)
+                joints[list(a[level:])] -= 0.5 * s * direction
+                joints[list(b[level:])] += 0.5 * s * direction
+    return joints
+
+
+def _sideways(joints: np.ndarray, a: Tuple[int, ...], b: Tuple[int, ...]) -> np.ndarray:
+    """Unit vector from finger a's knuckle towards finger b's, across finger a's first phalanx."""
+    along = _unit(joints[a[1]] - joints[a[0]], (0.0, -1.0, 0.0))
+    side = joints[b[0]] - joints[a[0]]
+    side = side - np.dot(side, along) * along
+    return _unit(side, _unit(np.cross(along, (0.0, 0.0, 1.0)), (1.0, 0.0, 0.0)))
 
 
 Sphere = Tuple[np.ndarray, float]

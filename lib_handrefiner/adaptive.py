@@ -20,6 +20,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # imports MediaPipe / the mesh models only where pose_error runs
     from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.detection import Hand
     from lib_handrefiner.mesh import MeshModel
 
 T = TypeVar("T")
@@ -91,19 +92,27 @@ def pose_error(refined_rgb: np.ndarray, target_joints_xy: np.ndarray,
     """
     from lib_handrefiner.args import HandRefinerArgs
     from lib_handrefiner.detection import detect_hands
-    from lib_handrefiner.mesh import get_mesh_model
-    from lib_handrefiner.metrics import mpjpe_2d
 
     args = args or HandRefinerArgs()
     target = _joints_xy(target_joints_xy)
     hands = detect_hands(refined_rgb, max_hands=args.max_hands, detection_confidence=args.detection_confidence,
                          presence_confidence=args.presence_confidence)
+    return nearest_hand_error(hands, refined_rgb, target, mesh_model or args.mesh_model)
+
+
+def nearest_hand_error(hands: Sequence["Hand"], rgb: np.ndarray, target_joints_xy: np.ndarray,
+                       mesh_model: Union["MeshModel", str] = "landmarks") -> float:
+    """pose_error over hands already detected in `rgb`: the hand whose landmarks are nearest the target (mean
+    joint distance) is fitted with `mesh_model` and its joints compared with the target; inf without hands."""
+    from lib_handrefiner.mesh import get_mesh_model
+    from lib_handrefiner.metrics import mpjpe_2d
+
+    target = _joints_xy(target_joints_xy)
     if not hands:
         return math.inf
     nearest = min(hands, key=lambda h: mpjpe_2d(h.landmarks, target))
-    if mesh_model is None or isinstance(mesh_model, str):
-        mesh_model = get_mesh_model(mesh_model or args.mesh_model)
-    return mpjpe_2d(mesh_model.fit(nearest, refined_rgb).joints, target)
+    model = get_mesh_model(mesh_model) if isinstance(mesh_model, str) else mesh_model
+    return mpjpe_2d(model.fit(nearest, rgb).joints, target)
 
 
 def _joints_xy(joints: np.ndarray) -> np.ndarray:

@@ -228,7 +228,7 @@ def load_fid_inception(path: Union[str, Path], device: Union[str, torch.device] 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:
     """An RGB uint8 H×W×3 image as a (1, 3, H, W) float tensor in [0, 1] (what the extractor takes)."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 @torch.no_grad()

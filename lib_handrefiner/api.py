@@ -317,9 +317,10 @@ def run_refine(service: HandRefinerService, request: RefineRequest, lock: Any, c
         if any(h.refinable for h in perception.hands):
             result = service.refine(image, args, seed, perception=perception)
             out, refined, infotext, message = result.image, list(result.hands), result.infotext, result.message
-            timings = dict(result.timings_ms)
+            timings = {"perception": perception.timings_ms.get("total", 0.0), **result.timings_ms}
         else:
-            out, refined, infotext, timings = image, [], "", dict(perception.timings_ms)
+            out, refined, infotext = image, [], ""
+            timings = {"perception": perception.timings_ms.get("total", 0.0)}
             message = no_hands_message(perception)
     finished = time.perf_counter()
     want_depth, want_mask = request.return_depth or args.save_depth, request.return_mask or args.save_mask

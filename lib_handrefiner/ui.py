@@ -232,12 +232,11 @@ def create_blocks(service: HandRefinerService, lock: Any = None, defaults: HandR
                 with gr.Accordion("Settings", open=False):
                     settings = [field_control(n, getattr(defaults, n), controlnets if n == "controlnet" else None)
                                 for n in STANDALONE_FIELDS]
+                refine = gr.Button("Refine", variant="primary", elem_id="handrefiner_refine")
+                result = gr.Image(label="Refined", interactive=False, elem_id="handrefiner_result")
+                message = gr.Textbox(label="Result", lines=3, elem_id="handrefiner_message")
             with gr.Column():
                 editor = build_editor(service, image, settings, STANDALONE_FIELDS, lock, base_args=lambda: defaults)
-        refine = gr.Button("Refine", variant="primary", elem_id="handrefiner_refine")
-        with gr.Row():
-            result = gr.Image(label="Refined", interactive=False, elem_id="handrefiner_result")
-            message = gr.Textbox(label="Result", lines=4, elem_id="handrefiner_message")
 
         def on_refine(img: Optional[np.ndarray], text: str, *values: Any):
             if img is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import collections
 import io
+import os
 import struct
 import threading
 import zlib
@@ -27,7 +28,7 @@ from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.service import StandaloneService
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = 1000
+EXAMPLES = int(os.environ.get("HANDREFINER_FUZZ_EXAMPLES", "1000"))  # the issue asks for at least 1,000
 HAND_B64 = None  # set once in the fixture: the shipped malformed hand, downscaled to keep valid runs cheap
 
 
@@ -97,7 +98,8 @@ def field_value(name: str):
     elif issubclass(kind, float):
         valid = st.floats((low or 0.0) - 0.5, (high or 1.0) + 0.5, allow_nan=False)
     elif name in ("controlnet", "inpaint_checkpoint"):
-        valid = st.sampled_from(["", "tiny-controlnet", "tiny-inpaint", "../x", "/etc/passwd", "a\x00b", "C:\\m", "missing"])
+        valid = st.sampled_from(["", "tiny-controlnet", "tiny-inpaint", "../x", "/etc/passwd", "a\x00b", "C:\\m",
+                                 "missing"])
     else:
         valid = text(max_size=30)
     return st.one_of(valid, valid, junk)
@@ -169,4 +171,4 @@ def test_fuzzed_payloads_never_cause_a_server_error(client):
     print(f"\nfuzz: {total} payloads, status counts {dict(sorted(statuses.items()))}")
     assert not failures, failures[:3]
     assert total >= EXAMPLES
-    assert statuses[200] >= 20 and sum(n for s, n in statuses.items() if 400 <= s < 500) >= 500
+    assert statuses[200] >= total // 50 and sum(n for s, n in statuses.items() if 400 <= s < 500) >= total // 2

@@ -229,6 +229,9 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
         t = time.perf_counter()
         perception = perceive(original, args, mesh_model=mesh_model)
         timings["perception"] = (time.perf_counter() - t) * 1000
+    if (perception.width, perception.height) != (original.shape[1], original.shape[0]):
+        raise ValueError(f"the perception is for a {perception.width}x{perception.height} image but the image is "
+                         f"{original.shape[1]}x{original.shape[0]}; run perceive on this image")
     base_seed = choose_seed(seed, args)
     used_args = args.copy(update={"enabled": True, "seed": base_seed})
     infotext = format_infotext(used_args.infotext())

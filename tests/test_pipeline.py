@@ -109,12 +109,16 @@ def test_all_zero_mask_and_no_hands_leave_the_image_unchanged(malformed, perceiv
     assert np.array_equal(r.image, malformed) and "no hands" in r.message
 
 
-def test_regular_4_channel_checkpoint_and_whole_image_mode(malformed, perceived, tiny_sd_regular, tiny_controlnet):
+def test_regular_4_channel_checkpoint_and_whole_image_mode(tiny_sd_regular, tiny_controlnet):
+    from lib_handrefiner.perception import perceive
+
+    image = load_image(EXAMPLES / "freihand_sample1.jpg")  # 224², small enough to refine whole
+    perception = perceive(image, HandRefinerArgs())
     args = HandRefinerArgs(crop=False, **FAST)
-    r = refine_image(malformed, tiny_sd_regular, tiny_controlnet, args, seed=2, perception=perceived)
-    changed = (r.image != malformed).any(-1)
-    assert changed.sum() > 1000 and not (changed & ~_allowed_change(perceived.mask, args.mask_feather)).any()
-    assert r.hands[0].crop == (0, 0, 512, 512)
+    r = refine_image(image, tiny_sd_regular, tiny_controlnet, args, seed=2, perception=perception)
+    changed = (r.image != image).any(-1)
+    assert changed.sum() > 500 and not (changed & ~_allowed_change(perception.mask, args.mask_feather)).any()
+    assert r.hands[0].crop == (0, 0, 224, 224)
 
 
 @pytest.mark.parametrize("size", [(301, 229), (1152, 768)])
@@ -148,3 +152,24 @@ def test_should_stop_interrupts_and_keeps_the_image(malformed, perceived, tiny_s
     r = refine_image(malformed, tiny_sd, tiny_controlnet, HandRefinerArgs(**FAST), seed=1, perception=perceived,
                      should_stop=lambda: True)
     assert np.array_equal(r.image, malformed) and r.message.startswith("interrupted")
+
+
+def test_two_hands_one_after_another_or_together(malformed, tiny_sd, tiny_controlnet):
+    from lib_handrefiner.perception import perceive
+
+    pair = np.ascontiguousarray(np.concatenate([malformed, malformed[:, ::-1]], axis=1))  # 1024x512, two hands
+    perception = perceive(pair, HandRefinerArgs())
+    n = sum(h.refinable for h in perception.hands)
+    assert n == 2
+    one_by_one = refine_image(pair, tiny_sd, tiny_controlnet, HandRefinerArgs(**FAST), seed=9, perception=perception)
+    assert [h.seed for h in one_by_one.hands] == [9, 10] and one_by_one.hands[0].crop != one_by_one.hands[1].crop
+    together = refine_image(pair, tiny_sd, tiny_controlnet, HandRefinerArgs(hands_together=True, **FAST), seed=9,
+                            perception=perception)
+    assert len(together.hands) == 2 and together.hands[0].crop == together.hands[1].crop
+    x0, y0, x1, y1 = together.hands[0].crop
+    assert all(x0 <= h.box[0] and h.box[2] <= x1 and y0 <= h.box[1] and h.box[3] <= y1 for h in together.hands)
+    for r in (one_by_one, together):
+        changed = (r.image != pair).any(-1)
+        assert not (changed & ~_allowed_change(perception.mask, 8)).any()
+    with pytest.raises(ValueError, match="perceive on this image"):
+        refine_image(malformed, tiny_sd, tiny_controlnet, HandRefinerArgs(**FAST), perception=perception)

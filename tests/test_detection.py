@@ -97,3 +97,15 @@ def test_uncrop_hand_maps_crop_pixels_back():
     assert full.landmarks[1].tolist() == [115.0, 70.0, 4.0]
     assert full.keypoint_box == (105.0, 60.0, 115.0, 70.0) and full.size == 10.0
     assert full.handedness == "left" and full.score == pytest.approx(0.9)
+
+
+def test_non_square_image_keeps_pixel_coordinates(detections):
+    # MediaPipe normalises x by the width and y by the height; padding the image must not move the landmarks.
+    rgb, (hand,) = detections["malformed_3"]
+    wide = np.ascontiguousarray(np.pad(rgb, ((0, 0), (0, 300), (0, 0)), constant_values=128))
+    tall = np.ascontiguousarray(np.pad(rgb, ((0, 260), (0, 0), (0, 0)), constant_values=128))
+    for padded in (wide, tall):
+        (found,) = detect_hands(padded)
+        assert np.abs(found.landmarks[:, :2] - hand.landmarks[:, :2]).max() < 0.1 * hand.size
+        # z is scaled by the width, like x: its spread stays about the same in pixels.
+        assert np.ptp(found.landmarks[:, 2]) == pytest.approx(np.ptp(hand.landmarks[:, 2]), rel=0.35)

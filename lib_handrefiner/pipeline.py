@@ -208,76 +208,88 @@ def _render_hint(all_meshes: list, region: CropRegion) -> np.ndarray:
     return render_depth(meshes, region.work_width, region.work_height).depth
 
 
+def _crop_request(image: np.ndarray, mask: np.ndarray, meshes: list, region: CropRegion, args: HandRefinerArgs,
+                  prompt: str, negative_prompt: str) -> InpaintRequest:
+    """The region at the working size: image, mask, and the depth of the meshes rendered in the crop's camera."""
+    crop = resize(cut(image, region, "edge"), region.work_width, region.work_height)
+    crop_mask = resize(cut(mask, region, "constant"), region.work_width, region.work_height, Image.BILINEAR)
+    depth = _render_hint(meshes, region)
+    return InpaintRequest(image=to_tensor(crop), mask=torch.from_numpy(crop_mask > 0)[None, None].float(),
+                          hint=torch.from_numpy(depth).float().div(255.0)[None, None].expand(1, 3, -1, -1),
+                          prompt=prompt, negative_prompt=negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale,
+                          denoising_strength=args.denoising_strength)
+
+
+class _StepCounter:
+    """Turns the sampler's per-pass step callbacks into one progress count over the whole image."""
+
+    def __init__(self, progress: Optional[ProgressFn], total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, _done_in_pass: int, _pass_total: int) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done))
+
+
+def _no_units_message(perception, args: HandRefinerArgs) -> str:
+    found = len(perception.hands)
+    if not found:
+        return "no hands found; image unchanged"
+    return (f"{found} hand(s) found, none refinable (smaller than {args.min_hand_size}px or without a mesh); "
+            "image unchanged")
+
+
 def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: str = "", negative_prompt: str = "",
                  seed: Optional[int] = None, mesh_model=None, perception=None, progress: Optional[ProgressFn] = None,
                  should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
     """Refines the hands of `image` (any RGB input `imageio.to_rgb` takes). `args.prompt`/`negative_prompt`, when
-    set, override the job's prompts given here. `perception` skips detection (e.g. user-edited boxes)."""
+    set, override the job's prompts given here. `perception` skips detection (e.g. user-edited boxes).
+    `progress(done, total)` is called after every sampling step; `should_stop()` is polled before each one and
+    ends the run with the hands refined so far."""
     from lib_handrefiner.imageio import to_rgb
     from lib_handrefiner.masking import feather
 
     started = time.perf_counter()
     timings: dict = {}
     original = to_rgb(image)
+    if mesh_model is None and args.mode == "adaptive":
+        from lib_handrefiner.mesh import get_mesh_model
+
+        mesh_model = get_mesh_model(args.mesh_model)  # one instance for perception and the pose checks
     if perception is None:
         from lib_handrefiner.perception import perceive
 
-        if mesh_model is None and args.mode == "adaptive":
-            from lib_handrefiner.mesh import get_mesh_model
-
-            mesh_model = get_mesh_model(args.mesh_model)
         t = time.perf_counter()
         perception = perceive(original, args, mesh_model=mesh_model)
-        timings["perception"] = (time.perf_counter() - t) * 1000
+        _add(timings, "perception", t)
     if (perception.width, perception.height) != (original.shape[1], original.shape[0]):
         raise ValueError(f"the perception is for a {perception.width}x{perception.height} image but the image is "
                          f"{original.shape[1]}x{original.shape[0]}; run perceive on this image")
     base_seed = choose_seed(seed, args)
-    used_args = args.copy(update={"enabled": True, "seed": base_seed})
-    infotext = format_infotext(used_args.infotext())
+    infotext = format_infotext(args.copy(update={"enabled": True, "seed": base_seed}).infotext())
     units = _units(perception, args, base_seed, size_multiple(sd.unet))
     if not units:
-        found = len(perception.hands)
-        message = ("no hands found" if not found else
-                   f"{found} hand(s) found, none refinable (smaller than {args.min_hand_size}px or without a mesh)")
-        timings["total"] = (time.perf_counter() - started) * 1000
-        return RefineResult(original.copy(), perception, [], infotext, timings, message + "; image unchanged",
+        _add(timings, "total", started)
+        return RefineResult(original.copy(), perception, [], infotext, timings, _no_units_message(perception, args),
                             base_seed)
 
     meshes = [hd.mesh for hd in perception.hands if hd.refinable]
     prompt_used = args.prompt or prompt
     negative_used = with_extra_negative(args.negative_prompt or negative_prompt, args.extra_negative)
-    margin = args.mask_feather + 1
-    out = original
-    refined: List[RefinedHand] = []
-    steps_per_pass = max(1, round(args.steps * args.denoising_strength))
     passes = 1 if args.mode == "fixed" else math.ceil((1 + len(args.adaptive_strengths)) / ADAPTIVE_BATCH)
-    total_steps = steps_per_pass * passes * len(units)
-    done_steps = [0]
-
-    def on_step(done: int, total: int) -> None:
-        done_steps[0] += 1
-        if progress is not None:
-            progress(done_steps[0], max(total_steps, done_steps[0]))
-
-    message = f"refined {len(units)} region(s)"
+    on_step = _StepCounter(progress, max(1, round(args.steps * args.denoising_strength)) * passes * len(units))
+    out, refined, regions, interrupted = original, [], 0, False
     for unit in units:
         region = unit.region
         t = time.perf_counter()
-        mask = region_mask(perception.mask, [hd.box for hd in unit.hands], region, args.mask_dilation + 1, margin)
-        weight = feather(mask, args.mask_feather)
-        _add(timings, "mask", t)
+        mask = region_mask(perception.mask, [hd.box for hd in unit.hands], region, args.mask_dilation + 1,
+                           args.mask_feather + 1)
         if not mask.any():
             continue
-        t = time.perf_counter()
-        crop = resize(cut(out, region, "edge"), region.work_width, region.work_height)
-        crop_mask = resize(cut(mask, region, "constant"), region.work_width, region.work_height, Image.BILINEAR)
-        depth = _render_hint(meshes, region)
+        weight = feather(mask, args.mask_feather)
+        request = _crop_request(out, mask, meshes, region, args, prompt_used, negative_used)
         _add(timings, "crop", t)
-        request = InpaintRequest(image=to_tensor(crop), mask=torch.from_numpy(crop_mask > 0)[None, None].float(),
-                                 hint=torch.from_numpy(depth).float().div(255.0)[None, None].expand(1, 3, -1, -1),
-                                 prompt=prompt_used, negative_prompt=negative_used, steps=args.steps,
-                                 cfg_scale=args.cfg_scale, denoising_strength=args.denoising_strength)
 
         def sample(strengths: Sequence[float]) -> List[np.ndarray]:
             return to_uint8(sample_inpaint(sd, controlnet, request, list(strengths), unit.seed, on_step, should_stop))
@@ -285,25 +297,30 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
         t = time.perf_counter()
         try:
             if args.mode == "adaptive":
-                result = _adaptive(sample, unit, region, args, mesh_model)
-                refined_crop, strength, tried = result.sample, result.strength, list(result.tried)
+                found = _adaptive(sample, unit, region, args, mesh_model)
+                refined_crop, strength, tried = found.sample, found.strength, list(found.tried)
             else:
                 refined_crop, strength, tried = sample([args.strength])[0], args.strength, []
         except SamplingInterrupted:
-            message = f"interrupted: refined {len(refined)} of {len(units)} region(s)"
+            interrupted = True
             break
         _add(timings, "sample", t)
         t = time.perf_counter()
-        back = resize(refined_crop, region.width, region.height)
-        out = composite(out, back, region, weight)
+        out = composite(out, resize(refined_crop, region.width, region.height), region, weight)
         _add(timings, "composite", t)
+        regions += 1
         crop_box = (region.x0, region.y0, region.x0 + region.width, region.y0 + region.height)
-        for hd in unit.hands:
-            refined.append(RefinedHand(box=tuple(int(v) for v in hd.box),
-                                       handedness=hd.hand.handedness if hd.hand else "unknown",
-                                       score=float(hd.hand.score) if hd.hand else 0.0, strength=float(strength),
-                                       tried=tried, seed=unit.seed, crop=crop_box))
-    timings["total"] = (time.perf_counter() - started) * 1000
+        refined += [RefinedHand(box=tuple(int(v) for v in hd.box),
+                                handedness=hd.hand.handedness if hd.hand else "unknown",
+                                score=float(hd.hand.score) if hd.hand else 0.0, strength=float(strength),
+                                tried=tried, seed=unit.seed, crop=crop_box) for hd in unit.hands]
+    if interrupted:
+        message = f"interrupted: refined {regions} of {len(units)} region(s)"
+    elif regions:
+        message = f"refined {len(refined)} hand(s) in {regions} region(s)"
+    else:
+        message = "the hand masks are empty; image unchanged"
+    _add(timings, "total", started)
     return RefineResult(out, perception, refined, infotext, timings, message, base_seed)
 
 

@@ -127,9 +127,8 @@ def with_extra_negative(negative: str, extra: str) -> str:
 def size_multiple(unet: torch.nn.Module) -> int:
     """Pixel sizes the UNet takes: 8 (the VAE) × 2 per downsampling level, so skips and upsamples line up
     (64 for SD 1.5)."""
-    from ldm.modules.diffusionmodules.openaimodel import Downsample
-
-    levels = sum(isinstance(layer, Downsample) for block in unet.input_blocks for layer in block)
+    # By class name: the WebUI's UNet comes from its own copy of the ldm modules.
+    levels = sum(type(layer).__name__ == "Downsample" for block in unet.input_blocks for layer in block)
     return LATENT_SCALE * 2 ** levels
 
 

@@ -103,7 +103,7 @@ def test_all_zero_mask_and_no_hands_leave_the_image_unchanged(malformed, perceiv
     args = HandRefinerArgs(**FAST)
     empty_mask = dataclasses.replace(perceived, mask=np.zeros_like(perceived.mask))
     r = refine_image(malformed, tiny_sd, tiny_controlnet, args, seed=1, perception=empty_mask)
-    assert np.array_equal(r.image, malformed) and r.hands == []
+    assert np.array_equal(r.image, malformed) and r.hands == [] and "empty" in r.message
     none = dataclasses.replace(perceived, hands=[])
     r = refine_image(malformed, tiny_sd, tiny_controlnet, args, seed=1, perception=none)
     assert np.array_equal(r.image, malformed) and "no hands" in r.message

@@ -1,0 +1,176 @@
+"""`python -m lib_handrefiner sweep IMAGE --strengths 0.1,…,1.0 --checkpoint CKPT --controlnet CN`: the control
+strength phase transition (paper fig. 5) for one hand.
+
+The hand is refined once per strength with the same seed (so the same noise), and the crop around it is shown
+with its MPJPE: the refined hand re-detected, fitted with the mesh model and compared with the joints of the mesh
+that guided it (px of the input image; "no hand" when MediaPipe finds none). Low strengths keep the texture but
+not the structure, high ones the reverse. Writes one labelled grid image (`--out`, default <stem>.sweep.png) and
+a JSON of the numbers beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from lib_handrefiner.args import HandRefinerArgs
+
+DEFAULTS = HandRefinerArgs()
+DEFAULT_STRENGTHS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
+LABEL_HEIGHT = 22
+
+
+@dataclass
+class SweepTile:
+    label: str                 # "input", "depth" or the strength
+    strength: Optional[float]
+    mpjpe_px: Optional[float]  # None for the depth tile; inf when no hand was found
+    crop: np.ndarray           # RGB uint8, the crop around the hand (input pixels)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", metavar="IMAGE", help="image with a hand")
+    parser.add_argument("--strengths", default=DEFAULT_STRENGTHS, metavar="LIST",
+                        help=f"comma-separated control strengths (default {DEFAULT_STRENGTHS})")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="single-file SD 1.x inpainting checkpoint")
+    parser.add_argument("--controlnet", required=True, metavar="CN", help="HandRefiner depth ControlNet")
+    parser.add_argument("--hand", type=int, default=0, metavar="I",
+                        help="which refinable hand, in detection order (default 0)")
+    parser.add_argument("--prompt", default="", metavar="P", help="prompt for the hand")
+    parser.add_argument("--negative", default="", metavar="N", help="negative prompt")
+    parser.add_argument("--steps", type=int, default=DEFAULTS.steps, metavar="K",
+                        help=f"DDIM steps (default {DEFAULTS.steps})")
+    parser.add_argument("--cfg", type=float, default=DEFAULTS.cfg_scale, metavar="W",
+                        help=f"guidance scale (default {DEFAULTS.cfg_scale:g})")
+    parser.add_argument("--crop-resolution", type=int, default=DEFAULTS.crop_resolution, metavar="PX",
+                        help=f"working resolution of the hand crop (default {DEFAULTS.crop_resolution})")
+    parser.add_argument("--seed", type=int, default=-1, metavar="X", help="seed (default: a random one, printed)")
+    parser.add_argument("--tile", type=int, default=256, metavar="PX", help="tile side in the grid (default 256)")
+    parser.add_argument("--columns", type=int, default=6, metavar="N", help="tiles per row (default 6)")
+    parser.add_argument("--out", metavar="FILE", help="grid image (default <stem>.sweep.png here)")
+
+
+def parse_strengths(text: str) -> List[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--strengths must be comma-separated numbers like 0.1,0.5,1.0, got {text!r}") from None
+    if not values or any(not 0.0 <= v <= 2.0 for v in values):
+        raise ValueError(f"--strengths needs at least one value, each in [0, 2], got {text!r}")
+    return values
+
+
+def run(ns: argparse.Namespace) -> int:
+    from lib_handrefiner.cli_refine import _device
+    from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
+    from lib_handrefiner.imageio import ImageError, load_image
+    from lib_handrefiner.pipeline import choose_seed
+    from lib_handrefiner.sd_model import CheckpointError, load_sd_checkpoint
+
+    try:
+        strengths = parse_strengths(ns.strengths)
+        args = HandRefinerArgs(enabled=True, steps=ns.steps, cfg_scale=ns.cfg, crop_resolution=ns.crop_resolution)
+        rgb = load_image(ns.image)
+        device, dtype = _device()
+        sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
+        controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype)
+    except (ValueError, ImageError, CheckpointError, ControlNetLoadError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    seed = choose_seed(ns.seed, args)
+    try:
+        tiles = sweep(rgb, sd, controlnet, args, strengths, seed, hand_index=ns.hand, prompt=ns.prompt,
+                      negative_prompt=ns.negative)
+    except LookupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    out = Path(ns.out) if ns.out else Path(f"{Path(ns.image).stem}.sweep.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(grid_image(tiles, ns.tile, ns.columns)).save(out)
+    numbers = [{"strength": t.strength, "mpjpe_px": _finite(t.mpjpe_px)} for t in tiles if t.strength is not None]
+    out.with_suffix(".json").write_text(json.dumps({"image": str(ns.image), "seed": seed, "hand": ns.hand,
+                                                    "input_mpjpe_px": _finite(tiles[0].mpjpe_px),
+                                                    "strengths": numbers}, indent=2))
+    for t in tiles:
+        if t.strength is not None:
+            print(f"strength {t.strength:g}: {_mpjpe_text(t.mpjpe_px)}")
+    print(f"seed {seed}; wrote {out}")
+    return 0
+
+
+def sweep(rgb: np.ndarray, sd, controlnet, args: HandRefinerArgs, strengths: Sequence[float], seed: int,
+          hand_index: int = 0, prompt: str = "", negative_prompt: str = "", mesh_model=None) -> List[SweepTile]:
+    """The input crop, its depth hint, then one refined crop per strength, all from the same seed; each image
+    crop with its MPJPE against the guiding mesh."""
+    from lib_handrefiner.adaptive import pose_error
+    from lib_handrefiner.mesh import get_mesh_model
+    from lib_handrefiner.perception import perceive
+    from lib_handrefiner.pipeline import cut, hand_crop_region, refine_image
+
+    mesh_model = mesh_model or get_mesh_model(args.mesh_model)
+    perception = perceive(rgb, args, mesh_model=mesh_model)
+    refinable = [h for h in perception.hands if h.refinable]
+    if not 0 <= hand_index < len(refinable):
+        raise LookupError(f"the image has {len(refinable)} refinable hand(s); --hand {hand_index} does not exist"
+                          + ("" if refinable else " (no hand found: try another image or a larger one)"))
+    chosen = refinable[hand_index]
+    # Only the chosen hand is refined, so every tile differs from the input in that hand alone.
+    single = dataclasses.replace(perception, hands=[chosen])
+    region = hand_crop_region(chosen.box, perception.width, perception.height, args.crop_resolution)
+    target = chosen.mesh.joints[:, :2] - np.array([region.x0, region.y0])
+    original = cut(rgb, region, "edge")
+    # The input's own error is the detector's noise floor: what an unchanged hand scores.
+    tiles = [SweepTile("input", None, pose_error(original, target, mesh_model, args), original),
+             SweepTile("depth", None, None, np.repeat(cut(perception.depth, region, "constant")[..., None], 3, 2))]
+    for strength in strengths:
+        result = refine_image(rgb, sd, controlnet, args.copy(update={"strength": strength, "mode": "fixed"}),
+                              prompt=prompt, negative_prompt=negative_prompt, seed=seed, perception=single)
+        crop = cut(result.image, region, "edge")
+        tiles.append(SweepTile(f"{strength:g}", strength, pose_error(crop, target, mesh_model, args), crop))
+    return tiles
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    return value if value is not None and math.isfinite(value) else None  # JSON null: no hand found
+
+
+def _mpjpe_text(value: Optional[float]) -> str:
+    if value is None:
+        return ""
+    return "no hand found" if not math.isfinite(value) else f"MPJPE {value:.1f} px"
+
+
+def grid_image(tiles: Sequence[SweepTile], tile: int, columns: int) -> np.ndarray:
+    """Tiles resized to `tile` px in rows of `columns`, each with a label strip above it."""
+    from PIL import Image, ImageDraw
+
+    columns = max(1, min(columns, len(tiles)))
+    rows = math.ceil(len(tiles) / columns)
+    cell_h = tile + LABEL_HEIGHT
+    canvas = Image.new("RGB", (columns * tile, rows * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(14)
+    for i, t in enumerate(tiles):
+        x, y = (i % columns) * tile, (i // columns) * cell_h
+        canvas.paste(Image.fromarray(t.crop).resize((tile, tile), Image.LANCZOS), (x, y + LABEL_HEIGHT))
+        label = f"{t.label if t.strength is None else 'strength ' + t.label}  {_mpjpe_text(t.mpjpe_px)}"
+        draw.text((x + 4, y + 3), label, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()

@@ -41,7 +41,7 @@ class PerceptionResult:
     depth: np.ndarray         # (H, W) uint8, 0 background, 51..255 hands
     mask: np.ndarray          # (H, W) uint8 0/255, all hands, dilated by args.mask_dilation
     timings_ms: Dict[str, float]
-    hand_index: np.ndarray = field(default=None, repr=False)  # (H, W) int16: the hand of each depth pixel, -1 none
+    hand_index: Optional[np.ndarray] = field(default=None, repr=False)  # (H, W) int16: hand of each depth pixel, -1
 
     def hand_mask(self, i: int, dilation: int = 0) -> np.ndarray:
         """The mask of hand `i` alone: its box ∪ its depth pixels, uint8 0/255."""

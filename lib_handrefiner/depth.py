@@ -1,7 +1,7 @@
 """Depth maps of hand meshes, ray cast offscreen with Open3D's `RaycastingScene` (no window, no GPU).
 
 One orthographic ray per pixel centre (u + 0.5, v + 0.5) along +z (the image camera, see dev/ARCHITECTURE.md).
-Hand pixels get 255·(1 − 0.8·(d − dmin)/(dmax − dmin)) — the nearest hand surface 255, the farthest 51 — with
+Hand pixels get 255·(1 − 0.8·(d − dmin)/(dmax − dmin)): the nearest hand surface 255, the farthest 51, with
 dmin/dmax over all hand pixels of the image; background is 0. Several hands composite by the nearer surface.
 """
 from __future__ import annotations

@@ -157,7 +157,8 @@ def test_fingers_lying_on_each_other_are_pushed_apart():
     lm[[10, 11, 12]] = lm[[6, 7, 8]] + [1.0, 0.0, 0.0]  # the middle finger drawn over the index finger
     separated = separate_fingers(lm)
     size = palm_length(lm)
-    for index_joint, middle_joint, radii_sum in ((6, 10, 0.108 + 0.113), (7, 11, 0.097 + 0.100), (8, 12, 0.086 + 0.090)):
+    levels = ((6, 10, 0.108 + 0.113), (7, 11, 0.097 + 0.100), (8, 12, 0.086 + 0.090))  # PIP, DIP, tip radii
+    for index_joint, middle_joint, radii_sum in levels:
         gap = np.linalg.norm(separated[middle_joint] - separated[index_joint])
         assert gap >= radii_sum * size * 0.999
         # Pushed sideways in the knuckles' order: the middle finger ends up on the pinky side (smaller x here).

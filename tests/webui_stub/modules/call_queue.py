@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+import threading
+
+queue_lock = threading.Lock()

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+cpu: torch.device = torch.device("cpu")
+device: torch.device = cpu
+dtype: torch.dtype = torch.float32
+dtype_vae: torch.dtype = torch.float32
+dtype_unet: torch.dtype = torch.float32
+unet_needs_upcast = False
+gc_calls = 0
+
+
+def torch_gc() -> None:
+    global gc_calls
+    gc_calls += 1
+
+
+def autocast(disable=False):
+    # The WebUI returns a no-op context for float32 and for the CPU.
+    return contextlib.nullcontext()
+
+
+def without_autocast(disable=False):
+    return contextlib.nullcontext()

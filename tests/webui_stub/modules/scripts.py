@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import re
+from collections import namedtuple
+
+from modules import paths
+
+AlwaysVisible = object()
+
+
+class PostprocessImageArgs:
+    def __init__(self, image):
+        self.image = image
+
+
+class Script:
+    name = None
+    section = None
+    filename = None
+    args_from = None
+    args_to = None
+    alwayson = False
+    is_txt2img = False
+    is_img2img = False
+    tabname = None
+    group = None
+    create_group = True
+    infotext_fields = None
+    paste_field_names = None
+    api_info = None
+    setup_for_ui_only = False
+    controls = None
+
+    def title(self):
+        raise NotImplementedError()
+
+    def ui(self, is_img2img):
+        pass
+
+    def show(self, is_img2img):
+        return True
+
+    def run(self, p, *args):
+        pass
+
+    def setup(self, p, *args):
+        pass
+
+    def before_process(self, p, *args):
+        pass
+
+    def process(self, p, *args):
+        pass
+
+    def postprocess_image(self, p, pp: PostprocessImageArgs, *args):
+        pass
+
+    def postprocess(self, p, processed, *args):
+        pass
+
+    def elem_id(self, item_id):
+        need_tabname = self.show(True) == self.show(False)
+        tabkind = 'img2img' if self.is_img2img else 'txt2img'
+        tabname = f"{tabkind}_" if need_tabname else ""
+        title = re.sub(r'[^a-z_0-9]', '', re.sub(r'\s', '_', self.title().lower()))
+        return f'script_{tabname}{title}_{item_id}'
+
+
+current_basedir = paths.script_path
+
+
+def basedir():
+    return current_basedir
+
+
+ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
+scripts_data = []

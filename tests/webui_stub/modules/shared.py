@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import argparse
+
+from modules import options, paths, shared_state, shared_total_tqdm
+
+models_path = paths.models_path
+script_path = paths.script_path
+data_path = paths.data_path
+
+cmd_opts = argparse.Namespace(ckpt_dir=None, lowvram=False, medvram=False, api=True)
+opts = options.Options({})
+state = shared_state.State()
+sd_model = None
+total_tqdm = shared_total_tqdm.TotalTQDM()
+
+OptionInfo = options.OptionInfo

@@ -221,14 +221,22 @@ class ControlNet(nn.Module):
     def device(self) -> torch.device:
         return self.input_blocks[0][0].weight.device
 
-    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor,
-                context: Optional[torch.Tensor]) -> List[torch.Tensor]:
-        """Residuals for the UNet: one per input block (the skip connections, in order), then the middle one."""
+    def encode_hint(self, hint: torch.Tensor) -> torch.Tensor:
+        """The hint as a latent-size feature. It depends on neither timestep nor text (plain convolutions), so a
+        sampler computes it once, not once per step: at image resolution it costs more than the rest on small
+        models."""
+        return self.input_hint_block(hint, None, None)
+
+    def forward(self, x: torch.Tensor, hint: Optional[torch.Tensor], timesteps: torch.Tensor,
+                context: Optional[torch.Tensor], *, guided_hint: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Residuals for the UNet: one per input block (the skip connections, in order), then the middle one.
+        `guided_hint` (from `encode_hint`) replaces `hint` when given."""
         from ldm.modules.diffusionmodules.util import timestep_embedding
 
         t_emb = timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(self.dtype)
         emb = self.time_embed(t_emb)
-        guided_hint = self.input_hint_block(hint, emb, context)
+        if guided_hint is None:
+            guided_hint = self.encode_hint(hint)
         residuals = []
         h = x
         for index, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
@@ -496,6 +504,20 @@ class ControlHandle:
     strength: Strength
     residuals: Optional[List[torch.Tensor]] = None   # of the UNet call in progress (None between calls)
     calls: int = 0                                    # UNet calls that computed control
+    hint_encodings: int = 0                           # times the hint encoder ran (once per hint)
+    _encoded: Optional[Tuple[torch.Tensor, tuple, torch.Tensor]] = field(default=None, repr=False)
+
+    def encoded_hint(self) -> torch.Tensor:
+        """The hint encoder's output for the current hint (not yet tiled to the UNet batch), cached until the hint
+        is reassigned or modified in place. The cache holds the hint itself: identity, not id(), decides."""
+        controlnet, hint = self.controlnet, self.hint
+        key = (hint._version, controlnet.device, controlnet.dtype)
+        if self._encoded is None or self._encoded[0] is not hint or self._encoded[1] != key:
+            batch = hint if hint.dim() == 4 else hint.unsqueeze(0)
+            encoded = controlnet.encode_hint(batch.to(controlnet.device, controlnet.dtype))
+            self._encoded = (hint, key, encoded)
+            self.hint_encodings += 1
+        return self._encoded[2]
 
 
 def _per_block_scales(strength: Strength, count: int) -> Optional[List[float]]:
@@ -539,12 +561,13 @@ def compute_control(handle: ControlHandle, x: torch.Tensor, timesteps: torch.Ten
         raise ValueError(f"control hint is {tuple(hint.shape[-2:])} pixels but the latent is {latent_h}×{latent_w}: "
                          f"the hint must be the image size, {latent_h * HINT_DOWNSCALE}×{latent_w * HINT_DOWNSCALE}")
     device, dtype = controlnet.device, controlnet.dtype
-    hint = _batch_repeat(hint.to(device, dtype), batch, "control hint")
+    guided_hint = _batch_repeat(handle.encoded_hint(), batch, "control hint")
     timesteps = torch.as_tensor(timesteps, device=device)
     if timesteps.dim() == 0:
         timesteps = timesteps.expand(batch)
     context = None if context is None else context.to(device, dtype)
-    residuals = controlnet(x[:, :controlnet.config.in_channels].to(device, dtype), hint, timesteps, context)
+    residuals = controlnet(x[:, :controlnet.config.in_channels].to(device, dtype), None, timesteps, context,
+                           guided_hint=guided_hint)
     blocks = _per_block_scales(handle.strength, len(residuals))
     if blocks is not None:
         return [r * s for r, s in zip(residuals, blocks)]

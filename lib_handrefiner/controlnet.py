@@ -91,7 +91,7 @@ class ControlNetConfig:
         return ControlNetConfig(**json.loads(text))
 
 
-def sd15_heads_rule(model_channels: int) -> int:
+def default_num_heads(model_channels: int) -> int:
     """Head count for a width that carries no head information: SD 1.x's 8 at 320, else one head per 16
     channels (2 for the tiny 32-wide models), at most 8."""
     return 8 if model_channels == 320 else max(1, min(8, model_channels // 16))
@@ -134,7 +134,7 @@ def infer_config(shapes: Mapping[str, Tuple[int, ...]]) -> ControlNetConfig:
     return ControlNetConfig(in_channels=in_channels, hint_channels=int(hint[1]) if hint else 3,
                             model_channels=model_channels, attention_resolutions=tuple(attention),
                             num_res_blocks=res_counts.pop(), channel_mult=tuple(channel_mult),
-                            num_heads=sd15_heads_rule(model_channels),
+                            num_heads=default_num_heads(model_channels),
                             transformer_depth=max(1, len(depth_keys)), context_dim=int(to_k[0][1]))
 
 
@@ -615,7 +615,8 @@ def inject_control(unet: nn.Module, controlnet: ControlNet, hint: torch.Tensor,
     def before_unet(module: nn.Module, args: tuple, kwargs: dict) -> None:
         x, timesteps, context = _split_unet_call(args, kwargs)
         handle.residuals = compute_control(handle, x, timesteps, context)
-        handle.calls += handle.residuals is not None
+        if handle.residuals is not None:
+            handle.calls += 1
 
     def after_unet(module: nn.Module, args: tuple, output: Any) -> None:
         handle.residuals = None

@@ -9,7 +9,7 @@ script_path = paths.script_path
 data_path = paths.data_path
 
 cmd_opts = argparse.Namespace(ckpt_dir=None, lowvram=False, medvram=False, api=True)
-opts = options.Options({})
+opts = options.Options({"samples_format": options.OptionInfo("png", "File format for images")})
 state = shared_state.State()
 sd_model = None
 total_tqdm = shared_total_tqdm.TotalTQDM()

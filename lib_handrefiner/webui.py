@@ -1,0 +1,737 @@
+"""Everything behind scripts/handrefiner.py that touches the AUTOMATIC1111 WebUI's objects.
+
+The WebUI's pieces (its loaded model, `shared.state`, `shared.opts`, devices, autocast, the console progress bar,
+the model folders) are handed in by the thin glue as a `WebUIEnv`; nothing here imports the WebUI's `modules`, so
+it is tested against a small stand-in. Refinement itself is `pipeline.refine_image`, the same function the
+standalone command runs: the WebUI's LatentDiffusion is adapted to the `SDModel` protocol (`WebUISDModel`), so
+the sampler's per-step known-region blend, extra negative prompt, ControlNet on both CFG branches and the adaptive
+loop are the very same code.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from .args import HandRefinerArgs
+from .models_registry import ModelListing, ModelNameError, build_listing, resolve_name
+
+log = logging.getLogger("handrefiner")
+
+SCRIPT_TITLE = "HandRefiner"                  # the script's title: the `alwayson_scripts` key
+RESULT_KEY = "HandRefiner result"             # infotext entry with what happened to the image
+CURRENT_MODEL = "Current model"               # the checkpoint dropdown's entry for "the WebUI's loaded model"
+SETTINGS_SECTION = ("handrefiner", "HandRefiner")
+XYZ_ATTRIBUTE = "handrefiner_xyz"             # p.<this>: {field: value} set by the XYZ-grid axes
+PREVIEWS_ATTRIBUTE = "handrefiner_previews"   # p.<this>: [(image, infotext)] shown after the job
+DEFAULT_CONTROLNET_URL = "https://huggingface.co/hr16/ControlNet-HandRefiner-pruned"
+
+# Fields whose defaults the settings section holds (the others keep HandRefinerArgs' defaults).
+SETTING_FIELDS = ("strength", "mode", "extra_negative", "mesh_model", "controlnet", "inpaint_checkpoint", "steps",
+                  "cfg_scale", "denoising_strength", "mask_padding", "mask_feather", "crop_resolution", "max_hands")
+KEEP_LOADED_SETTING = "handrefiner_keep_models_on_device"
+XYZ_FIELDS = ("strength", "mode")
+
+# The accordion's layout: consecutive fields in HandRefinerArgs order, so that the components come out in field
+# order and positional `alwayson_scripts` args are the fields in order. "enabled" is the accordion itself.
+LAYOUT: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("row", ("strength", "mode")),
+    ("accordion:Adaptive strength", ("adaptive_strengths", "adaptive_reference", "adaptive_factor")),
+    ("column", ("prompt", "negative_prompt", "extra_negative")),
+    ("row", ("mesh_model", "controlnet", "inpaint_checkpoint")),
+    ("row", ("steps", "cfg_scale", "denoising_strength", "seed")),
+    ("accordion:Mask, crop and detection", ("mask_padding", "mask_padding_ratio", "mask_dilation", "mask_feather",
+                                           "crop", "crop_resolution", "hands_together", "max_hands",
+                                           "detection_confidence", "presence_confidence", "min_hand_size",
+                                           "boxes", "boxes_mode")),
+    ("row", ("save_depth", "save_mask")),
+)
+LIST_FIELDS = ("adaptive_strengths", "boxes")   # shown as text: "0.4, 0.5" and "x0 y0 x1 y1; …"
+
+
+class HandRefinerFailure(RuntimeError):
+    """A refinement that could not run (bad model choice, missing file); the message says what to do."""
+
+
+# ---- arguments ---------------------------------------------------------------------------------------------
+
+def setting_key(name: str) -> str:
+    return f"handrefiner_{name}"
+
+
+def defaults_from_opts(opts: Any) -> HandRefinerArgs:
+    """HandRefinerArgs' defaults overridden by the settings section; a bad stored value keeps the default."""
+    args = HandRefinerArgs()
+    for name in SETTING_FIELDS:
+        value = getattr(opts, setting_key(name), None)
+        if value is None:
+            continue
+        try:
+            args = HandRefinerArgs(**{**args.dict(), name: _from_widget(name, value)})
+        except (ValidationError, TypeError, ValueError) as e:
+            log.warning("HandRefiner: ignoring setting %s=%r (%s)", setting_key(name), value, e)
+    return args
+
+
+def parse_strengths(value: Any) -> Any:
+    if isinstance(value, str):
+        return [float(s) for s in re.split(r"[,;\s]+", value.strip()) if s]
+    return value
+
+
+def parse_boxes(value: Any) -> Any:
+    """Boxes from text: JSON [[x0, y0, x1, y1], …] (the editor's format) or "x0 y0 x1 y1; …" (the infotext's)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        return [tuple(float(v) for v in box) for box in json.loads(text)]
+    return [tuple(float(v) for v in re.split(r"[,\s]+", part.strip()) if v)
+            for part in re.split(r"[;\n]", text) if part.strip()]
+
+
+def format_boxes(boxes: Sequence[Sequence[float]]) -> str:
+    return "; ".join(" ".join(f"{v:g}" for v in box) for box in boxes)
+
+
+def _from_widget(name: str, value: Any) -> Any:
+    """A widget's (or an API client's positional) value → the field's value."""
+    if name == "adaptive_strengths":
+        return parse_strengths(value)
+    if name == "boxes":
+        return parse_boxes(value)
+    if name == "inpaint_checkpoint" and value in (CURRENT_MODEL, None, "None"):
+        return ""
+    kind = HandRefinerArgs.__fields__[name].type_
+    if isinstance(value, float) and isinstance(kind, type) and issubclass(kind, int) and not issubclass(kind, bool) \
+            and value.is_integer():
+        return int(value)  # sliders and numbers send floats
+    return value
+
+
+def to_widget(name: str, value: Any) -> Any:
+    """A field's value → its widget's value (the inverse of _from_widget)."""
+    if name == "adaptive_strengths":
+        return ", ".join(f"{v:g}" for v in value)
+    if name == "boxes":
+        return format_boxes(value)
+    if name == "inpaint_checkpoint" and not value:
+        return CURRENT_MODEL
+    return value
+
+
+def args_from_script_args(values: Sequence[Any], defaults: HandRefinerArgs = HandRefinerArgs()) -> HandRefinerArgs:
+    """The script's args (the widgets' values, or `alwayson_scripts` args) as HandRefinerArgs.
+
+    Positional values are the fields in order (None: the default); a dict (alone or first, as the WebUI's API pads
+    the rest with the widgets' defaults) names fields. Raises ValidationError / ValueError naming the field."""
+    values = list(values)
+    if values and isinstance(values[0], dict):
+        given = dict(values[0])
+    else:
+        names = HandRefinerArgs.field_names()
+        if len(values) > len(names):
+            raise ValueError(f"HandRefiner takes at most {len(names)} args ({', '.join(names)}), got {len(values)}")
+        given = {name: value for name, value in zip(names, values) if value is not None}
+    unknown = sorted(set(given) - set(HandRefinerArgs.__fields__))
+    if unknown:
+        raise ValueError(f"unknown HandRefiner args {unknown}; valid names: {', '.join(HandRefinerArgs.field_names())}")
+    update = {name: _from_widget(name, value) for name, value in given.items()}
+    return HandRefinerArgs(**{**defaults.dict(), **update})
+
+
+def apply_xyz_overrides(args: HandRefinerArgs, p: Any) -> HandRefinerArgs:
+    overrides = getattr(p, XYZ_ATTRIBUTE, None) or {}
+    return HandRefinerArgs(**{**args.dict(), **overrides}) if overrides else args
+
+
+def xyz_setter(name: str) -> Callable[[Any, Any, Any], None]:
+    """An XYZ-grid `apply(p, x, xs)`: records the override on p. The grid copies p shallowly per cell, so a new
+    dict is made each time instead of changing one that other cells share."""
+
+    def apply(p: Any, x: Any, xs: Any) -> None:
+        setattr(p, XYZ_ATTRIBUTE, {**(getattr(p, XYZ_ATTRIBUTE, None) or {}), name: x})
+
+    return apply
+
+
+def xyz_confirm(name: str) -> Callable[[Any, Sequence[Any]], None]:
+    """An XYZ-grid `confirm(p, xs)`: every value must be valid for the field, before the grid starts."""
+
+    def confirm(p: Any, xs: Sequence[Any]) -> None:
+        for x in xs:
+            HandRefinerArgs(**{name: x})
+
+    return confirm
+
+
+def register_xyz_axes(xyz_module: Any) -> bool:
+    """Adds "[HandRefiner] …" axes to the XYZ-grid script's options (once)."""
+    options = xyz_module.axis_options
+    if any(str(getattr(o, "label", "")).startswith("[HandRefiner]") for o in options):
+        return False
+    for name in XYZ_FIELDS:
+        info = HandRefinerArgs.__fields__[name]
+        label = "[HandRefiner] " + info.field_info.title.replace("HandRefiner ", "").capitalize()
+        if name == "mode":
+            options.append(xyz_module.AxisOption(label, str, xyz_setter(name), confirm=xyz_confirm(name),
+                                                 choices=lambda: ["fixed", "adaptive"]))
+        else:
+            options.append(xyz_module.AxisOption(label, float, xyz_setter(name), confirm=xyz_confirm(name)))
+    return True
+
+
+# ---- infotext ------------------------------------------------------------------------------------------------
+
+def paste_value(name: str, params: Dict[str, Any]) -> Any:
+    """The widget value for field `name` from parsed generation parameters: the infotext's value or the default
+    when the image was made with HandRefiner; "off" for the accordion when it was not; None (leave the widget)
+    otherwise."""
+    try:
+        args = HandRefinerArgs.from_infotext(params)
+    except (ValidationError, ValueError, TypeError) as e:
+        log.warning("HandRefiner: cannot read the pasted parameters (%s)", e)
+        return None
+    if args is None:
+        return False if name == "enabled" else None
+    return to_widget(name, getattr(args, name))
+
+
+def paste_field_names() -> List[str]:
+    return [f.field_info.title for f in HandRefinerArgs.__fields__.values()]
+
+
+# ---- UI description ----------------------------------------------------------------------------------------
+
+def layout_fields() -> List[str]:
+    return [name for _, names in LAYOUT for name in names]
+
+
+@dataclass(frozen=True)
+class WidgetSpec:
+    name: str
+    value: Any
+    choices: Optional[List[str]] = None   # for dropdowns whose choices are model files
+
+
+def widget_specs(defaults: HandRefinerArgs, controlnets: Sequence[str], checkpoints: Sequence[str]
+                 ) -> List[WidgetSpec]:
+    """What each widget after the accordion shows, in field order."""
+    specs = []
+    for name in layout_fields():
+        value = to_widget(name, getattr(defaults, name))
+        choices = None
+        if name == "controlnet":
+            choices = sorted(set(controlnets) | {defaults.controlnet})
+        elif name == "inpaint_checkpoint":
+            choices = [CURRENT_MODEL] + sorted(set(checkpoints) | ({defaults.inpaint_checkpoint} - {""}))
+        specs.append(WidgetSpec(name, value, choices))
+    return specs
+
+
+def setting_spec(name: str) -> Tuple[Any, str, Dict[str, Any]]:
+    """(default, label, gradio kwargs) of the settings entry holding field `name`'s default."""
+    info = HandRefinerArgs.__fields__[name]
+    label = info.field_info.title.replace("HandRefiner ", "Default ")
+    kind = info.type_
+    kwargs: Dict[str, Any] = {}
+    if name in ("mode", "mesh_model"):
+        kwargs["choices"] = list(info.outer_type_.__args__)
+    elif isinstance(kind, type) and issubclass(kind, (int, float)) and not issubclass(kind, bool):
+        kwargs = {"minimum": getattr(kind, "ge", 0), "maximum": getattr(kind, "le", 1),
+                  "step": 1 if issubclass(kind, int) else 0.01}
+    return info.default, label, kwargs
+
+
+# ---- model folders -------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelFolders:
+    controlnet_dirs: List[Path]
+    checkpoint_dirs: List[Path]
+    mesh_dirs: List[Path]
+
+    def describe(self, kind: str) -> str:
+        return ", ".join(str(d) for d in getattr(self, f"{kind}_dirs"))
+
+
+def model_folders(models_path: Any, handrefiner_models_dir: Any = None, controlnet_dir: Any = None,
+                  ckpt_dir: Any = None) -> ModelFolders:
+    """Where the WebUI keeps models: --handrefiner-models-dir first, then models/handrefiner; ControlNets also in
+    models/ControlNet (shared with sd-webui-controlnet) and its --controlnet-dir; checkpoints in
+    models/Stable-diffusion and --ckpt-dir."""
+    models = Path(models_path)
+    own = [Path(handrefiner_models_dir)] if handrefiner_models_dir else []
+    own.append(models / "handrefiner")
+    return ModelFolders(
+        controlnet_dirs=_unique(own + [models / "ControlNet"] + ([Path(controlnet_dir)] if controlnet_dir else [])),
+        checkpoint_dirs=_unique(([Path(ckpt_dir)] if ckpt_dir else []) + [models / "Stable-diffusion"] + own),
+        mesh_dirs=_unique(own))
+
+
+def _unique(paths: Sequence[Path]) -> List[Path]:
+    seen: List[Path] = []
+    for p in paths:
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+# ---- the WebUI's model as an SDModel -------------------------------------------------------------------------
+
+class UnsupportedModelError(HandRefinerFailure):
+    pass
+
+
+class WebUISDModel:
+    """The WebUI's LatentDiffusion (`shared.sd_model`) behind the `SDModel` protocol, through its own methods
+    (get_learned_conditioning, apply_model, encode/decode_first_stage), so its prompt-emphasis handling, VAE
+    choice, precision casts and --lowvram/--medvram module offloading all apply."""
+
+    def __init__(self, ldm: Any, device: Any, dtype: torch.dtype, vae_dtype: Optional[torch.dtype] = None) -> None:
+        check_sd1_model(ldm)
+        self.ldm = ldm
+        self.unet = ldm.model.diffusion_model
+        self.in_channels = int(self.unet.in_channels)
+        # With "downcast alphas_cumprod" the WebUI keeps the exact schedule aside; the sampler wants the exact one.
+        alphas = getattr(ldm, "alphas_cumprod_original", None)
+        self.alphas_cumprod = (alphas if alphas is not None else ldm.alphas_cumprod).detach().to("cpu", torch.float64)
+        self._device = torch.device(device)
+        self._dtype = dtype
+        self._vae_dtype = vae_dtype or dtype
+        self._peers: List[str] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @contextlib.contextmanager
+    def same_context_length(self, prompts: Sequence[str]) -> Iterator[None]:
+        """The WebUI's text encoder makes long prompts longer than 77 tokens (75-token chunks); the sampler batches
+        positive and negative together, so inside this context every prompt is encoded in one batch with
+        `prompts`, which the encoder pads to the same number of chunks."""
+        self._peers = list(prompts)
+        try:
+            yield
+        finally:
+            self._peers = []
+
+    @torch.no_grad()
+    def encode_text(self, prompts: List[str]) -> torch.Tensor:
+        texts = list(prompts)
+        cond = self.ldm.get_learned_conditioning(texts + [p for p in self._peers if p not in texts])
+        return cond[:len(texts)].to(self._device, self._dtype)
+
+    @torch.no_grad()
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        posterior = self.ldm.encode_first_stage(x.to(self._device, self._vae_dtype))
+        # The posterior's mode, not a sample: the known region must not depend on the global RNG.
+        latent = posterior.mode() if hasattr(posterior, "mode") else posterior
+        return self.ldm.get_first_stage_encoding(latent).to(self._device, self._dtype)
+
+    @torch.no_grad()
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return self.ldm.decode_first_stage(z.to(self._device, self._vae_dtype)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def apply_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                   c_concat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if c_concat is None and self.in_channels != x.shape[1]:
+            raise ValueError(f"the UNet takes {self.in_channels} channels: pass c_concat (mask + masked latent)")
+        cond = {"c_crossattn": [context]}
+        if c_concat is not None:
+            cond["c_concat"] = [c_concat]
+        return self.ldm.apply_model(x, t, cond)
+
+
+def check_sd1_model(ldm: Any) -> None:
+    if ldm is None:
+        raise UnsupportedModelError("no Stable Diffusion model is loaded; load an SD 1.5 checkpoint")
+    if getattr(ldm, "is_sdxl", False) or getattr(ldm, "is_sd3", False) or getattr(ldm, "is_sd2", False):
+        raise UnsupportedModelError("HandRefiner's ControlNet is for SD 1.5; the loaded model is SD 2/SDXL/SD3. "
+                                    "Choose an SD 1.5 inpainting checkpoint in HandRefiner's checkpoint menu")
+    unet = getattr(getattr(ldm, "model", None), "diffusion_model", None)
+    if unet is None or not hasattr(unet, "input_blocks"):
+        raise UnsupportedModelError(f"the loaded model ({type(ldm).__name__}) is not an ldm LatentDiffusion; choose "
+                                    "an SD 1.5 inpainting checkpoint in HandRefiner's checkpoint menu")
+
+
+# ---- progress, interrupt, skip -------------------------------------------------------------------------------
+
+class WebUIProgress:
+    """Counts HandRefiner's sampling steps as one extra job in the WebUI's progress (the bar under the image and
+    the console's "Total progress"), as the WebUI does for its hires pass."""
+
+    def __init__(self, state: Any, total_tqdm: Any = None) -> None:
+        self.state = state
+        self.total_tqdm = total_tqdm
+        self._counted_total = False
+
+    def begin(self) -> None:
+        self.state.job_count = max(int(self.state.job_count), 0) + 1
+        self.state.textinfo = "HandRefiner"
+        self.state.sampling_step = 0
+
+    def step(self, done: int, total: int) -> None:
+        if not self._counted_total:
+            self._counted_total = True
+            self._add_to_console_total(total)
+        self.state.sampling_steps = total
+        self.state.sampling_step = done
+        if self.total_tqdm is not None:
+            self.total_tqdm.update()
+
+    def end(self) -> None:
+        self.state.nextjob()
+
+    def should_stop(self) -> bool:
+        return bool(self.state.interrupted or self.state.skipped)
+
+    def _add_to_console_total(self, steps: int) -> None:
+        bar = getattr(self.total_tqdm, "_tqdm", None)
+        if bar is not None and bar.total is not None:
+            self.total_tqdm.updateTotal(bar.total + steps)
+
+
+# ---- the environment the glue hands in -----------------------------------------------------------------------
+
+@dataclass
+class WebUIEnv:
+    sd_model: Callable[[], Any]               # -> shared.sd_model (read at use: it changes when the user switches)
+    device: Any                               # modules.devices.device
+    dtype: torch.dtype                        # modules.devices.dtype_unet
+    vae_dtype: torch.dtype                    # modules.devices.dtype_vae
+    autocast: Callable[[], ContextManager]    # the WebUI's sampling precision context
+    torch_gc: Callable[[], None]
+    folders: ModelFolders
+    state: Any = None                         # shared.state (None: the API, no progress bar)
+    total_tqdm: Any = None
+    keep_models_on_device: bool = False       # False: HandRefiner's own models go back to the CPU after each image
+    offload_to_cpu: bool = False              # --lowvram / --medvram
+
+
+@dataclass
+class ImageJob:
+    """One generated image of a WebUI job."""
+    image: Any                                # PIL image
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+@dataclass
+class ImageOutcome:
+    image: Any                                # the refined image, or the input when nothing was done
+    message: str
+    refined: bool
+    infotext: Dict[str, Any] = field(default_factory=dict)
+    previews: List[Tuple[str, Any]] = field(default_factory=list)   # (suffix, PIL image)
+
+
+def job_for_image(p: Any, image: Any) -> ImageJob:
+    """The prompt, negative prompt and seed of the image `p.batch_index` of the current batch."""
+    i = int(getattr(p, "batch_index", 0) or 0)
+    seeds = getattr(p, "seeds", None) or []
+    if i < len(seeds):
+        seed = seeds[i]
+    else:
+        index = int(getattr(p, "iteration", 0) or 0) * int(getattr(p, "batch_size", 1) or 1) + i
+        all_seeds = getattr(p, "all_seeds", None) or [getattr(p, "seed", -1)]
+        seed = all_seeds[min(index, len(all_seeds) - 1)]
+    return ImageJob(image=image, prompt=_pick(getattr(p, "prompts", None), i, getattr(p, "prompt", "")),
+                    negative_prompt=_pick(getattr(p, "negative_prompts", None), i, getattr(p, "negative_prompt", "")),
+                    seed=int(seed))
+
+
+def _pick(items: Optional[Sequence[str]], i: int, fallback: Any) -> str:
+    if items:
+        return str(items[min(i, len(items) - 1)])
+    return fallback if isinstance(fallback, str) else (fallback[0] if fallback else "")
+
+
+# ---- the refiner -------------------------------------------------------------------------------------------
+
+class WebUIRefiner:
+    """HandRefiner inside the WebUI: the always-on script's per-image work and the REST API's service
+    (`service.HandRefinerService`), over the WebUI's loaded model. Holds HandRefiner's own models (one ControlNet,
+    at most one chosen checkpoint, the mesh model), on the CPU between images unless asked to keep them."""
+
+    def __init__(self, env_factory: Callable[[], WebUIEnv]) -> None:
+        self.env_factory = env_factory
+        self._cache: Dict[str, Tuple[Any, Any]] = {}
+        self._busy = threading.Lock()
+
+    # -- HandRefinerService ------------------------------------------------------------------------------
+
+    def listing(self) -> ModelListing:
+        folders = self.env_factory().folders
+        return build_listing(folders.controlnet_dirs, folders.checkpoint_dirs, folders.mesh_dirs)
+
+    def default_controlnet(self) -> Optional[str]:
+        names = self.listing().controlnets
+        preferred = HandRefinerArgs().controlnet
+        if preferred in names:
+            return preferred
+        hand = sorted(n for n in names if "hand" in n.lower())
+        return hand[0] if hand else None
+
+    def perceive(self, image: np.ndarray, args: HandRefinerArgs) -> Any:
+        from .perception import perceive
+
+        return perceive(image, args, mesh_model=self._mesh_model(args.mesh_model, self.env_factory()))
+
+    def refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any = None,
+               prompt: str = "", negative_prompt: str = "", progress: Optional[WebUIProgress] = None) -> Any:
+        """pipeline.refine_image with the WebUI's model (or the chosen checkpoint) on the WebUI's device."""
+        from .pipeline import refine_image
+        from .sampler import with_extra_negative
+
+        env = self.env_factory()
+        mesh_model = self._mesh_model(args.mesh_model, env)
+        with self._models_on_device(args, env) as (sd, controlnet):
+            prompts = [args.prompt or prompt, with_extra_negative(args.negative_prompt or negative_prompt,
+                                                                  args.extra_negative)]
+            padding = sd.same_context_length(prompts) if isinstance(sd, WebUISDModel) else contextlib.nullcontext()
+            with torch.no_grad(), env.autocast(), padding:
+                return refine_image(image, sd, controlnet, args, prompt=prompt, negative_prompt=negative_prompt,
+                                    seed=seed, mesh_model=mesh_model, perception=perception,
+                                    progress=progress.step if progress else None,
+                                    should_stop=progress.should_stop if progress else None)
+
+    # -- the always-on script ------------------------------------------------------------------------------
+
+    def process_image(self, job: ImageJob, args: HandRefinerArgs) -> ImageOutcome:
+        """Refines one generated image. Never raises: on any failure the image is kept and the outcome's message
+        says why (also logged). Re-entrant calls (the inner pass reaching the script again) are refused."""
+        infotext = args.infotext()
+        if not self._busy.acquire(blocking=False):
+            message = "skipped: HandRefiner is already running (re-entry)"
+            return ImageOutcome(job.image, message, False, {**infotext, RESULT_KEY: message})
+        env = None
+        progress = None
+        try:
+            env = self.env_factory()
+            progress = WebUIProgress(env.state, env.total_tqdm) if env.state is not None else None
+            if progress is not None:
+                progress.begin()
+            seed = args.seed if args.seed >= 0 else job.seed
+            result = self.refine(np.asarray(job.image.convert("RGB")), args, seed, prompt=job.prompt,
+                                 negative_prompt=job.negative_prompt, progress=progress)
+            outcome = outcome_from_result(job, args, result)
+            outcome.infotext = {**infotext, **outcome.infotext}
+            log.info("HandRefiner: %s", outcome.message)
+            return outcome
+        except Exception as e:  # the user's image must survive anything HandRefiner does
+            message = failure_message(e)
+            if isinstance(e, (HandRefinerFailure, ModelNameError, FileNotFoundError)):
+                log.warning("HandRefiner: %s", message)
+            else:
+                log.exception("HandRefiner: %s", message)
+            return ImageOutcome(job.image, message, False, {**infotext, RESULT_KEY: message})
+        finally:
+            if progress is not None:
+                progress.end()
+            if env is not None:
+                self._release(env)
+            self._busy.release()
+
+    # -- models ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _models_on_device(self, args: HandRefinerArgs, env: WebUIEnv) -> Iterator[Tuple[Any, Any]]:
+        listing = self.listing()
+        controlnet = self._controlnet(args.controlnet, listing, env)
+        if args.inpaint_checkpoint:
+            sd = self._checkpoint(args.inpaint_checkpoint, listing, env)
+            sd.to(env.device)
+        else:
+            sd = WebUISDModel(env.sd_model(), env.device, env.dtype, env.vae_dtype)
+        controlnet.to(env.device)
+        with _without_controlnet_extension_hook(sd.unet):
+            yield sd, controlnet
+
+    def _release(self, env: WebUIEnv) -> None:
+        if not env.keep_models_on_device or env.offload_to_cpu:
+            for _, model in self._cache.values():
+                if isinstance(model, torch.nn.Module):
+                    model.to("cpu")
+        env.torch_gc()
+
+    def _controlnet(self, name: str, listing: ModelListing, env: WebUIEnv) -> Any:
+        from .controlnet import load_controlnet
+
+        try:
+            path = resolve_name(name, listing.controlnets, "ControlNet")
+        except ModelNameError as e:
+            raise HandRefinerFailure(f"{e}. Put the HandRefiner ControlNet (control_sd15_inpaint_depth_hand_fp16, "
+                                     f"from {DEFAULT_CONTROLNET_URL}) in one of: "
+                                     f"{env.folders.describe('controlnet')}") from None
+        return self._cached("controlnet", (path, env.dtype), lambda: load_controlnet(path, "cpu", env.dtype))
+
+    def _checkpoint(self, name: str, listing: ModelListing, env: WebUIEnv) -> Any:
+        from .sd_model import find_config, load_sd_checkpoint
+
+        try:
+            path = resolve_name(name, listing.checkpoints, "checkpoint")
+        except ModelNameError as e:
+            raise HandRefinerFailure(f"{e}; the checkpoints HandRefiner can load are in "
+                                     f"{env.folders.describe('checkpoint')}") from None
+        return self._cached("checkpoint", (path, env.dtype),
+                            lambda: load_sd_checkpoint(path, find_config(path), "cpu", env.dtype))
+
+    def _mesh_model(self, name: str, env: WebUIEnv) -> Any:
+        from .mesh import get_mesh_model
+
+        folder = next((d for d in env.folders.mesh_dirs if d.is_dir()), None)
+        return self._cached("mesh", (name, folder), lambda: get_mesh_model(name, models_dir=folder))
+
+    def _cached(self, kind: str, key: Any, load: Callable[[], Any]) -> Any:
+        # One model of each kind: switching frees the previous one first.
+        cached = self._cache.get(kind)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        self._cache.pop(kind, None)
+        model = load()
+        self._cache[kind] = (key, model)
+        return model
+
+
+@contextlib.contextmanager
+def _without_controlnet_extension_hook(unet: Any) -> Iterator[None]:
+    """sd-webui-controlnet replaces `unet.forward` for the whole job when one of its units is on (keeping the
+    original as `unet._original_forward`); its control is for the full image, not HandRefiner's hand crop. Our own
+    control is hooks on the UNet's modules, which run under either forward; this only sets the original forward
+    back for the duration of HandRefiner's pass."""
+    patched = unet.__dict__.get("forward")
+    original = getattr(unet, "_original_forward", None)
+    if patched is None or original is None:
+        yield
+        return
+    unet.forward = original
+    try:
+        yield
+    finally:
+        unet.forward = patched
+
+
+def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> ImageOutcome:
+    from PIL import Image
+
+    refined = bool(result.hands)
+    strengths = sorted({f"{h.strength:g}" for h in result.hands})
+    summary = result.message + (f" (strength {', '.join(strengths)})" if strengths and args.mode == "adaptive" else "")
+    previews = []
+    if args.save_depth:
+        previews.append(("-handrefiner-depth", Image.fromarray(result.perception.depth).convert("RGB")))
+    if args.save_mask:
+        previews.append(("-handrefiner-mask", Image.fromarray(result.perception.mask).convert("RGB")))
+    image = Image.fromarray(result.image) if refined else job.image
+    return ImageOutcome(image, summary, refined, {RESULT_KEY: summary}, previews)
+
+
+def failure_message(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    if "out of memory" in text.lower() or type(error).__name__ == "OutOfMemoryError":
+        return ("failed: out of GPU memory; the image is kept. Lower HandRefiner's crop resolution, refine hands "
+                "one after another, or start the WebUI with --medvram")
+    return f"failed: {text}; the image is kept"
+
+
+# ---- the script's hooks --------------------------------------------------------------------------------------
+
+SavePreview = Callable[[Any, ImageJob, str], None]   # (PIL image, job, file-name suffix)
+
+
+def postprocess_image(refiner: WebUIRefiner, p: Any, pp: Any, script_args: Sequence[Any], defaults: HandRefinerArgs,
+                      save_preview: Optional[SavePreview] = None) -> Optional[ImageOutcome]:
+    """Script.postprocess_image: refines `pp.image` in place when enabled, records the settings and the outcome in
+    the image's generation parameters, shows the outcome under the gallery (p.comment) and collects the depth/mask
+    previews (shown after the job by `add_previews`, saved beside the image when the job saves images)."""
+    try:
+        args = apply_xyz_overrides(args_from_script_args(script_args, defaults), p)
+    except (ValidationError, ValueError, TypeError) as e:
+        if _asks_enabled(script_args):
+            message = f"invalid settings ({describe_error(e)}); the image is kept"
+            log.warning("HandRefiner: %s", message)
+            _comment(p, message)
+            p.extra_generation_params[RESULT_KEY] = message
+        return None
+    if not args.enabled:
+        return None
+    job = job_for_image(p, pp.image)
+    outcome = refiner.process_image(job, args)
+    pp.image = outcome.image
+    p.extra_generation_params.update(outcome.infotext)
+    _comment(p, outcome.message)
+    if outcome.previews:
+        previews = getattr(p, PREVIEWS_ATTRIBUTE, None)
+        if previews is None:
+            previews = []
+            setattr(p, PREVIEWS_ATTRIBUTE, previews)
+        for suffix, image in outcome.previews:
+            previews.append(image)
+            if save_preview is not None and _saves_samples(p):
+                try:
+                    save_preview(image, job, suffix)
+                except OSError as e:  # a full disk must not cost the generated image
+                    log.warning("HandRefiner: could not save the %s preview: %s", suffix, e)
+    return outcome
+
+
+def add_previews(p: Any, processed: Any) -> int:
+    """Script.postprocess: appends the collected previews to the job's output (gallery and API images)."""
+    previews = getattr(p, PREVIEWS_ATTRIBUTE, None) or []
+    if not previews:
+        return 0
+    infotexts = getattr(processed, "infotexts", None)
+    info = infotexts[getattr(processed, "index_of_first_image", 0)] if infotexts else getattr(processed, "info", "")
+    processed.images.extend(previews)
+    if infotexts is not None:
+        infotexts.extend([info] * len(previews))
+    setattr(p, PREVIEWS_ATTRIBUTE, [])
+    return len(previews)
+
+
+def describe_error(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return str(error)
+
+
+def find_xyz_module(scripts_data: Sequence[Any]) -> Any:
+    """The XYZ-grid script's module among the loaded scripts (the WebUI names script modules by file name)."""
+    for data in scripts_data:
+        if getattr(data.script_class, "__module__", "") == "xyz_grid.py" and hasattr(data.module, "AxisOption"):
+            return data.module
+    return None
+
+
+def _asks_enabled(script_args: Sequence[Any]) -> bool:
+    first = script_args[0] if script_args else None
+    return bool(first.get("enabled")) if isinstance(first, dict) else first is True
+
+
+def _comment(p: Any, message: str) -> None:
+    comment = getattr(p, "comment", None)
+    if callable(comment):
+        comment(f"HandRefiner: {message}")
+
+
+def _saves_samples(p: Any) -> bool:
+    saves = getattr(p, "save_samples", None)
+    return bool(saves()) if callable(saves) else not getattr(p, "do_not_save_samples", False)

@@ -1,0 +1,125 @@
+"""HandRefiner for the AUTOMATIC1111 WebUI (1.9, 1.10): the always-on "HandRefiner" script.
+
+Thin glue: it builds the accordion, hands the WebUI's objects to lib_handrefiner.webui (where the logic lives and
+is tested) and registers the settings, the XYZ-grid axes and the /handrefiner/* API routes.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import gradio as gr
+
+from modules import devices, script_callbacks, scripts, shared
+from modules.ui_components import InputAccordion
+
+from lib_handrefiner import webui
+from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.ui import field_control
+
+log = logging.getLogger("handrefiner")
+
+
+def _env() -> webui.WebUIEnv:
+    cmd = shared.cmd_opts
+    return webui.WebUIEnv(
+        sd_model=lambda: shared.sd_model, device=devices.device, dtype=devices.dtype_unet,
+        vae_dtype=devices.dtype_vae,
+        # The precision context the WebUI samples in (postprocess_image runs outside it).
+        autocast=lambda: devices.without_autocast() if devices.unet_needs_upcast else devices.autocast(),
+        torch_gc=devices.torch_gc,
+        folders=webui.model_folders(shared.models_path, getattr(cmd, "handrefiner_models_dir", None),
+                                    getattr(cmd, "controlnet_dir", None), getattr(cmd, "ckpt_dir", None)),
+        state=shared.state, total_tqdm=getattr(shared, "total_tqdm", None),
+        keep_models_on_device=bool(getattr(shared.opts, webui.KEEP_LOADED_SETTING, False)),
+        offload_to_cpu=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", False)))
+
+
+refiner = webui.WebUIRefiner(_env)
+
+
+def _container(kind: str):
+    if kind == "row":
+        return gr.Row()
+    if kind.startswith("accordion:"):
+        return gr.Accordion(kind.split(":", 1)[1], open=False)
+    return gr.Column()
+
+
+def _widget(spec: webui.WidgetSpec):
+    if spec.name in webui.LIST_FIELDS:
+        info = HandRefinerArgs.__fields__[spec.name].field_info
+        return gr.Textbox(value=spec.value, label=info.title.replace("HandRefiner ", "").capitalize(),
+                          info=info.description, lines=1)
+    return field_control(spec.name, spec.value, spec.choices)
+
+
+class HandRefinerScript(scripts.Script):
+    def title(self):
+        return webui.SCRIPT_TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        defaults = webui.defaults_from_opts(shared.opts)
+        listing = refiner.listing()
+        specs = {s.name: s for s in webui.widget_specs(defaults, listing.controlnets, listing.checkpoints)}
+        widgets = {}
+        with InputAccordion(defaults.enabled, label="HandRefiner", elem_id=self.elem_id("enabled")) as enabled:
+            for kind, names in webui.LAYOUT:
+                with _container(kind):
+                    for name in names:
+                        widgets[name] = _widget(specs[name])
+                        widgets[name].elem_id = self.elem_id(name)  # unique across the txt2img/img2img tabs
+        controls = [enabled] + [widgets[name] for name in webui.layout_fields()]
+        self.infotext_fields = [(c, functools.partial(webui.paste_value, name))
+                                for c, name in zip(controls, HandRefinerArgs.field_names())]
+        self.paste_field_names = webui.paste_field_names()
+        return controls
+
+    def postprocess_image(self, p, pp, *args):
+        webui.postprocess_image(refiner, p, pp, args, webui.defaults_from_opts(shared.opts), _save_preview(p))
+
+    def postprocess(self, p, processed, *args):
+        webui.add_previews(p, processed)
+
+
+def _save_preview(p):
+    def save(image, job, suffix):
+        from modules import images
+
+        images.save_image(image, p.outpath_samples, "", job.seed, job.prompt, shared.opts.samples_format, p=p,
+                          suffix=suffix)
+
+    return save
+
+
+def on_ui_settings():
+    for name in webui.SETTING_FIELDS:
+        default, label, kwargs = webui.setting_spec(name)
+        component = gr.Radio if "choices" in kwargs else gr.Slider if kwargs else None
+        shared.opts.add_option(webui.setting_key(name), shared.OptionInfo(
+            default, label, component, kwargs or None, section=webui.SETTINGS_SECTION).needs_reload_ui())
+    shared.opts.add_option(webui.KEEP_LOADED_SETTING, shared.OptionInfo(
+        False, "Keep HandRefiner's ControlNet and checkpoint on the GPU between images (faster, more VRAM)",
+        section=webui.SETTINGS_SECTION))
+
+
+def on_before_ui():
+    xyz = webui.find_xyz_module(scripts.scripts_data)
+    if xyz is not None:
+        webui.register_xyz_axes(xyz)
+
+
+def on_app_started(demo, app):
+    from modules.call_queue import queue_lock
+
+    from lib_handrefiner import api
+
+    api.mount(app, refiner, lock=queue_lock)
+
+
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_before_ui(on_before_ui)
+script_callbacks.on_app_started(on_app_started)

@@ -1,0 +1,402 @@
+"""The WebUI glue (scripts/handrefiner.py + lib_handrefiner/webui.py) against the stand-in for the WebUI's
+`modules` (tests/webui_stub), with the tiny checkpoint in the shape of the WebUI's `shared.sd_model`."""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import EXAMPLES, ROOT
+from lib_handrefiner import webui
+from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.imageio import load_image
+
+STUB = Path(__file__).resolve().parent / "webui_stub"
+CONTROLNET_NAME = HandRefinerArgs().controlnet
+FAST = dict(steps=2, crop_resolution=64, cfg_scale=5.0)
+
+
+@pytest.fixture(scope="module")
+def wui(tiny_models, tiny_sd, tmp_path_factory):
+    """The stand-in `modules`, a models folder holding the tiny ControlNet/checkpoint, and the loaded script."""
+    root = tmp_path_factory.mktemp("webui")
+    os.environ["HANDREFINER_STUB_WEBUI_DIR"] = str(root)
+    (root / "models" / "ControlNet").mkdir(parents=True)
+    (root / "models" / "Stable-diffusion").mkdir(parents=True)
+    os.link(tiny_models.controlnet, root / "models" / "ControlNet" / f"{CONTROLNET_NAME}.safetensors")
+    for src in (tiny_models.checkpoint, tiny_models.config):
+        os.link(src, root / "models" / "Stable-diffusion" / src.name)
+    (root / "models" / "Stable-diffusion" / "clip-tiny").symlink_to(tiny_models.checkpoint.parent / "clip-tiny")
+    sys.path.insert(0, str(STUB))
+    try:
+        from modules import scripts, shared
+        from latent_diffusion import TinyLatentDiffusion
+
+        shared.sd_model = TinyLatentDiffusion(tiny_sd)
+        spec = importlib.util.spec_from_file_location("handrefiner.py", ROOT / "scripts" / "handrefiner.py")
+        module = importlib.util.module_from_spec(spec)
+        scripts.current_basedir = str(ROOT)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(STUB))
+        for name in [n for n in sys.modules if n == "modules" or n.startswith("modules.") or n == "latent_diffusion"]:
+            del sys.modules[name]
+        os.environ.pop("HANDREFINER_STUB_WEBUI_DIR", None)
+
+
+@pytest.fixture()
+def script(wui):
+    from modules import shared
+
+    shared.state.begin("test")
+    shared.state.job_count = 1
+    s = wui.HandRefinerScript()
+    s.is_img2img = False
+    return s
+
+
+@pytest.fixture(scope="module")
+def malformed():
+    return load_image(EXAMPLES / "malformed_1.jpg")
+
+
+def make_p(prompt="a man making a hand gesture", seed=1234, outpath=None):
+    from modules.processing import StableDiffusionProcessing
+
+    p = StableDiffusionProcessing(prompt=prompt, negative_prompt="blurry", seed=seed, outpath_samples=outpath)
+    p.all_prompts, p.all_negative_prompts, p.all_seeds = [prompt], ["blurry"], [seed]
+    p.prompts, p.negative_prompts, p.seeds = [prompt], ["blurry"], [seed]
+    return p
+
+
+def ui_values(script, **changes):
+    with gr.Blocks():
+        controls = script.ui(False)
+    values = [c.value for c in controls]
+    names = HandRefinerArgs.field_names()
+    for name, value in changes.items():
+        values[names.index(name)] = webui.to_widget(name, value)
+    return controls, values
+
+
+def run(script, image, values, p=None):
+    from modules.scripts import PostprocessImageArgs
+
+    p = p or make_p()
+    pp = PostprocessImageArgs(Image.fromarray(image))
+    script.postprocess_image(p, pp, *values)
+    return p, pp
+
+
+def allowed_change(mask: np.ndarray, feather: int) -> np.ndarray:
+    from scipy.ndimage import binary_dilation
+
+    r = feather + 1
+    return binary_dilation(mask > 0, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
+
+
+# ---- UI, args, settings -----------------------------------------------------------------------------------
+
+def test_ui_has_one_component_per_field_in_order_and_defaults_map_back(script):
+    from modules.ui_components import InputAccordion
+
+    controls, values = ui_values(script)
+    assert len(controls) == len(HandRefinerArgs.field_names()) == len(script.infotext_fields)
+    assert isinstance(controls[0], InputAccordion)
+    assert webui.layout_fields() == HandRefinerArgs.field_names()[1:]
+    assert webui.args_from_script_args(values) == HandRefinerArgs()
+    by_name = dict(zip(HandRefinerArgs.field_names(), controls))
+    assert CONTROLNET_NAME in [c[0] if isinstance(c, tuple) else c for c in by_name["controlnet"].choices]
+    checkpoints = [c[0] if isinstance(c, tuple) else c for c in by_name["inpaint_checkpoint"].choices]
+    assert checkpoints[0] == webui.CURRENT_MODEL and "tiny-inpaint" in checkpoints
+    assert by_name["strength"].value == 0.55 and by_name["extra_negative"].value == "fake 3D rendered image"
+    assert len({c.elem_id for c in controls[1:]}) == len(controls) - 1  # unique element ids
+    assert "HandRefiner strength" in script.paste_field_names
+
+
+def test_widget_values_and_api_values_map_to_the_fields():
+    args = webui.args_from_script_args([True, 0.7, "adaptive", "0.3, 0.6", None, None, "hands", "", "x", "landmarks",
+                                        CONTROLNET_NAME, webui.CURRENT_MODEL, 12.0])
+    assert (args.enabled, args.strength, args.mode, args.adaptive_strengths, args.steps) == (True, 0.7, "adaptive",
+                                                                                             [0.3, 0.6], 12)
+    assert args.inpaint_checkpoint == "" and args.prompt == "hands" and args.extra_negative == "x"
+    # the API pads args after a dict with the widgets' defaults: the dict wins
+    assert webui.args_from_script_args([{"enabled": True, "strength": 0.4}, 0.9, "fixed"]).strength == 0.4
+    assert webui.parse_boxes("[[1, 2, 30, 40]]") == webui.parse_boxes("1 2 30 40") == [(1.0, 2.0, 30.0, 40.0)]
+    with pytest.raises(ValueError, match="unknown HandRefiner args"):
+        webui.args_from_script_args([{"strenght": 0.4}])
+    with pytest.raises(ValueError, match="at most"):
+        webui.args_from_script_args([None] * 40)
+
+
+def test_settings_section_holds_the_defaults(wui, script):
+    from modules import script_callbacks, shared
+
+    script_callbacks.ui_settings_callback()
+    info = shared.opts.data_labels["handrefiner_strength"]
+    assert info.default == 0.55 and info.section == webui.SETTINGS_SECTION
+    assert shared.opts.data_labels["handrefiner_mode"].component_args == {"choices": ["fixed", "adaptive"]}
+    assert webui.KEEP_LOADED_SETTING in shared.opts.data_labels
+    shared.opts.handrefiner_strength = 0.7
+    shared.opts.handrefiner_steps = 12.0   # sliders store floats
+    try:
+        controls, values = ui_values(script)
+        assert webui.args_from_script_args(values) == HandRefinerArgs(strength=0.7, steps=12)
+        assert webui.defaults_from_opts(shared.opts).strength == 0.7
+    finally:
+        shared.opts.handrefiner_strength = 0.55
+        shared.opts.handrefiner_steps = 30
+
+
+def test_preload_adds_the_models_dir_option():
+    spec = importlib.util.spec_from_file_location("preload_handrefiner", ROOT / "preload.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parser = argparse.ArgumentParser()
+    module.preload(parser)
+    assert parser.parse_args(["--handrefiner-models-dir", "/m"]).handrefiner_models_dir == "/m"
+    assert parser.parse_args([]).handrefiner_models_dir is None
+    folders = webui.model_folders("/w/models", "/m", controlnet_dir="/cn")
+    assert folders.controlnet_dirs == [Path("/m"), Path("/w/models/handrefiner"), Path("/w/models/ControlNet"),
+                                       Path("/cn")]
+    assert folders.mesh_dirs == [Path("/m"), Path("/w/models/handrefiner")]
+    assert folders.checkpoint_dirs[0] == Path("/w/models/Stable-diffusion")
+
+
+# ---- postprocess_image -----------------------------------------------------------------------------------
+
+def test_refines_only_the_hand_with_the_webui_model_and_writes_infotext(wui, script, malformed, tiny_sd,
+                                                                        tiny_controlnet, tmp_path):
+    from modules import images, shared
+    from modules.processing import Processed
+
+    from lib_handrefiner.perception import perceive
+    from lib_handrefiner.pipeline import refine_image
+
+    _, values = ui_values(script, enabled=True, save_depth=True, save_mask=True, **FAST)
+    job_no, job_count = shared.state.job_no, shared.state.job_count
+    p, pp = run(script, malformed, values, make_p(outpath=str(tmp_path)))
+    out = np.asarray(pp.image)
+    changed = (out != malformed).any(-1)
+    args = HandRefinerArgs(enabled=True, save_depth=True, save_mask=True, **FAST)
+    perception = perceive(malformed, args)
+    assert changed.sum() > 1000
+    assert not (changed & ~allowed_change(perception.mask, args.mask_feather)).any()
+
+    # the same pipeline as the standalone command: same pixels from the plain SD model with the job's seed
+    direct = refine_image(malformed, tiny_sd, tiny_controlnet, args, prompt="a man making a hand gesture",
+                          negative_prompt="blurry", seed=1234)
+    assert np.abs(direct.image.astype(int) - out.astype(int)).max() <= 1
+
+    params = p.extra_generation_params
+    assert params["HandRefiner"] == "True" and params["HandRefiner strength"] == "0.55"
+    assert params["HandRefiner steps"] == 2 and params[webui.RESULT_KEY].startswith("refined 1 ")
+    assert any("HandRefiner: refined" in c for c in p.comments)
+    # progress: one more job, its steps counted
+    assert shared.state.job_count == job_count + 1 and shared.state.job_no == job_no + 1
+    assert shared.state.sampling_steps == 2
+    # previews: saved beside the image and appended to the job's output
+    assert [Path(f).name.split("-", 1)[1] for f in images.saved[-2:]] == ["1234-handrefiner-depth.png",
+                                                                        "1234-handrefiner-mask.png"]
+    processed = Processed(p, [pp.image], infotexts=["info"])
+    script.postprocess(p, processed)
+    assert len(processed.images) == 3 and processed.infotexts == ["info"] * 3
+    assert np.array_equal(np.asarray(processed.images[2])[..., 0], perception.mask)
+
+
+def test_disabled_does_nothing(script, malformed):
+    _, values = ui_values(script)
+    p, pp = run(script, malformed, values)
+    assert np.array_equal(np.asarray(pp.image), malformed) and p.extra_generation_params == {}
+
+
+@pytest.mark.parametrize("problem", ["missing controlnet", "bad value", "no hands", "out of memory"])
+def test_failures_keep_the_image_and_say_why(wui, script, malformed, problem):
+    from modules import shared
+
+    image = malformed if problem != "no hands" else np.full((128, 128, 3), 200, np.uint8)
+    changes = dict(enabled=True, **FAST)
+    if problem == "missing controlnet":
+        changes["controlnet"] = "no_such_controlnet"
+    _, values = ui_values(script, **changes)
+    if problem == "bad value":
+        values[HandRefinerArgs.field_names().index("steps")] = 1000
+    model = shared.sd_model
+    if problem == "out of memory":
+        shared.sd_model = copy.copy(model)
+
+        def out_of_memory(*args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        shared.sd_model.apply_model = out_of_memory
+    try:
+        p, pp = run(script, image, values)
+    finally:
+        shared.sd_model = model
+    assert np.array_equal(np.asarray(pp.image), image)
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    expected = {"missing controlnet": "no_such_controlnet", "bad value": "steps", "no hands": "no hands found",
+                "out of memory": "out of GPU memory"}[problem]
+    assert expected in result
+    assert any(expected in c for c in p.comments)
+
+
+def test_interrupt_stops_between_steps_and_keeps_the_image(wui, script, malformed):
+    from modules import shared
+
+    _, values = ui_values(script, enabled=True, **FAST)
+    shared.state.interrupt()
+    p, pp = run(script, malformed, values)
+    assert np.array_equal(np.asarray(pp.image), malformed)
+    assert p.extra_generation_params[webui.RESULT_KEY].startswith("interrupted")
+
+
+def test_reentry_is_refused(wui, script, malformed):
+    """A pass that reaches the script again (as an inner processing pass would) must not refine recursively."""
+    from modules import shared
+    from modules.scripts import PostprocessImageArgs
+
+    _, values = ui_values(script, enabled=True, **FAST)
+    model = shared.sd_model
+    inner = []
+
+    def apply_model(*args, **kwargs):
+        if not inner:
+            p2, pp2 = make_p(), PostprocessImageArgs(Image.fromarray(malformed))
+            script.postprocess_image(p2, pp2, *values)
+            inner.append((p2, pp2))
+        return model.apply_model(*args, **kwargs)
+
+    shared.sd_model = copy.copy(model)
+    shared.sd_model.apply_model = apply_model
+    try:
+        p, pp = run(script, malformed, values)
+    finally:
+        shared.sd_model = model
+    (p2, pp2), = inner
+    assert "re-entry" in p2.extra_generation_params[webui.RESULT_KEY]
+    assert np.array_equal(np.asarray(pp2.image), malformed)
+    assert not np.array_equal(np.asarray(pp.image), malformed)
+
+
+def test_controlnet_extension_forward_is_set_aside_during_the_pass(wui, script, malformed):
+    """sd-webui-controlnet replaces unet.forward for the whole job; HandRefiner's pass runs the original and puts
+    the replacement back afterwards."""
+    from modules import shared
+
+    unet = shared.sd_model.model.diffusion_model
+    calls = []
+
+    def extension_forward(*args, **kwargs):
+        calls.append(1)
+        raise AssertionError("the other extension's control ran inside HandRefiner's pass")
+
+    unet._original_forward = unet.forward
+    unet.forward = extension_forward
+    try:
+        _, values = ui_values(script, enabled=True, **FAST)
+        p, pp = run(script, malformed, values)
+        assert unet.forward is extension_forward and not calls
+        assert p.extra_generation_params[webui.RESULT_KEY].startswith("refined")
+    finally:
+        del unet.forward
+        del unet._original_forward
+
+
+# ---- infotext paste, XYZ grid, API -------------------------------------------------------------------------
+
+def test_infotext_comes_back_into_the_widgets(wui, script):
+    from modules.infotext_utils import parse_generation_parameters, quote
+
+    controls, values = ui_values(script, enabled=True, strength=0.8, mode="adaptive", prompt="a hand, five fingers",
+                                 adaptive_strengths=[0.3, 0.5], boxes=[(1, 2, 30, 40)], inpaint_checkpoint="",
+                                 steps=25)
+    used = webui.args_from_script_args(values)
+    line = ", ".join(f"{k}: {quote(v)}" for k, v in {"Steps": 20, **used.infotext()}.items())
+    params = parse_generation_parameters(f"a prompt\nNegative prompt: x\n{line}")
+    pasted = [function(params) for _, function in script.infotext_fields]
+    assert webui.args_from_script_args(pasted) == used
+    # an image made without HandRefiner turns the accordion off and leaves the rest alone
+    off = [function({"Steps": "20"}) for _, function in script.infotext_fields]
+    assert off[0] is False and all(v is None for v in off[1:])
+
+
+def test_xyz_grid_axes_override_strength_and_mode(wui, script, malformed):
+    from modules import script_callbacks, scripts
+
+    class AxisOption:
+        def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None,
+                     prepare=None):
+            self.label, self.type, self.apply, self.confirm, self.choices = label, type, apply, confirm, choices
+
+    class XYZScript(scripts.Script):
+        pass
+
+    XYZScript.__module__ = "xyz_grid.py"
+    xyz = type(sys)("xyz_grid.py")
+    xyz.AxisOption, xyz.axis_options = AxisOption, []
+    scripts.scripts_data.append(scripts.ScriptClassData(XYZScript, "xyz_grid.py", "", xyz))
+    try:
+        script_callbacks.before_ui_callback()
+        script_callbacks.before_ui_callback()  # registering twice adds nothing
+    finally:
+        scripts.scripts_data.pop()
+    strength, mode = xyz.axis_options
+    assert [strength.label, mode.label] == ["[HandRefiner] Strength", "[HandRefiner] Mode"]
+    assert mode.choices() == ["fixed", "adaptive"]
+    with pytest.raises(Exception):
+        strength.confirm(None, [0.5, 5.0])
+    p = make_p()
+    cell_a, cell_b = copy.copy(p), copy.copy(p)
+    strength.apply(cell_a, 0.3, [0.3, 0.6])
+    mode.apply(cell_a, "fixed", ["fixed"])
+    strength.apply(cell_b, 0.6, [0.3, 0.6])
+    assert cell_a.handrefiner_xyz == {"strength": 0.3, "mode": "fixed"} and cell_b.handrefiner_xyz == {"strength": 0.6}
+    _, values = ui_values(script, enabled=True, **FAST)
+    run(script, malformed, values, cell_a)
+    assert cell_a.extra_generation_params["HandRefiner strength"] == "0.3"
+
+
+def test_app_started_mounts_the_api_on_the_webui_app(wui):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from modules import script_callbacks
+
+    app = FastAPI()
+    script_callbacks.app_started_callback(None, app)
+    client = TestClient(app)
+    models = client.get("/handrefiner/models").json()
+    assert CONTROLNET_NAME in models["controlnets"] and models["default_controlnet"] == CONTROLNET_NAME
+    assert "tiny-inpaint" in models["checkpoints"]
+    assert client.get("/handrefiner/version").json()["name"] == "HandRefiner"
+
+
+# ---- the adapter -------------------------------------------------------------------------------------------
+
+def test_adapter_pads_positive_and_negative_together_and_rejects_other_models(wui, tiny_sd):
+    from latent_diffusion import TinyLatentDiffusion
+
+    ldm = TinyLatentDiffusion(tiny_sd)
+    sd = webui.WebUISDModel(ldm, "cpu", torch.float32)
+    assert sd.in_channels == 9 and sd.unet is tiny_sd.unet and sd.alphas_cumprod.dtype == torch.float64
+    with sd.same_context_length(["a hand", "blurry, fake 3D rendered image"]):
+        cond = sd.encode_text(["a hand"])
+    assert ldm.conditioning_calls[-1] == ["a hand", "blurry, fake 3D rendered image"]
+    assert torch.equal(cond, tiny_sd.encode_text(["a hand"]))
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert torch.allclose(sd.encode_image(x), tiny_sd.encode_image(x), atol=1e-5)
+    ldm.is_sdxl = True
+    with pytest.raises(webui.UnsupportedModelError, match="SD 1.5"):
+        webui.WebUISDModel(ldm, "cpu", torch.float32)
+    with pytest.raises(webui.UnsupportedModelError, match="no Stable Diffusion model"):
+        webui.WebUISDModel(None, "cpu", torch.float32)

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, Field, ValidationError, validator
 
@@ -100,8 +102,7 @@ def _base64_bytes(data: object, field: str, max_pixels: int) -> bytes:
     text = _WHITESPACE.sub("", text)
     if not text:
         raise InputError([field], f"{field} is empty; send a base64-encoded PNG, JPEG or WebP file")
-    # A compressed image is smaller than its pixels: 4 bytes a pixel is a generous bound for any real file.
-    max_chars = 4 * max(max_pixels, 1 << 20) * 4 // 3 + 4
+    max_chars = max_base64_chars(max_pixels)
     if len(text) > max_chars:
         raise InputError([field], f"{field} is {len(text)} base64 characters, over the limit of {max_chars}", 413)
     try:
@@ -112,6 +113,11 @@ def _base64_bytes(data: object, field: str, max_pixels: int) -> bytes:
     if not raw:
         raise InputError([field], f"{field} decodes to an empty file")
     return raw
+
+
+def max_base64_chars(max_pixels: int) -> int:
+    # A compressed image is smaller than its pixels: 4 bytes a pixel is a generous bound for any real file.
+    return 4 * max(max_pixels, 1 << 20) * 4 // 3 + 4
 
 
 def encode_png(image: np.ndarray) -> str:
@@ -252,12 +258,38 @@ def check_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> No
 class ApiConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
+    @property
+    def max_body_bytes(self) -> int:
+        return max_base64_chars(self.max_pixels) + (1 << 20)  # the image plus room for the settings
+
+
+def body_limited_route(limit: int) -> type:
+    """An APIRoute class that answers 413 before reading a body whose Content-Length is over `limit` (a route
+    class works on any app, unlike a middleware, so the limit holds on the WebUI's app too)."""
+
+    class BodyLimitedRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def limited(request: Request) -> Response:
+                length = request.headers.get("content-length", "")
+                if length.isdigit() and int(length) > limit:
+                    return JSONResponse(status_code=413, content={"detail": [{
+                        "loc": ["body"], "msg": f"body is {int(length)} bytes, over the limit of {limit}; send a "
+                                                 "smaller image", "type": "value_error.too_large"}]})
+                return await handler(request)
+
+            return limited
+
+    return BodyLimitedRoute
+
 
 def create_router(service: HandRefinerService, lock: Optional[Any] = None,
                   config: ApiConfig = ApiConfig()) -> APIRouter:
     """The `/handrefiner/*` routes over `service`; `lock` (e.g. the WebUI's queue_lock) serialises refinement."""
     lock = lock if lock is not None else threading.Lock()
-    router = APIRouter(prefix="/handrefiner", tags=["HandRefiner"])
+    router = APIRouter(prefix="/handrefiner", tags=["HandRefiner"],
+                       route_class=body_limited_route(config.max_body_bytes))
 
     @router.get("/version")
     def version() -> dict:

@@ -186,6 +186,15 @@ def test_decompression_bomb_is_refused_before_decoding(client, side, words):
     assert loc == ["body", "image"] and words in msg
 
 
+def test_oversized_body_is_refused_before_reading(service):
+    app = FastAPI()
+    mount(app, service, config=ApiConfig(max_pixels=64 * 64))
+    small = ApiConfig(max_pixels=64 * 64).max_body_bytes
+    response = TestClient(app).post("/handrefiner/refine", content=b"x" * (small + 1),
+                                    headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over the limit" in response.json()["detail"][0]["msg"]
+
+
 def test_pixel_limit_is_configurable():
     with pytest.raises(InputError) as e:
         decode_image(b64_image(np.zeros((40, 40, 3), np.uint8)), max_pixels=1000)

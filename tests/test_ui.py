@@ -1,0 +1,62 @@
+"""The editor's Python side: boxes between JSON, table and settings; controls built from HandRefinerArgs."""
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.ui import (args_from_controls, boxes_json, clip_boxes, create_blocks, editor_html,
+                                field_control, parse_boxes, rows_to_boxes)
+
+
+def test_boxes_are_clipped_ordered_and_rounded():
+    assert parse_boxes("[[10, 20, 30.4, 40.6]]", 100, 100) == [(10, 20, 30, 41)]
+    assert parse_boxes("[[30, 40, 10, 20]]", 100, 100) == [(10, 20, 30, 40)]          # corners swapped
+    assert parse_boxes("[[-5, -5, 150, 60]]", 100, 50) == [(0, 0, 100, 50)]             # clipped to the image
+    assert parse_boxes("[[200, 200, 300, 300], [1, 1, 1.2, 9]]", 100, 100) == []         # off the image, too thin
+    assert parse_boxes("", 10, 10) == []
+    for bad in ("[[1, 2, 3]]", "{\"a\": 1}", "[[1, 2, 'x', 4]]", "not json"):
+        with pytest.raises(gr.Error):
+            parse_boxes(bad, 100, 100)
+
+
+def test_table_rows_skip_blank_rows():
+    assert rows_to_boxes([[1, 2, 30, 40], ["", "", "", ""], [5, 5, None, 9]], 64, 64) == [(1, 2, 30, 40)]
+    assert boxes_json(clip_boxes([[1.4, 2, 30, 40]], 64, 64)) == "[[1, 2, 30, 40]]"
+
+
+def test_controls_follow_the_settings_model():
+    strength = field_control("strength", 0.55)
+    assert isinstance(strength, gr.Slider) and (strength.minimum, strength.maximum) == (0.0, 2.0)
+    assert strength.label == "Strength"
+    mode = field_control("mode", "fixed")
+    assert isinstance(mode, gr.Dropdown) and mode.choices == ["fixed", "adaptive"]
+    assert isinstance(field_control("crop", True), gr.Checkbox)
+    assert isinstance(field_control("seed", -1), gr.Number)
+    assert isinstance(field_control("prompt", ""), gr.Textbox)
+
+
+def test_args_from_controls_converts_slider_floats_and_names_bad_fields():
+    args = args_from_controls(HandRefinerArgs(), ["steps", "strength"], [12.0, 0.7], [(1, 2, 3, 4)])
+    assert args.steps == 12 and isinstance(args.steps, int) and args.strength == 0.7
+    assert args.boxes == [(1, 2, 3, 4)] and args.boxes_mode == "replace"
+    with pytest.raises(gr.Error, match="steps"):
+        args_from_controls(HandRefinerArgs(), ["steps"], [0])
+
+
+def test_editor_html_carries_size_and_boxes_field():
+    html = editor_html(np.zeros((30, 40, 3), np.uint8), "my_boxes")
+    assert 'data-width="40"' in html and 'data-height="30"' in html and 'data-boxes-id="my_boxes"' in html
+    assert "data:image/jpeg;base64," in html
+
+
+def test_standalone_blocks_build(tiny_models):
+    from lib_handrefiner.service import StandaloneService
+
+    blocks = create_blocks(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet))
+    ids = {block.elem_id for block in blocks.blocks.values()}
+    assert {"handrefiner_image", "handrefiner_detect", "handrefiner_boxes", "handrefiner_table",
+            "handrefiner_mask_preview", "handrefiner_refine", "handrefiner_setting_controlnet"} <= ids
+    controlnet = next(b for b in blocks.blocks.values() if b.elem_id == "handrefiner_setting_controlnet")
+    assert controlnet.value == "tiny-controlnet"

@@ -96,10 +96,11 @@ def config_from_yaml(path: Path) -> SDConfig:
     if params.get("parameterization", "eps") != "eps":
         raise CheckpointError(f"{path}: parameterization {params['parameterization']!r} (SD 2.x v-prediction) "
                               "is not supported; HandRefiner needs an SD 1.x (eps) model")
-    unet.pop("use_fp16", None)
+    unet.pop("use_fp16", None)      # the dtype is chosen at load time
+    unet["use_checkpoint"] = False  # gradient checkpointing: training only
     text = dict(CLIP_VIT_L14_TEXT)
     tokenizer_dir = TOKENIZER_DIR
-    version = str((params.get("cond_stage_config") or {}).get("params", {}).get("version", ""))
+    version = str(((params.get("cond_stage_config") or {}).get("params") or {}).get("version", ""))
     local = path.parent / version if version else None
     if local is not None and (local / "config.json").is_file():
         text = _clip_config_from_folder(local)
@@ -309,15 +310,20 @@ class LdmSDModel(nn.Module):
         hidden = self.text_model(input_ids=tokens.input_ids.to(self.device)).last_hidden_state
         return hidden.to(self.dtype)
 
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return self.quant_conv.weight.dtype
+
     @torch.no_grad()
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        moments = self.quant_conv(self.encoder(x.to(self.device, self.dtype)))
+        moments = self.quant_conv(self.encoder(x.to(self.device, self.vae_dtype)))
         mean = moments[:, : moments.shape[1] // 2]  # the posterior's mode: deterministic
-        return mean * self.scale_factor
+        return (mean * self.scale_factor).to(self.dtype)
 
     @torch.no_grad()
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z.to(self.device, self.dtype) / self.scale_factor)).clamp(-1, 1)
+        z = z.to(self.device, self.vae_dtype) / self.scale_factor
+        return self.decoder(self.post_quant_conv(z)).clamp(-1, 1).to(self.dtype)
 
     @torch.no_grad()
     def apply_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
@@ -326,7 +332,10 @@ class LdmSDModel(nn.Module):
             if c_concat is None:
                 raise ValueError(f"the UNet takes {self.in_channels} channels: pass c_concat (mask + masked latent)")
             x = torch.cat([x, c_concat], dim=1)
-        return self.unet(x, timesteps=t, context=context)
+        # ldm keeps parts of the UNet (the timestep embedding) in float32; autocast mixes the precisions the way
+        # the WebUI does in half precision.
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.unet(x, timesteps=t, context=context).to(self.dtype)
 
 
 def _sdpa_attention(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
@@ -423,4 +432,8 @@ def load_sd_checkpoint(path, config_path=None, device="cpu", dtype: torch.dtype 
     use_fast_attention(model.unet)
     if "alphas_cumprod" in state:  # the checkpoint's own schedule wins over the config's
         model.alphas_cumprod = state["alphas_cumprod"].to(torch.float64)
-    return model.to(device=device, dtype=dtype)
+    model.to(device=device, dtype=dtype)
+    model.unet.dtype = dtype  # ldm's UNet casts its input to this attribute
+    for vae_part in (model.encoder, model.decoder, model.quant_conv, model.post_quant_conv):
+        vae_part.float()  # SD 1.x's VAE overflows in half precision (black or NaN images)
+    return model

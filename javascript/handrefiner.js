@@ -118,7 +118,8 @@
             } else {
                 const x = clamp(px, 0, width - MIN_SIDE), y = clamp(py, 0, height - MIN_SIDE);
                 boxes.push([x, y, x + MIN_SIDE, y + MIN_SIDE]);
-                drag = {index: boxes.length - 1, mode: "se", start: boxes[boxes.length - 1], origin: [px, py], boxes};
+                drag = {index: boxes.length - 1, mode: "se", start: boxes[boxes.length - 1], origin: [px, py], boxes,
+                        added: true};
             }
             overlay.setPointerCapture(event.pointerId);
             event.preventDefault();
@@ -131,6 +132,13 @@
         });
         const finish = () => {
             if (!drag) return;
+            const [x0, y0, x1, y1] = drag.boxes[drag.index];
+            if (drag.added && (x1 - x0 < 2 * MIN_SIDE || y1 - y0 < 2 * MIN_SIDE)) {
+                drag.boxes.splice(drag.index, 1);  // a click on the image, not a drag: no box
+                render(editor, drag.boxes);
+                drag = null;
+                return;
+            }
             const field = boxesField(editor);
             if (field) writeBoxes(field, drag.boxes);
             drag = null;

@@ -144,6 +144,21 @@ def test_detect_drag_preview_refine(browser, server_url, tmp_path):
     if os.environ.get("HANDREFINER_SCREENSHOT"):
         save_small_png(screenshot, SCREENSHOT)
 
+    # Resize by the bottom-right corner, add a box by dragging on the empty image, delete it with its × button.
+    handle = browser.find_element(By.CSS_SELECTOR, ".handrefiner-box .handrefiner-handle.se")
+    ActionChains(browser).move_to_element(handle).click_and_hold().move_by_offset(-10, -10) \
+        .move_by_offset(-10, -10).release().perform()
+    resized = wait_for(lambda: (b := boxes_value(browser)) != moved and b, what="the resized box")[0]
+    assert resized[:2] == [mx0, my0] and resized[2] < mx1 and resized[3] < my1
+    editor_img = browser.find_element(By.CSS_SELECTOR, ".handrefiner-editor img")
+    corner = -editor_img.size["width"] // 2 + 10, -editor_img.size["height"] // 2 + 10  # near the top-left
+    ActionChains(browser).move_to_element_with_offset(editor_img, *corner).click_and_hold() \
+        .move_by_offset(25, 20).move_by_offset(25, 20).release().perform()
+    added = wait_for(lambda: len(b := boxes_value(browser)) == 2 and b, what="the added box")
+    assert added[0] == resized and added[1][0] < 30 and added[1][2] - added[1][0] >= 30
+    browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box .handrefiner-delete")[1].click()
+    assert wait_for(lambda: len(b := boxes_value(browser)) == 1 and b, what="the deleted box") == [resized]
+
     # Move the box back onto the hand so that Refine has a hand to refine, then refine.
     browser.execute_script(
         "const f = document.querySelector('#handrefiner_boxes textarea'); f.value = arguments[0];"

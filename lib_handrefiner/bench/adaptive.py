@@ -26,7 +26,8 @@ TARGET = 2.0
 
 
 def main(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib_handrefiner.bench adaptive", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lib_handrefiner.bench adaptive",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps (default 10)")
     parser.add_argument("--crop-resolution", type=int, default=64, help="working resolution (default 64)")
     parser.add_argument("--batch-sizes", default="1,2,3,4,7", help="batch sizes to compare (default 1,2,3,4,7)")

@@ -213,3 +213,14 @@ def test_pose_error_uses_the_hand_nearest_the_target(hand_image, mesh_model):
 def test_pose_error_rejects_bad_target_shape(hand_image, mesh_model):
     with pytest.raises(ValueError, match=r"\(21, 2\)"):
         pose_error(hand_image, np.zeros((20, 2)), mesh_model)
+
+
+def test_adaptive_benchmark_runs_and_reports_the_ratio(tiny_models, capsys):
+    from lib_handrefiner.bench.adaptive import main
+
+    code = main(["--steps", "2", "--repeats", "1", "--batch-sizes", "1,7", "--pipeline-batches", "7",
+                 "--images", "malformed_1.jpg", "--models", str(tiny_models.checkpoint.parent)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "batch 7:" in printed and "none |" in printed
+    assert "end-to-end median adaptive / fixed, batch 7:" in printed

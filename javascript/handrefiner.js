@@ -20,17 +20,24 @@
         return host ? host.querySelector("textarea, input") : null;
     }
 
+    // JSON [[x0, y0, x1, y1], ...] (what this editor writes) or "x0 y0 x1 y1; ..." (the infotext's format).
     function readBoxes(field) {
+        const text = (field.value || "").trim();
+        let boxes = [];
         try {
-            const boxes = JSON.parse(field.value || "[]");
-            return Array.isArray(boxes) ? boxes.filter((b) => Array.isArray(b) && b.length === 4).map((b) => b.map(Number)) : [];
+            boxes = text.startsWith("[") ? JSON.parse(text)
+                : text.split(/[;\n]/).filter((p) => p.trim()).map((p) => p.trim().split(/[\s,]+/));
         } catch (e) {
             return [];
         }
+        if (!Array.isArray(boxes)) return [];
+        return boxes.filter((b) => Array.isArray(b) && b.length === 4).map((b) => b.map(Number))
+            .filter((b) => b.every(Number.isFinite));
     }
 
-    function writeBoxes(field, boxes) {
+    function writeBoxes(editor, field, boxes) {
         field.value = JSON.stringify(boxes.map((b) => b.map((v) => Math.round(v))));
+        editor.dataset.rendered = field.value;  // already drawn: the poll need not redraw (and replace) the boxes
         const event = new Event("input", {bubbles: true});
         Object.defineProperty(event, "target", {value: field});
         field.dispatchEvent(event);
@@ -106,7 +113,7 @@
             if (target.classList.contains("handrefiner-delete")) {
                 boxes.splice(Number(target.parentElement.dataset.index), 1);
                 render(editor, boxes);
-                writeBoxes(field, boxes);
+                writeBoxes(editor, field, boxes);
                 event.preventDefault();
                 return;
             }
@@ -140,7 +147,7 @@
                 return;
             }
             const field = boxesField(editor);
-            if (field) writeBoxes(field, drag.boxes);
+            if (field) writeBoxes(editor, field, drag.boxes);
             drag = null;
         };
         overlay.addEventListener("pointerup", finish);

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import random
+import re
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from .args import HandRefinerArgs
+from .imageio import to_rgb
 from .service import HandRefinerService
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,11 +77,16 @@ def args_from_controls(base: HandRefinerArgs, names: Sequence[str], values: Sequ
 # ---- boxes: JSON text, table rows -----------------------------------------------------------------------------
 
 def parse_boxes(text: str, width: int, height: int) -> List[Box]:
-    """Boxes from the editor's JSON, clipped to the image; boxes left empty by clipping are dropped."""
-    try:
-        raw = json.loads(text or "[]")
-    except json.JSONDecodeError as e:
-        raise gr.Error(f"Boxes must be JSON like [[x0, y0, x1, y1], ...]: {e}") from e
+    """Boxes from the editor's JSON [[x0, y0, x1, y1], …] or the infotext's "x0 y0 x1 y1; …", clipped to the
+    image; boxes left empty by clipping are dropped."""
+    text = (text or "").strip()
+    if text and not text.startswith("["):
+        raw: Any = [part.replace(",", " ").split() for part in re.split(r"[;\n]", text) if part.strip()]
+    else:
+        try:
+            raw = json.loads(text or "[]")
+        except json.JSONDecodeError as e:
+            raise gr.Error(f"Boxes must be JSON like [[x0, y0, x1, y1], ...]: {e}") from e
     if not isinstance(raw, list):
         raise gr.Error("Boxes must be a JSON list of [x0, y0, x1, y1]")
     return clip_boxes(raw, width, height)
@@ -148,20 +155,31 @@ class Editor:
     hands: gr.JSON
 
 
-def build_editor(service: HandRefinerService, image: gr.Image, settings: Sequence[gr.components.Component] = (),
-                 setting_names: Sequence[str] = (), lock: Any = None, prefix: str = "handrefiner",
-                 base_args: Callable[[], HandRefinerArgs] = HandRefinerArgs) -> Editor:
-    """Adds Detect, the box editor, the box table and the mask/depth previews under `image`.
+def build_editor(service: HandRefinerService, image: Optional[gr.Image] = None,
+                 settings: Sequence[gr.components.Component] = (), setting_names: Sequence[str] = (),
+                 lock: Any = None, prefix: str = "handrefiner",
+                 base_args: Callable[[], HandRefinerArgs] = HandRefinerArgs, boxes: Optional[gr.Textbox] = None,
+                 read_settings: Optional[Callable[[Sequence[Any]], HandRefinerArgs]] = None) -> Editor:
+    """Adds Detect, the box editor, the box table and the mask/depth previews.
 
-    `settings`/`setting_names` are controls holding HandRefinerArgs fields (detection thresholds, padding, …);
-    `lock` is held while perceiving (the WebUI's queue_lock there); `prefix` keeps element ids unique when the
-    editor appears in several tabs."""
+    `image`: the image to edit (numpy or PIL; e.g. img2img's input); None adds an upload field. `settings` are
+    controls holding HandRefinerArgs fields (detection thresholds, padding, …), read as `base_args()` updated with
+    `setting_names`, or by `read_settings(values)` when their values need converting (the WebUI's widgets).
+    `boxes`: an existing textbox (with an elem_id) to edit instead of a new one; it may hold JSON or
+    "x0 y0 x1 y1; …". `lock` is held while perceiving (the WebUI's queue_lock there); `prefix` keeps element ids
+    unique when the editor appears in several tabs."""
     lock = lock if lock is not None else nullcontext()
+    read = read_settings or (lambda values: args_from_controls(base_args(), setting_names, values))
+    if image is None:
+        image = gr.Image(label="Image", type="numpy", source="upload", elem_id=f"{prefix}_image")
     with gr.Group():
         detect = gr.Button("Detect hands", elem_id=f"{prefix}_detect")
         view = gr.HTML(elem_id=f"{prefix}_editor")
-        boxes = gr.Textbox(label="Boxes [[x0, y0, x1, y1], …] (pixels)", value="[]", lines=1,
-                           elem_id=f"{prefix}_boxes")
+        if boxes is None:
+            boxes = gr.Textbox(label="Boxes [[x0, y0, x1, y1], …] (pixels)", value="[]", lines=1,
+                               elem_id=f"{prefix}_boxes")
+        if not boxes.elem_id:
+            raise ValueError("the boxes textbox needs an elem_id: the editor's script finds it by that id")
         table = gr.Dataframe(headers=["x0", "y0", "x1", "y1"], datatype=["number"] * 4, col_count=(4, "fixed"),
                              row_count=(1, "dynamic"), type="array", interactive=True,
                              label="Boxes as numbers (edit for precision; add or delete rows)",
@@ -175,29 +193,35 @@ def build_editor(service: HandRefinerService, image: gr.Image, settings: Sequenc
         with lock:
             return service.perceive(img, args)
 
-    def on_detect(img: Optional[np.ndarray], *values: Any):
+    def with_boxes(values: Sequence[Any], edited: Sequence[Box]) -> HandRefinerArgs:
+        try:
+            return read(values).copy(update={"boxes": list(edited), "boxes_mode": "replace"})
+        except (ValidationError, ValueError) as e:
+            raise gr.Error(f"HandRefiner settings: {e}") from e
+
+    def on_detect(img: Any, *values: Any):
         if img is None:
             raise gr.Error("Upload an image first.")
-        args = args_from_controls(base_args(), setting_names, values)
-        perception = perceive(img, args)
+        img = to_rgb(img)
+        perception = perceive(img, with_boxes(values, []))
         found = [tuple(p.box) for p in perception.hands]
-        return (editor_html(img, f"{prefix}_boxes"), boxes_json(found), table_rows(found), perception.mask,
+        return (editor_html(img, boxes.elem_id), boxes_json(found), table_rows(found), perception.mask,
                 perception.depth, hands_summary(perception))
 
-    def on_boxes(img: Optional[np.ndarray], text: str, *values: Any):
+    def on_boxes(img: Any, text: str, *values: Any):
         if img is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
-        height, width = img.shape[:2]
-        edited = parse_boxes(text, width, height)
-        perception = perceive(img, args_from_controls(base_args(), setting_names, values, edited))
+        img = to_rgb(img)
+        edited = parse_boxes(text, img.shape[1], img.shape[0])
+        perception = perceive(img, with_boxes(values, edited))
         return table_rows(edited), perception.mask, perception.depth, hands_summary(perception)
 
-    def on_table(img: Optional[np.ndarray], rows: Any, *values: Any):
+    def on_table(img: Any, rows: Any, *values: Any):
         if img is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
-        height, width = img.shape[:2]
-        edited = rows_to_boxes(rows, width, height)
-        perception = perceive(img, args_from_controls(base_args(), setting_names, values, edited))
+        img = to_rgb(img)
+        edited = rows_to_boxes(rows, img.shape[1], img.shape[0])
+        perception = perceive(img, with_boxes(values, edited))
         return boxes_json(edited), perception.mask, perception.depth, hands_summary(perception)
 
     detect.click(on_detect, inputs=[image, *settings], outputs=[view, boxes, table, mask, depth, hands])

@@ -16,7 +16,8 @@ def test_boxes_are_clipped_ordered_and_rounded():
     assert parse_boxes("[[-5, -5, 150, 60]]", 100, 50) == [(0, 0, 100, 50)]             # clipped to the image
     assert parse_boxes("[[200, 200, 300, 300], [1, 1, 1.2, 9]]", 100, 100) == []         # off the image, too thin
     assert parse_boxes("", 10, 10) == []
-    for bad in ("[[1, 2, 3]]", "{\"a\": 1}", "[[1, 2, 'x', 4]]", "not json"):
+    assert parse_boxes("10 20 30 40; 1,2,50,60", 100, 100) == [(10, 20, 30, 40), (1, 2, 50, 60)]  # infotext form
+    for bad in ("[[1, 2, 3]]", "{\"a\": 1}", "[[1, 2, 'x', 4]]", "[not json", "1 2 3"):
         with pytest.raises(gr.Error):
             parse_boxes(bad, 100, 100)
 

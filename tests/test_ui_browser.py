@@ -156,6 +156,7 @@ def test_detect_drag_preview_refine(browser, server_url, tmp_path):
         .move_by_offset(25, 20).move_by_offset(25, 20).release().perform()
     added = wait_for(lambda: len(b := boxes_value(browser)) == 2 and b, what="the added box")
     assert added[0] == resized and added[1][0] < 30 and added[1][2] - added[1][0] >= 30
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box")) == 2, what="two boxes drawn")
     browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box .handrefiner-delete")[1].click()
     assert wait_for(lambda: len(b := boxes_value(browser)) == 1 and b, what="the deleted box") == [resized]
 

@@ -1,6 +1,8 @@
 """The editor's Python side: boxes between JSON, table and settings; controls built from HandRefinerArgs."""
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -61,3 +63,35 @@ def test_standalone_blocks_build(tiny_models):
             "handrefiner_mask_preview", "handrefiner_refine", "handrefiner_setting_controlnet"} <= ids
     controlnet = next(b for b in blocks.blocks.values() if b.elem_id == "handrefiner_setting_controlnet")
     assert controlnet.value == "tiny-controlnet"
+
+
+def test_serve_app_has_the_api_and_the_page(tiny_models):
+    from fastapi.testclient import TestClient
+
+    from lib_handrefiner.cli_serve import TINY_NOTICE, create_app
+    from lib_handrefiner.service import StandaloneService
+
+    app = create_app(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet), TINY_NOTICE)
+    client = TestClient(app)
+    assert client.get("/handrefiner/models").json()["default_controlnet"] == "tiny-controlnet"
+    assert client.get("/").status_code == 200
+    config = client.get("/config").json()
+    assert TINY_NOTICE in json.dumps(config)
+    assert ".handrefiner-editor" in config["css"]  # style.css and javascript/handrefiner.js are on the page
+    assert any("handRefinerEditor" in (d.get("js") or "") for d in config["dependencies"])
+
+
+def test_serve_needs_both_weights_or_neither(tmp_path):
+    import argparse
+
+    from lib_handrefiner.cli_serve import add_arguments, resolve_models
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ns = parser.parse_args(["--checkpoint", str(tmp_path / "a.safetensors")])
+    with pytest.raises(SystemExit, match="both"):
+        resolve_models(ns)
+    ns = parser.parse_args(["--checkpoint", str(tmp_path / "a.safetensors"), "--controlnet", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="not a file"):
+        resolve_models(ns)
+    assert parser.parse_args([]).host == "127.0.0.1" and parser.parse_args([]).port == 7861

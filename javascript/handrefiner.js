@@ -102,7 +102,8 @@
 
         const toImage = (event) => {
             const rect = img.getBoundingClientRect();
-            return [(event.clientX - rect.left) * width / rect.width, (event.clientY - rect.top) * height / rect.height];
+            return [(event.clientX - rect.left) * width / rect.width,
+                (event.clientY - rect.top) * height / rect.height];
         };
 
         overlay.addEventListener("pointerdown", (event) => {
@@ -134,7 +135,8 @@
         overlay.addEventListener("pointermove", (event) => {
             if (!drag) return;
             const [px, py] = toImage(event);
-            drag.boxes[drag.index] = dragged(drag.start, drag.mode, px - drag.origin[0], py - drag.origin[1], width, height);
+            const [dx, dy] = [px - drag.origin[0], py - drag.origin[1]];
+            drag.boxes[drag.index] = dragged(drag.start, drag.mode, dx, dy, width, height);
             render(editor, drag.boxes);
         });
         const finish = () => {
@@ -160,9 +162,9 @@
             if (!editor.dataset.bound) bind(editor);
             const field = boxesField(editor);
             if (!field) return;
-            if (editor.dataset.rendered !== field.value || !editor.querySelector(".handrefiner-overlay").dataset.ready) {
+            // (a new editor, which Detect creates, has no data-rendered: its boxes are drawn on the first poll)
+            if (editor.dataset.rendered !== field.value) {
                 editor.dataset.rendered = field.value;
-                editor.querySelector(".handrefiner-overlay").dataset.ready = "1";
                 render(editor, readBoxes(field));
             }
         });

@@ -104,6 +104,7 @@ def boxes_value(driver) -> list:
 def test_detect_drag_preview_refine(browser, server_url, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     browser.get(server_url)
     upload = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#handrefiner_image input[type=file]"),
@@ -159,6 +160,17 @@ def test_detect_drag_preview_refine(browser, server_url, tmp_path):
     wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box")) == 2, what="two boxes drawn")
     browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box .handrefiner-delete")[1].click()
     assert wait_for(lambda: len(b := boxes_value(browser)) == 1 and b, what="the deleted box") == [resized]
+
+    # Type a number into the table: the boxes (and the drawn box) follow.
+    cell = browser.find_elements(By.CSS_SELECTOR, "#handrefiner_table tbody td")[0]
+    ActionChains(browser).double_click(cell).perform()
+    typed = wait_for(lambda: (el := browser.switch_to.active_element).tag_name == "input" and el, what="cell input")
+    typed.send_keys(Keys.CONTROL, "a")
+    typed.send_keys(str(resized[0] - 10), Keys.ENTER)
+    assert wait_for(lambda: boxes_value(browser)[0][0] == resized[0] - 10, what="the typed x0")
+    left = 100 * (resized[0] - 10) / source.shape[1]
+    wait_for(lambda: f"left: {left:.6g}%;" in  # Chrome writes 6 significant digits
+             browser.find_element(By.CSS_SELECTOR, ".handrefiner-box").get_attribute("style"), what="the box redrawn")
 
     # Move the box back onto the hand so that Refine has a hand to refine, then refine.
     browser.execute_script(

@@ -194,18 +194,21 @@ def register_xyz_axes(xyz_module: Any) -> bool:
 
 # ---- infotext ------------------------------------------------------------------------------------------------
 
-def paste_value(name: str, params: Dict[str, Any]) -> Any:
-    """The widget value for field `name` from parsed generation parameters: the infotext's value or the default
-    when the image was made with HandRefiner; "off" for the accordion when it was not; None (leave the widget)
-    otherwise."""
+def fill_pasted_defaults(infotext: str, params: Dict[str, Any]) -> None:
+    """script_callbacks.on_infotext_pasted: an infotext holds only the HandRefiner settings that differ from the
+    defaults (plus on/strength/mode); fill in the others, in the widgets' format, so that pasting restores every
+    widget. An image made without HandRefiner switches the accordion off."""
+    enabled_key = HandRefinerArgs.__fields__["enabled"].field_info.title
     try:
         args = HandRefinerArgs.from_infotext(params)
     except (ValidationError, ValueError, TypeError) as e:
-        log.warning("HandRefiner: cannot read the pasted parameters (%s)", e)
-        return None
+        log.warning("HandRefiner: cannot read the pasted parameters (%s)", describe_error(e))
+        return
     if args is None:
-        return False if name == "enabled" else None
-    return to_widget(name, getattr(args, name))
+        params[enabled_key] = False
+        return
+    for name, info in HandRefinerArgs.__fields__.items():
+        params[info.field_info.title] = to_widget(name, getattr(args, name))
 
 
 def paste_field_names() -> List[str]:

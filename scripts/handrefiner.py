@@ -5,7 +5,6 @@ is tested) and registers the settings, the XYZ-grid axes and the /handrefiner/* 
 """
 from __future__ import annotations
 
-import functools
 import logging
 
 import gradio as gr
@@ -73,9 +72,10 @@ class HandRefinerScript(scripts.Script):
                         widgets[name] = _widget(specs[name])
                         widgets[name].elem_id = self.elem_id(name)  # unique across the txt2img/img2img tabs
         controls = [enabled] + [widgets[name] for name in webui.layout_fields()]
-        self.infotext_fields = [(c, functools.partial(webui.paste_value, name))
-                                for c, name in zip(controls, HandRefinerArgs.field_names())]
+        # Infotext keys (not functions) as targets, so that "Send to img2img" copies the widgets too;
+        # webui.fill_pasted_defaults supplies the keys an infotext leaves out.
         self.paste_field_names = webui.paste_field_names()
+        self.infotext_fields = list(zip(controls, self.paste_field_names))
         return controls
 
     def postprocess_image(self, p, pp, *args):
@@ -123,3 +123,4 @@ def on_app_started(demo, app):
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(on_before_ui)
 script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_infotext_pasted(webui.fill_pasted_defaults)

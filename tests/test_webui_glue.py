@@ -316,19 +316,23 @@ def test_controlnet_extension_forward_is_set_aside_during_the_pass(wui, script, 
 # ---- infotext paste, XYZ grid, API -------------------------------------------------------------------------
 
 def test_infotext_comes_back_into_the_widgets(wui, script):
-    from modules.infotext_utils import parse_generation_parameters, quote
+    from modules.infotext_utils import paste_values, quote
 
     controls, values = ui_values(script, enabled=True, strength=0.8, mode="adaptive", prompt="a hand, five fingers",
                                  adaptive_strengths=[0.3, 0.5], boxes=[(1, 2, 30, 40)], inpaint_checkpoint="",
-                                 steps=25)
+                                 steps=25, crop=False)
     used = webui.args_from_script_args(values)
     line = ", ".join(f"{k}: {quote(v)}" for k, v in {"Steps": 20, **used.infotext()}.items())
-    params = parse_generation_parameters(f"a prompt\nNegative prompt: x\n{line}")
-    pasted = [function(params) for _, function in script.infotext_fields]
-    assert webui.args_from_script_args(pasted) == used
-    # an image made without HandRefiner turns the accordion off and leaves the rest alone
-    off = [function({"Steps": "20"}) for _, function in script.infotext_fields]
+    assert "HandRefiner mask feather" not in line  # defaults are not written...
+    pasted = paste_values(script.infotext_fields, f"a prompt\nNegative prompt: x\n{line}")
+    assert webui.args_from_script_args(pasted) == used  # ...but come back as defaults
+    # widgets left at other values come back to the defaults too
+    assert pasted[HandRefinerArgs.field_names().index("mask_feather")] == 8
+    # an image made without HandRefiner switches the accordion off and leaves the rest alone
+    off = paste_values(script.infotext_fields, "a prompt\nSteps: 20, Seed: 1, Size: 512x512")
     assert off[0] is False and all(v is None for v in off[1:])
+    # "Send to img2img" copies the widgets whose infotext keys are listed
+    assert [target for _, target in script.infotext_fields] == script.paste_field_names
 
 
 def test_xyz_grid_axes_override_strength_and_mode(wui, script, malformed):

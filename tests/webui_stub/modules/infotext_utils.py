@@ -40,3 +40,27 @@ def parse_generation_parameters(x: str) -> dict:
     for k, v in re_param.findall(lastline):
         res[k] = unquote(v) if v[:1] == '"' and v[-1:] == '"' else v
     return res
+
+
+def paste_values(fields, infotext: str) -> list:
+    """What pasting `infotext` sets each (component, target) of `fields` to: the parameters are parsed, the
+    on_infotext_pasted callbacks run, each target is read (a key or a function of the parameters) and converted to
+    the type of the component's value; None where the component is left as it is."""
+    from modules import script_callbacks
+
+    params = parse_generation_parameters(infotext)
+    script_callbacks.infotext_pasted_callback(infotext, params)
+    values = []
+    for component, target in fields:
+        v = target(params) if callable(target) else params.get(target, None)
+        if v is None:
+            values.append(None)
+            continue
+        valtype = type(component.value)
+        if valtype == bool and v == "False":
+            values.append(False)
+        elif valtype == int:
+            values.append(float(v))
+        else:
+            values.append(valtype(v))
+    return values

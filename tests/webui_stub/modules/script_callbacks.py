@@ -21,6 +21,15 @@ def on_before_ui(callback, *, name=None):
     callbacks["before_ui"].append(callback)
 
 
+def on_infotext_pasted(callback, *, name=None):
+    callbacks["infotext_pasted"].append(callback)
+
+
+def infotext_pasted_callback(infotext: str, params: dict):
+    for c in callbacks["infotext_pasted"]:
+        c(infotext, params)
+
+
 def on_script_unloaded(callback, *, name=None):
     callbacks["script_unloaded"].append(callback)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
 import random
 import re
@@ -17,7 +18,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
@@ -216,16 +217,89 @@ def validation_detail(error: ValidationError, prefix: Sequence[Any] = ()) -> Lis
     return [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in error.errors()]
 
 
-def validate_script_args(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "HandRefiner", "args")
-                         ) -> HandRefinerArgs:
-    """HandRefinerArgs from `alwayson_scripts` args (a dict, a list holding one dict, or positional values), or
-    an HTTPException 422 naming each bad field (positional values are named by their field)."""
+def script_args_errors(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "HandRefiner", "args"),
+                       parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args) -> List[dict]:
+    """Validation errors (FastAPI's shape) of `alwayson_scripts` args: a dict, a list holding one dict, or
+    positional values (named by their field); [] when they are valid."""
     try:
-        return HandRefinerArgs.from_script_args(args)
+        parse(args)
     except ValidationError as e:
-        raise HTTPException(422, detail=validation_detail(e, prefix)) from e
+        return validation_detail(e, prefix)
     except (TypeError, ValueError) as e:
-        raise HTTPException(422, detail=[{"loc": list(prefix), "msg": str(e), "type": "value_error"}]) from e
+        return [{"loc": list(prefix), "msg": str(e), "type": "value_error"}]
+    return []
+
+
+def validate_script_args(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "HandRefiner", "args"),
+                         parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args
+                         ) -> HandRefinerArgs:
+    """HandRefinerArgs from `alwayson_scripts` args, or an HTTPException 422 naming each bad field."""
+    errors = script_args_errors(args, prefix, parse)
+    if errors:
+        raise HTTPException(422, detail=errors)
+    return parse(args)
+
+
+def alwayson_errors(body: bytes, parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args,
+                    title: str = "HandRefiner") -> List[dict]:
+    """Errors of the HandRefiner entry of a txt2img/img2img request's `alwayson_scripts` (matched like the
+    WebUI does, ignoring case); [] when it is valid, absent, or the body is not for us to judge."""
+    try:
+        request = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return []  # the WebUI answers malformed JSON itself
+    scripts = request.get("alwayson_scripts") if isinstance(request, dict) else None
+    if not isinstance(scripts, dict):
+        return []
+    key = next((k for k in scripts if isinstance(k, str) and k.lower() == title.lower()), None)
+    if key is None:
+        return []
+    entry = scripts[key]
+    if not isinstance(entry, dict) or "args" not in entry:
+        return [{"loc": ["body", "alwayson_scripts", key], "msg": 'must be {"args": [...]} (a list of positional '
+                 'values, or a list holding one dict of settings)', "type": "type_error"}]
+    return script_args_errors(entry["args"], ["body", "alwayson_scripts", key, "args"], parse)
+
+
+class AlwaysonValidation:
+    """ASGI middleware: a txt2img/img2img request whose HandRefiner `alwayson_scripts` args are invalid gets a 422
+    naming the field, before the WebUI starts generating (it would fail later with a 500, or not at all)."""
+
+    PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
+
+    def __init__(self, app: Any, parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args):
+        self.app = app
+        self.parse = parse
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in self.PATHS:
+            await self.app(scope, receive, send)
+            return
+        messages, body = [], b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        errors = alwayson_errors(body, self.parse)
+        if errors:
+            await JSONResponse(status_code=422, content={"detail": errors})(scope, receive, send)
+            return
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def install_alwayson_validation(app: FastAPI,
+                                parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args) -> None:
+    """Adds AlwaysonValidation to an app that may already be serving (as the WebUI's is at on_app_started)."""
+    app.middleware_stack = None  # rebuilt from user_middleware on the next request
+    app.add_middleware(AlwaysonValidation, parse=parse)
 
 
 def check_models(args: HandRefinerArgs, listing: ModelListing) -> None:

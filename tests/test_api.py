@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from lib_handrefiner import __version__
-from lib_handrefiner.api import DEFAULT_MAX_PIXELS, ApiConfig, decode_image, InputError, mount, validate_script_args
+from lib_handrefiner.api import (DEFAULT_MAX_PIXELS, ApiConfig, InputError, decode_image, install_alwayson_validation,
+                                 mount, validate_script_args)
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.models_registry import ModelNameError, build_listing, check_name_safe, resolve_name
 from lib_handrefiner.service import StandaloneService
@@ -264,6 +265,41 @@ def test_alwayson_args_errors_are_422_naming_the_field(args, loc_end, words):
     detail = e.value.detail[0]
     assert detail["loc"][:3] == ["alwayson_scripts", "HandRefiner", "args"] and detail["loc"][-1] == loc_end
     assert words in detail["msg"]
+
+
+def webui_like_app() -> tuple[FastAPI, list]:
+    """A FastAPI app with txt2img/img2img routes that record what reaches them (where the WebUI's would run)."""
+    app, reached = FastAPI(), []
+
+    @app.post("/sdapi/v1/txt2img")
+    @app.post("/sdapi/v1/img2img")
+    def generate(body: dict) -> dict:
+        reached.append(body)
+        return {"images": []}
+
+    TestClient(app).get("/docs")  # the app has served a request: middleware is added to a running app
+    install_alwayson_validation(app)
+    return app, reached
+
+
+def test_alwayson_validation_middleware():
+    app, reached = webui_like_app()
+    client = TestClient(app)
+    good = {"prompt": "x", "alwayson_scripts": {"handrefiner": {"args": [{"enabled": True, "strength": 0.7}]}}}
+    assert client.post("/sdapi/v1/txt2img", json=good).status_code == 200 and reached == [good]
+    positional = {"alwayson_scripts": {"HandRefiner": {"args": [True, 0.6, "adaptive"]}}}
+    assert client.post("/sdapi/v1/img2img", json=positional).status_code == 200 and reached[-1] == positional
+    assert client.post("/sdapi/v1/txt2img", json={"prompt": "no scripts"}).status_code == 200
+    bad = {"alwayson_scripts": {"HandRefiner": {"args": [True, 5.0]}}}
+    response = client.post("/sdapi/v1/txt2img", json=bad)
+    assert response.status_code == 422 and len(reached) == 3
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "alwayson_scripts", "HandRefiner", "args", "strength"]
+    assert "less than or equal to 2" in detail["msg"]
+    response = client.post("/sdapi/v1/img2img", json={"alwayson_scripts": {"HandRefiner": [True]}})
+    assert response.status_code == 422 and '{"args"' in response.json()["detail"][0]["msg"]
+    response = client.post("/sdapi/v1/txt2img", json={"alwayson_scripts": {"HandRefiner": {"args": [{"x": 1}]}}})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "x"
 
 
 # ---- one at a time --------------------------------------------------------------------------------------------

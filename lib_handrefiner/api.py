@@ -315,8 +315,8 @@ def check_models(args: HandRefinerArgs, listing: ModelListing) -> None:
             raise InputError(["inpaint_checkpoint"], str(e)) from e
     status = listing.mesh_status(args.mesh_model)
     if status is not None and not status.available:
-        raise InputError(["mesh_model"], f"mesh model {args.mesh_model!r} needs files that are missing: "
-                                         f"{', '.join(status.missing)}; use 'landmarks' or install them")
+        raise InputError(["mesh_model"], f"mesh model {args.mesh_model!r} is not available ({status.reason}); "
+                                         "use 'landmarks'")
 
 
 def check_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> None:
@@ -401,7 +401,7 @@ def listing_json(listing: ModelListing, default_controlnet: Optional[str]) -> di
         "controlnets": sorted(listing.controlnets),
         "default_controlnet": default_controlnet,
         "checkpoints": sorted(listing.checkpoints),
-        "mesh_models": [{"name": m.name, "available": m.available, "missing": m.missing}
+        "mesh_models": [{"name": m.name, "available": m.available, "missing": m.missing, "reason": m.reason}
                         for m in listing.mesh_models],
     }
 

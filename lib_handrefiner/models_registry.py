@@ -33,6 +33,7 @@ class MeshModelStatus:
     name: str
     available: bool
     missing: List[str]
+    reason: str = ""      # why it is not available, for people
 
 
 @dataclass
@@ -74,14 +75,19 @@ def list_model_files(folders: Iterable[Path | str | None], files: Iterable[Path 
 
 
 def mesh_model_status(folders: Iterable[Path | str | None]) -> List[MeshModelStatus]:
+    from .mesh import mesh_model_names
+
     present = set()
     for folder in folders:
         if folder and Path(folder).is_dir():
             present.update(p.name for p in Path(folder).iterdir() if p.is_file())
+    implemented = set(mesh_model_names())
     statuses = []
     for name, files in MESH_MODEL_FILES.items():
         missing = [f for f in files if f not in present]
-        statuses.append(MeshModelStatus(name=name, available=not missing, missing=missing))
+        reason = ("not implemented in this version" if name not in implemented else
+                  f"needs files that are missing: {', '.join(missing)}" if missing else "")
+        statuses.append(MeshModelStatus(name=name, available=not reason, missing=missing, reason=reason))
     return statuses
 
 

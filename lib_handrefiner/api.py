@@ -33,6 +33,7 @@ from .models_registry import ModelListing, ModelNameError, resolve_name
 from .service import HandRefinerService, ModelLoadError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_TEXT_CHARS = 10_000  # prompts and names: CLIP reads 77 tokens; megabytes would only cost tokenizer time
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*(;base64)?,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -150,6 +151,8 @@ class RefineRequest(HandRefinerArgs):
                 raise TypeError(f"must be a list of [x0, y0, x1, y1] boxes, got {type(value).__name__}")
             return [_check_numbers(b, "a box [x0, y0, x1, y1] of 4 numbers", length=4) for b in value]
         expected = _scalar_type(field.outer_type_)
+        if expected is str and field.name != "image" and isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            raise ValueError(f"is {len(value)} characters long; at most {MAX_TEXT_CHARS}")
         return value if expected is None else _check_scalar(value, expected)
 
     def settings(self) -> HandRefinerArgs:

@@ -153,6 +153,7 @@ GREY = b64_image(np.full((64, 64, 3), 128, np.uint8))
     ({"image": GREY, "boxes": [[10, 10, 20]]}, "boxes", "4 numbers"),
     ({"image": GREY, "boxes": [[10, 10, 80, 20]]}, "boxes", "outside the 64x64 image"),
     ({"image": GREY, "boxes": [[-1, 0, 20, 20]]}, "boxes", "outside"),
+    ({"image": GREY, "prompt": "hand " * 3000}, "prompt", "at most 10000"),
     ({}, "image", "field required"),
     ({"image": 5}, "image", "string"),
     ({"image": ""}, "image", "empty"),

@@ -70,3 +70,17 @@ def test_txt2img_with_positional_args_in_field_order():
         args = [True, 0.55, "fixed", "0.4, 0.6", 1.0, 1.15, "", "", "fake 3D rendered image", "landmarks",
                 controlnet, "Current model", 4]
         _check(_txt2img(client, args))
+
+
+def test_txt2img_from_an_infotext_restores_the_handrefiner_settings():
+    """The WebUI API's `infotext` field sets script args through the script's infotext fields (as pasting does)."""
+    with _client() as client:
+        controlnet = _controlnet(client)
+        payload = {"infotext": f"{PROMPT}\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, "
+                               f"HandRefiner: True, HandRefiner strength: 0.7, HandRefiner mode: fixed, "
+                               f"HandRefiner steps: 3, HandRefiner ControlNet: {controlnet}"}
+        response = client.post("/sdapi/v1/txt2img", json=payload)
+        assert response.status_code == 200, response.text[:2000]
+        info = _check(response.json())
+    assert info["extra_generation_params"]["HandRefiner strength"] == "0.7"
+    assert info["extra_generation_params"]["HandRefiner steps"] == 3

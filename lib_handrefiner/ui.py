@@ -146,6 +146,7 @@ def hands_summary(perception: Any) -> List[dict]:
 
 @dataclass
 class Editor:
+    image: gr.Image
     detect: gr.Button
     view: gr.HTML
     boxes: gr.Textbox
@@ -229,7 +230,7 @@ def build_editor(service: HandRefinerService, image: Optional[gr.Image] = None,
     # Detect, the drag and the table each update the others without loops or a second perception.
     boxes.input(on_boxes, inputs=[image, boxes, *settings], outputs=[table, mask, depth, hands])
     table.input(on_table, inputs=[image, table, *settings], outputs=[boxes, mask, depth, hands])
-    return Editor(detect, view, boxes, table, mask, depth, hands)
+    return Editor(image, detect, view, boxes, table, mask, depth, hands)
 
 
 # ---- the standalone page ----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -95,3 +96,32 @@ def test_serve_needs_both_weights_or_neither(tmp_path):
     with pytest.raises(SystemExit, match="not a file"):
         resolve_models(ns)
     assert parser.parse_args([]).host == "127.0.0.1" and parser.parse_args([]).port == 7861
+
+
+def test_editor_on_a_pil_image_with_an_existing_boxes_field(tiny_models):
+    """The WebUI way: img2img's PIL image, the accordion's boxes textbox (infotext form), converted settings."""
+    from PIL import Image
+
+    from lib_handrefiner.service import StandaloneService
+    from lib_handrefiner.ui import build_editor
+
+    service = StandaloneService(tiny_models.checkpoint, tiny_models.controlnet)
+    seen = []
+    with gr.Blocks() as blocks:
+        image = gr.Image(type="pil")
+        padding = gr.Textbox(value="12")  # a widget whose value needs converting
+        boxes = gr.Textbox(value="", elem_id="script_boxes")
+        editor = build_editor(service, image, [padding], lock=None, prefix="img2img_hr", boxes=boxes,
+                              read_settings=lambda values: seen.append(values) or
+                              HandRefinerArgs(mask_padding=int(values[0])))
+    assert editor.boxes is boxes and editor.image is image
+    handler = {(dep["targets"][0], dep["trigger"]): fn.fn for dep, fn in zip(blocks.dependencies, blocks.fns)}
+    detect, on_boxes = handler[(editor.detect._id, "click")], handler[(boxes._id, "input")]
+    photo = Image.open(Path(__file__).resolve().parents[1] / "examples" / "malformed_1.jpg")
+    html, found, rows, mask, depth, hands = detect(photo, "12")
+    assert 'data-boxes-id="script_boxes"' in html and seen == [("12",)]
+    x0, y0, x1, y1 = json.loads(found)[0]
+    assert rows[0] == [x0, y0, x1, y1] and mask[y0:y1, x0:x1].min() == 255 and hands[0]["handedness"]
+    rows, mask, depth, hands = on_boxes(photo, f"{x0} {y0} {x1} {y1}; 10 10 60 60", "12")
+    assert rows == [[x0, y0, x1, y1], [10, 10, 60, 60]] and mask[10:60, 10:60].min() == 255
+    assert [h["handedness"] is None for h in hands] == [False, True]  # no hand in the second box

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from pathlib import Path
@@ -15,6 +16,10 @@ TINY_NOTICE = ("No weights configured: serving TINY RANDOM models (for trying th
 TINY_DEFAULTS = {"steps": 4, "crop_resolution": 128}
 
 
+def default_tiny_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "handrefiner" / "tiny-models"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default: loopback only).")
     parser.add_argument("--port", type=int, default=7861)
@@ -23,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=Path,
                         help="Folder with the WebUI's layout (ControlNet/, Stable-diffusion/, handrefiner/) whose "
                              "models requests may name.")
-    parser.add_argument("--tiny-dir", type=Path, default=Path(".cache") / "tiny-models",
-                        help="Where the tiny models are built when no weights are given.")
+    parser.add_argument("--tiny-dir", type=Path, default=default_tiny_dir(),
+                        help="Where the tiny models are built when no weights are given (default: %(default)s).")
     parser.add_argument("--device", default="cpu")
 
 

@@ -84,3 +84,24 @@ def test_txt2img_from_an_infotext_restores_the_handrefiner_settings():
         info = _check(response.json())
     assert info["extra_generation_params"]["HandRefiner strength"] == "0.7"
     assert info["extra_generation_params"]["HandRefiner steps"] == 3
+
+
+def test_xyz_grid_axis_sets_the_strength_per_cell():
+    with _client() as client:
+        controlnet = _controlnet(client)
+        xyz = next(s for s in client.get("/sdapi/v1/script-info").json()
+                   if s["name"] == "x/y/z plot" and not s["is_img2img"])
+        axis = xyz["args"][0]["choices"].index("[HandRefiner] Strength")
+        # X type, X values, X values (dropdown), the same for Y and Z, draw legend, include lone images, include
+        # sub grids, no fixed seeds, vary seeds x/y/z, margin, text inputs
+        script_args = [axis, "0.3, 0.6", [], 0, "", [], 0, "", [], True, True, False, False, False, False, False, 0,
+                       False]
+        payload = {"prompt": PROMPT, "seed": 1, "steps": 2, "width": 256, "height": 256, "sampler_name": "Euler",
+                   "script_name": "x/y/z plot", "script_args": script_args,
+                   "alwayson_scripts": {"HandRefiner": {"args": [{"enabled": True, "steps": 2,
+                                                                  "controlnet": controlnet}]}}}
+        response = client.post("/sdapi/v1/txt2img", json=payload)
+        assert response.status_code == 200, response.text[:2000]
+        infotexts = json.loads(response.json()["info"])["infotexts"]
+    cells = [t for t in infotexts if "HandRefiner: True" in t]
+    assert any("HandRefiner strength: 0.3" in t for t in cells) and any("HandRefiner strength: 0.6" in t for t in cells)

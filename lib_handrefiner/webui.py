@@ -505,16 +505,20 @@ class WebUIRefiner:
         from .sampler import with_extra_negative
 
         env = self.env_factory()
-        mesh_model = self._mesh_model(args.mesh_model, env)
-        with self._models_on_device(args, env) as (sd, controlnet):
-            prompts = [args.prompt or prompt, with_extra_negative(args.negative_prompt or negative_prompt,
-                                                                  args.extra_negative)]
-            padding = sd.same_context_length(prompts) if isinstance(sd, WebUISDModel) else contextlib.nullcontext()
-            with torch.no_grad(), env.autocast(), padding:
-                return refine_image(image, sd, controlnet, args, prompt=prompt, negative_prompt=negative_prompt,
-                                    seed=seed, mesh_model=mesh_model, perception=perception,
-                                    progress=progress.step if progress else None,
-                                    should_stop=progress.should_stop if progress else None)
+        try:
+            mesh_model = self._mesh_model(args.mesh_model, env)
+            with self._models_on_device(args, env) as (sd, controlnet):
+                prompts = [args.prompt or prompt, with_extra_negative(args.negative_prompt or negative_prompt,
+                                                                      args.extra_negative)]
+                padding = sd.same_context_length(prompts) if isinstance(sd, WebUISDModel) \
+                    else contextlib.nullcontext()
+                with torch.no_grad(), env.autocast(), padding:
+                    return refine_image(image, sd, controlnet, args, prompt=prompt, negative_prompt=negative_prompt,
+                                        seed=seed, mesh_model=mesh_model, perception=perception,
+                                        progress=progress.step if progress else None,
+                                        should_stop=progress.should_stop if progress else None)
+        finally:
+            self._release(env)
 
     # -- the always-on script ------------------------------------------------------------------------------
 
@@ -525,7 +529,6 @@ class WebUIRefiner:
         if not self._busy.acquire(blocking=False):
             message = "skipped: HandRefiner is already running (re-entry)"
             return ImageOutcome(job.image, message, False, {**infotext, RESULT_KEY: message})
-        env = None
         progress = None
         try:
             env = self.env_factory()
@@ -549,8 +552,6 @@ class WebUIRefiner:
         finally:
             if progress is not None:
                 progress.end()
-            if env is not None:
-                self._release(env)
             self._busy.release()
 
     # -- models ------------------------------------------------------------------------------------------
@@ -569,6 +570,7 @@ class WebUIRefiner:
             yield sd, controlnet
 
     def _release(self, env: WebUIEnv) -> None:
+        """After each image: HandRefiner's own models back to the CPU (unless kept), the device's cache freed."""
         if not env.keep_models_on_device or env.offload_to_cpu:
             for _, model in self._cache.values():
                 if isinstance(model, torch.nn.Module):

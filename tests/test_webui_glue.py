@@ -184,8 +184,11 @@ def test_refines_only_the_hand_with_the_webui_model_and_writes_infotext(wui, scr
     from lib_handrefiner.pipeline import refine_image
 
     _, values = ui_values(script, enabled=True, save_depth=True, save_mask=True, **FAST)
-    job_no, job_count = shared.state.job_no, shared.state.job_count
+    from modules import devices
+
+    job_no, job_count, gc_calls = shared.state.job_no, shared.state.job_count, devices.gc_calls
     p, pp = run(script, malformed, values, make_p(outpath=str(tmp_path)))
+    assert devices.gc_calls > gc_calls  # memory released after the image
     out = np.asarray(pp.image)
     changed = (out != malformed).any(-1)
     args = HandRefinerArgs(enabled=True, save_depth=True, save_mask=True, **FAST)

@@ -118,6 +118,19 @@ def test_refine_happy_path_on_a_malformed_hand(client):
     assert {"decode", "queue", "run", "total"} <= set(body["timings_ms"])
 
 
+def test_adaptive_mode_reports_the_strengths_tried(client):
+    response = client.post("/handrefiner/refine", json={
+        "image": b64_file(MALFORMED), "mode": "adaptive", "adaptive_strengths": [0.4, 0.6], "steps": 1,
+        "crop_resolution": 64, "seed": 2})
+    assert response.status_code == 200, response.text
+    hand = next(h for h in response.json()["hands"] if h["refined"])
+    assert [s for s, _ in hand["tried"]] == [1.0, 0.4, 0.6]  # the reference first, then in order
+    assert hand["strength"] in (1.0, 0.4, 0.6)
+    # The tiny random model paints no hand, so its MPJPE is infinite: JSON has no inf, the answer has null.
+    kept_error = dict((s, e) for s, e in hand["tried"])[hand["strength"]]
+    assert hand["mpjpe"] == kept_error and (kept_error is None or kept_error >= 0)
+
+
 def test_no_hands_returns_the_image_unchanged(client):
     grey = np.full((96, 128, 3), 128, np.uint8)
     response = client.post("/handrefiner/refine", json={"image": b64_image(grey), "return_mask": True})

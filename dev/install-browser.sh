@@ -9,7 +9,7 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
         as_root=""
         [ "$(id -u)" -ne 0 ] && as_root="sudo"
         $as_root apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends \
+        $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             chromium chromium-driver fonts-dejavu-core >/dev/null
     else
         echo "install-browser: no apt-get here; install chromium and chromedriver yourself" >&2

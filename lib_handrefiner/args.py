@@ -150,6 +150,15 @@ class HandRefinerArgs(BaseModel):
         return cls(**values)
 
 
+def parse_setting(text: str) -> tuple[str, Any]:
+    """`NAME=VALUE` (a command-line override) → (field name, value in the infotext's text form)."""
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in HandRefinerArgs.__fields__:
+        raise ValueError(f"{text!r} is not NAME=VALUE with NAME one of: {', '.join(HandRefinerArgs.field_names())}")
+    return name, _parse_value(HandRefinerArgs.__fields__[name], raw)
+
+
 def _format_value(value: Any) -> Any:
     if isinstance(value, bool):
         return "True" if value else "False"

@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.args import HandRefinerArgs, parse_setting
 
 DEFAULTS = HandRefinerArgs()
 
@@ -40,12 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: out)")
     parser.add_argument("--save-depth", action="store_true", help="also write <stem>.depth.png")
     parser.add_argument("--save-mask", action="store_true", help="also write <stem>.mask.png")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="any other HandRefiner setting by its API/infotext field name, e.g. crop_resolution=768, "
+                             "mask_feather=12, hands_together=true, adaptive_strengths=0.4;0.6 (repeatable)")
 
 
 def settings(ns: argparse.Namespace) -> HandRefinerArgs:
-    return HandRefinerArgs(enabled=True, strength=ns.strength, mode="adaptive" if ns.adaptive else "fixed",
-                           steps=ns.steps, cfg_scale=ns.cfg, seed=ns.seed, save_depth=ns.save_depth,
-                           save_mask=ns.save_mask)
+    overrides = dict(parse_setting(text) for text in ns.set)
+    return HandRefinerArgs(**{**dict(strength=ns.strength, mode="adaptive" if ns.adaptive else "fixed",
+                                     steps=ns.steps, cfg_scale=ns.cfg, seed=ns.seed, save_depth=ns.save_depth,
+                                     save_mask=ns.save_mask), **overrides, "enabled": True})
 
 
 def parameters_text(prompt: str, negative: str, infotext: str) -> str:

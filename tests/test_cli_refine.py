@@ -22,12 +22,14 @@ def test_refine_writes_png_with_parameters_and_json(tiny_models, tmp_path, capsy
     Image.fromarray(np.full((96, 80, 3), 128, np.uint8)).save(blank)
     out = tmp_path / "out"
     code = main(["refine", str(image), str(blank), *_models(tiny_models), "--steps", "1", "--seed", "11",
-                 "--prompt", "a hand", "--negative", "blurry", "--out", str(out), "--save-depth", "--save-mask"])
+                 "--prompt", "a hand", "--negative", "blurry", "--out", str(out), "--save-depth", "--save-mask",
+                 "--set", "crop_resolution=128", "--set", "mask-feather=4"])
     assert code == 0
     refined = Image.open(out / "freihand_sample1.refined.png")
     lines = refined.text["parameters"].splitlines()
     assert lines[0] == "a hand" and lines[1] == "Negative prompt: blurry"
     assert lines[-1].startswith("HandRefiner: True, HandRefiner strength: 0.55") and "HandRefiner seed: 11" in lines[-1]
+    assert "HandRefiner crop resolution: 128" in lines[-1] and "HandRefiner mask feather: 4" in lines[-1]
     data = json.loads((out / "freihand_sample1.refine.json").read_text())
     assert data["refined"] and data["seed"] == 11 and data["strength"] == 0.55
     assert len(data["hands"]) >= 1 and len(data["hands"][0]["box"]) == 4 and data["detected"][0]["refinable"]
@@ -51,5 +53,9 @@ def test_refine_reports_bad_inputs(tiny_models, tmp_path, capsys):
     code = main(["refine", str(EXAMPLES / "freihand_sample1.jpg"), "--checkpoint", str(tiny_models.controlnet),
                  "--controlnet", str(tiny_models.controlnet), "--out", str(tmp_path)])
     assert code == 2 and "ControlNet" in capsys.readouterr().err
+    code = main(["refine", "x.png", *_models(tiny_models), "--set", "crop_resolution=9000"])
+    assert code == 2 and "crop_resolution" in capsys.readouterr().err
+    code = main(["refine", "x.png", *_models(tiny_models), "--set", "no_such_option=1"])
+    assert code == 2 and "no_such_option" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["refine", "x.png", *_models(tiny_models), "--strength", "0.5", "--adaptive"])

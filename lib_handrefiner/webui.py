@@ -679,9 +679,9 @@ def postprocess_image(refiner: WebUIRefiner, p: Any, pp: Any, script_args: Seque
     if not args.enabled:
         return None
     job = job_for_image(p, pp.image)
-    outcome = refiner.process_image(job, args)
+    outcome = refiner.process_image(job, boxes_on_output(args, p, pp.image.size))
     pp.image = outcome.image
-    p.extra_generation_params.update(outcome.infotext)
+    p.extra_generation_params.update({**outcome.infotext, **args.infotext()})  # the boxes as the user gave them
     _comment(p, outcome.message)
     if outcome.previews:
         previews = getattr(p, PREVIEWS_ATTRIBUTE, None)
@@ -696,6 +696,19 @@ def postprocess_image(refiner: WebUIRefiner, p: Any, pp: Any, script_args: Seque
                 except OSError as e:  # a full disk must not cost the generated image
                     log.warning("HandRefiner: could not save the %s preview: %s", suffix, e)
     return outcome
+
+
+def boxes_on_output(args: HandRefinerArgs, p: Any, size: Tuple[int, int]) -> HandRefinerArgs:
+    """img2img: user boxes are drawn on the input image, which the WebUI resized to the output size (exact for
+    "Just resize"); txt2img boxes are already in the output's pixels."""
+    init_images = getattr(p, "init_images", None)
+    if not args.boxes or not init_images:
+        return args
+    (in_w, in_h), (out_w, out_h) = init_images[0].size, size
+    if (in_w, in_h) == (out_w, out_h):
+        return args
+    sx, sy = out_w / in_w, out_h / in_h
+    return args.copy(update={"boxes": [(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in args.boxes]})
 
 
 def add_previews(p: Any, processed: Any) -> int:

@@ -54,6 +54,13 @@ def _widget(spec: webui.WidgetSpec):
 
 
 class HandRefinerScript(scripts.Script):
+    def __init__(self):
+        self.init_image = None  # img2img's input image, where the box editor works
+        self.on_after_component(self._remember_init_image, elem_id="img2img_image")
+
+    def _remember_init_image(self, on_component):
+        self.init_image = on_component.component
+
     def title(self):
         return webui.SCRIPT_TITLE
 
@@ -71,12 +78,24 @@ class HandRefinerScript(scripts.Script):
                     for name in names:
                         widgets[name] = _widget(specs[name])
                         widgets[name].elem_id = self.elem_id(name)  # unique across the txt2img/img2img tabs
+                        if name == "boxes" and is_img2img and self.init_image is not None:
+                            self._box_editor([enabled] + [widgets[n] for n in webui.layout_fields()[
+                                :webui.layout_fields().index("boxes") + 1]], defaults)
         controls = [enabled] + [widgets[name] for name in webui.layout_fields()]
         # Infotext keys (not functions) as targets, so that "Send to img2img" copies the widgets too;
         # webui.fill_pasted_defaults supplies the keys an infotext leaves out.
         self.paste_field_names = webui.paste_field_names()
         self.infotext_fields = list(zip(controls, self.paste_field_names))
         return controls
+
+    def _box_editor(self, controls, defaults):
+        """Detect / drag / type hand boxes on img2img's input image; edits the boxes widget (the last control)."""
+        from modules.call_queue import queue_lock
+
+        from lib_handrefiner.ui import build_editor
+
+        build_editor(refiner, self.init_image, settings=controls, lock=queue_lock, prefix=self.elem_id("editor"),
+                     boxes=controls[-1], read_settings=lambda values: webui.args_from_script_args(values, defaults))
 
     def postprocess_image(self, p, pp, *args):
         webui.postprocess_image(refiner, p, pp, args, webui.defaults_from_opts(shared.opts), _save_preview(p))

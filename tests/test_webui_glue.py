@@ -407,3 +407,29 @@ def test_adapter_pads_positive_and_negative_together_and_rejects_other_models(wu
         webui.WebUISDModel(ldm, "cpu", torch.float32)
     with pytest.raises(webui.UnsupportedModelError, match="no Stable Diffusion model"):
         webui.WebUISDModel(None, "cpu", torch.float32)
+
+
+# ---- img2img: the box editor on the input image ----------------------------------------------------------
+
+def test_img2img_box_editor_edits_the_boxes_widget_and_boxes_follow_the_resize(wui, malformed):
+    from modules.scripts import OnComponent
+
+    script = wui.HandRefinerScript()
+    script.is_img2img = True
+    with gr.Blocks():
+        init_image = gr.Image(elem_id="img2img_image", type="pil")
+        for elem_id, callback in script.on_after_component_elem_id:
+            if elem_id == "img2img_image":
+                callback(OnComponent(component=init_image))
+        controls = script.ui(True)
+    assert script.init_image is init_image
+    boxes = controls[HandRefinerArgs.field_names().index("boxes")]
+    assert boxes.elem_id == "script_img2img_handrefiner_boxes"
+    assert len(controls) == len(HandRefinerArgs.field_names())
+
+    args = HandRefinerArgs(enabled=True, boxes=[(10, 20, 110, 220)])
+    p = make_p()
+    p.init_images = [Image.new("RGB", (256, 512))]
+    assert webui.boxes_on_output(args, p, (512, 1024)).boxes == [(20, 40, 220, 440)]
+    assert webui.boxes_on_output(args, p, (256, 512)).boxes == args.boxes
+    assert webui.boxes_on_output(args, make_p(), (512, 1024)).boxes == args.boxes  # txt2img: output pixels

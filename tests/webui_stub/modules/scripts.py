@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import re
 from collections import namedtuple
+from dataclasses import dataclass
+
+import gradio as gr
 
 from modules import paths
 
@@ -11,6 +14,11 @@ AlwaysVisible = object()
 class PostprocessImageArgs:
     def __init__(self, image):
         self.image = image
+
+
+@dataclass
+class OnComponent:
+    component: gr.blocks.Block
 
 
 class Script:
@@ -30,6 +38,8 @@ class Script:
     api_info = None
     setup_for_ui_only = False
     controls = None
+    on_before_component_elem_id = None
+    on_after_component_elem_id = None
 
     def title(self):
         raise NotImplementedError()
@@ -57,6 +67,11 @@ class Script:
 
     def postprocess(self, p, processed, *args):
         pass
+
+    def on_after_component(self, callback, *, elem_id):
+        if self.on_after_component_elem_id is None:
+            self.on_after_component_elem_id = []
+        self.on_after_component_elem_id.append((elem_id, callback))
 
     def elem_id(self, item_id):
         need_tabname = self.show(True) == self.show(False)

@@ -1,10 +1,6 @@
 from __future__ import annotations
 
 import json
-import re
-
-re_param = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-
 
 class PasteField(tuple):
     def __new__(cls, component, target, *, api=None):
@@ -18,28 +14,45 @@ class PasteField(tuple):
         self.function = target if callable(target) else None
 
 
+_SEPARATORS = (",", "\n", ":")
+
+
 def quote(text):
-    if ',' not in str(text) and '\n' not in str(text) and ':' not in str(text):
-        return text
-    return json.dumps(text, ensure_ascii=False)
+    """A value with a separator in it is written as a JSON string; others as they are."""
+    return json.dumps(text, ensure_ascii=False) if any(c in str(text) for c in _SEPARATORS) else text
 
 
 def unquote(text):
-    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+    if not (len(text) >= 2 and text.startswith('"') and text.endswith('"')):
         return text
     try:
         return json.loads(text)
-    except Exception:
+    except ValueError:
         return text
 
 
+def _entries(line: str):
+    """ "Key: value" entries of a parameters line, split at commas outside JSON-quoted values."""
+    entry, quoted, escaped = "", False, False
+    for c in line + ",":
+        if c == "," and not quoted:
+            if ":" in entry:
+                key, value = entry.split(":", 1)
+                yield key.strip(), value.strip()
+            entry = ""
+            continue
+        entry += c
+        if quoted and c == "\\" and not escaped:
+            escaped = True
+            continue
+        if c == '"' and not escaped:
+            quoted = not quoted
+        escaped = False
+
+
 def parse_generation_parameters(x: str) -> dict:
-    """The "Key: value, …" parameters line of an infotext (the last line) as a dict of strings."""
-    res = {}
-    lastline = x.strip().split("\n")[-1]
-    for k, v in re_param.findall(lastline):
-        res[k] = unquote(v) if v[:1] == '"' and v[-1:] == '"' else v
-    return res
+    """The "Key: value, …" parameters line of an infotext (its last line) as a dict of strings."""
+    return {key: unquote(value) for key, value in _entries(x.strip().split("\n")[-1])}
 
 
 def paste_values(fields, infotext: str) -> list:

@@ -74,11 +74,10 @@ class Script:
         self.on_after_component_elem_id.append((elem_id, callback))
 
     def elem_id(self, item_id):
-        need_tabname = self.show(True) == self.show(False)
-        tabkind = 'img2img' if self.is_img2img else 'txt2img'
-        tabname = f"{tabkind}_" if need_tabname else ""
-        title = re.sub(r'[^a-z_0-9]', '', re.sub(r'\s', '_', self.title().lower()))
-        return f'script_{tabname}{title}_{item_id}'
+        # script_[<tab>_]<title as lowercase identifier>_<item>; the tab only when shown on both tabs
+        title = re.sub(r"[^a-z_0-9]", "", self.title().lower().replace(" ", "_"))
+        tab = ("img2img_" if self.is_img2img else "txt2img_") if self.show(True) == self.show(False) else ""
+        return f"script_{tab}{title}_{item_id}"
 
 
 current_basedir = paths.script_path

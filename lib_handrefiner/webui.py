@@ -32,7 +32,7 @@ RESULT_KEY = "HandRefiner result"             # infotext entry with what happene
 CURRENT_MODEL = "Current model"               # the checkpoint dropdown's entry for "the WebUI's loaded model"
 SETTINGS_SECTION = ("handrefiner", "HandRefiner")
 XYZ_ATTRIBUTE = "handrefiner_xyz"             # p.<this>: {field: value} set by the XYZ-grid axes
-PREVIEWS_ATTRIBUTE = "handrefiner_previews"   # p.<this>: [(image, infotext)] shown after the job
+PREVIEWS_ATTRIBUTE = "handrefiner_previews"   # p.<this>: [PIL image] shown after the job
 DEFAULT_CONTROLNET_URL = "https://huggingface.co/hr16/ControlNet-HandRefiner-pruned"
 
 # Fields whose defaults the settings section holds (the others keep HandRefinerArgs' defaults).
@@ -41,20 +41,22 @@ SETTING_FIELDS = ("strength", "mode", "extra_negative", "mesh_model", "controlne
 KEEP_LOADED_SETTING = "handrefiner_keep_models_on_device"
 XYZ_FIELDS = ("strength", "mode")
 
-# The accordion's layout: consecutive fields in HandRefinerArgs order, so that the components come out in field
-# order and positional `alwayson_scripts` args are the fields in order. "enabled" is the accordion itself.
-LAYOUT: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
-    ("row", ("strength", "mode")),
-    ("accordion:Adaptive strength", ("adaptive_strengths", "adaptive_reference", "adaptive_factor")),
-    ("column", ("prompt", "negative_prompt", "extra_negative")),
-    ("row", ("mesh_model", "controlnet", "inpaint_checkpoint")),
-    ("row", ("steps", "cfg_scale", "denoising_strength", "seed")),
-    ("accordion:Mask, crop and detection", ("mask_padding", "mask_padding_ratio", "mask_dilation", "mask_feather",
+# Where each setting sits in the accordion. The widgets are made in HandRefinerArgs' field order (so positional
+# `alwayson_scripts` args are the fields in order), consecutive fields of one group sharing a row, column or
+# accordion; a field added to HandRefinerArgs later lands in "More" at its place. "enabled" is the accordion.
+GROUPS: Dict[str, Tuple[str, ...]] = {
+    "row:main": ("strength", "mode"),
+    "accordion:Adaptive strength": ("adaptive_strengths", "adaptive_reference", "adaptive_factor"),
+    "column:prompts": ("prompt", "negative_prompt", "extra_negative"),
+    "row:models": ("mesh_model", "controlnet", "inpaint_checkpoint"),
+    "row:sampling": ("steps", "cfg_scale", "denoising_strength", "seed"),
+    "accordion:Mask, crop and detection": ("mask_padding", "mask_padding_ratio", "mask_dilation", "mask_feather",
                                            "crop", "crop_resolution", "hands_together", "max_hands",
                                            "detection_confidence", "presence_confidence", "min_hand_size",
-                                           "boxes", "boxes_mode")),
-    ("row", ("save_depth", "save_mask")),
-)
+                                           "boxes", "boxes_mode"),
+    "row:previews": ("save_depth", "save_mask"),
+}
+OTHER_GROUP = "accordion:More"
 LIST_FIELDS = ("adaptive_strengths", "boxes")   # shown as text: "0.4, 0.5" and "x0 y0 x1 y1; …"
 
 
@@ -217,8 +219,21 @@ def paste_field_names() -> List[str]:
 
 # ---- UI description ----------------------------------------------------------------------------------------
 
+def layout() -> List[Tuple[str, List[str]]]:
+    """(container, fields) in field order; container is "row:…", "column:…" or "accordion:<label>"."""
+    group_of = {name: group for group, names in GROUPS.items() for name in names}
+    out: List[Tuple[str, List[str]]] = []
+    for name in HandRefinerArgs.field_names()[1:]:
+        group = group_of.get(name, OTHER_GROUP)
+        if out and out[-1][0] == group:
+            out[-1][1].append(name)
+        else:
+            out.append((group, [name]))
+    return out
+
+
 def layout_fields() -> List[str]:
-    return [name for _, names in LAYOUT for name in names]
+    return [name for _, names in layout() for name in names]
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,11 @@ def _env() -> webui.WebUIEnv:
 refiner = webui.WebUIRefiner(_env)
 
 
-def _container(kind: str):
-    if kind == "row":
-        return gr.Row()
-    if kind.startswith("accordion:"):
-        return gr.Accordion(kind.split(":", 1)[1], open=False)
-    return gr.Column()
+def _container(group: str):
+    kind, label = group.split(":", 1)
+    if kind == "accordion":
+        return gr.Accordion(label, open=False)
+    return gr.Row() if kind == "row" else gr.Column()
 
 
 def _widget(spec: webui.WidgetSpec):
@@ -73,8 +72,8 @@ class HandRefinerScript(scripts.Script):
         specs = {s.name: s for s in webui.widget_specs(defaults, listing.controlnets, listing.checkpoints)}
         widgets = {}
         with InputAccordion(defaults.enabled, label="HandRefiner", elem_id=self.elem_id("enabled")) as enabled:
-            for kind, names in webui.LAYOUT:
-                with _container(kind):
+            for group, names in webui.layout():
+                with _container(group):
                     for name in names:
                         widgets[name] = _widget(specs[name])
                         widgets[name].elem_id = self.elem_id(name)  # unique across the txt2img/img2img tabs

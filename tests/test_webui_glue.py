@@ -124,6 +124,14 @@ def test_ui_has_one_component_per_field_in_order_and_defaults_map_back(script):
     assert "HandRefiner strength" in script.paste_field_names
 
 
+def test_a_field_without_a_group_keeps_its_place(monkeypatch):
+    groups = dict(webui.GROUPS)
+    groups["row:sampling"] = ("steps", "cfg_scale", "denoising_strength")  # as if "seed" were new
+    monkeypatch.setattr(webui, "GROUPS", groups)
+    assert webui.layout_fields() == HandRefinerArgs.field_names()[1:]
+    assert ("accordion:More", ["seed"]) in webui.layout()
+
+
 def test_widget_values_and_api_values_map_to_the_fields():
     args = webui.args_from_script_args([True, 0.7, "adaptive", "0.3, 0.6", None, None, "hands", "", "x", "landmarks",
                                         CONTROLNET_NAME, webui.CURRENT_MODEL, 12.0])

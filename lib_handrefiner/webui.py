@@ -285,15 +285,18 @@ class ModelFolders:
 
 
 def model_folders(models_path: Any, handrefiner_models_dir: Any = None, controlnet_dir: Any = None,
-                  ckpt_dir: Any = None) -> ModelFolders:
+                  ckpt_dir: Any = None, extensions_dir: Any = None) -> ModelFolders:
     """Where the WebUI keeps models: --handrefiner-models-dir first, then models/handrefiner; ControlNets also in
-    models/ControlNet (shared with sd-webui-controlnet) and its --controlnet-dir; checkpoints in
-    models/Stable-diffusion and --ckpt-dir."""
+    models/ControlNet, sd-webui-controlnet's --controlnet-dir and its own models folder; checkpoints in
+    --ckpt-dir and models/Stable-diffusion."""
     models = Path(models_path)
     own = [Path(handrefiner_models_dir)] if handrefiner_models_dir else []
     own.append(models / "handrefiner")
+    shared_controlnets = [models / "ControlNet"] + ([Path(controlnet_dir)] if controlnet_dir else [])
+    if extensions_dir:
+        shared_controlnets.append(Path(extensions_dir) / "sd-webui-controlnet" / "models")
     return ModelFolders(
-        controlnet_dirs=_unique(own + [models / "ControlNet"] + ([Path(controlnet_dir)] if controlnet_dir else [])),
+        controlnet_dirs=_unique(own + shared_controlnets),
         checkpoint_dirs=_unique(([Path(ckpt_dir)] if ckpt_dir else []) + [models / "Stable-diffusion"] + own),
         mesh_dirs=_unique(own))
 

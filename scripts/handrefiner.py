@@ -28,7 +28,8 @@ def _env() -> webui.WebUIEnv:
         autocast=lambda: devices.without_autocast() if devices.unet_needs_upcast else devices.autocast(),
         torch_gc=devices.torch_gc,
         folders=webui.model_folders(shared.models_path, getattr(cmd, "handrefiner_models_dir", None),
-                                    getattr(cmd, "controlnet_dir", None), getattr(cmd, "ckpt_dir", None)),
+                                    getattr(cmd, "controlnet_dir", None), getattr(cmd, "ckpt_dir", None),
+                                    getattr(shared, "extensions_dir", None)),
         state=shared.state, total_tqdm=getattr(shared, "total_tqdm", None),
         keep_models_on_device=bool(getattr(shared.opts, webui.KEEP_LOADED_SETTING, False)),
         offload_to_cpu=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", False)))

@@ -174,9 +174,9 @@ def test_preload_adds_the_models_dir_option():
     module.preload(parser)
     assert parser.parse_args(["--handrefiner-models-dir", "/m"]).handrefiner_models_dir == "/m"
     assert parser.parse_args([]).handrefiner_models_dir is None
-    folders = webui.model_folders("/w/models", "/m", controlnet_dir="/cn")
+    folders = webui.model_folders("/w/models", "/m", controlnet_dir="/cn", extensions_dir="/w/extensions")
     assert folders.controlnet_dirs == [Path("/m"), Path("/w/models/handrefiner"), Path("/w/models/ControlNet"),
-                                       Path("/cn")]
+                                       Path("/cn"), Path("/w/extensions/sd-webui-controlnet/models")]
     assert folders.mesh_dirs == [Path("/m"), Path("/w/models/handrefiner")]
     assert folders.checkpoint_dirs[0] == Path("/w/models/Stable-diffusion")
 

@@ -7,6 +7,7 @@ from modules import options, paths, shared_state, shared_total_tqdm
 models_path = paths.models_path
 script_path = paths.script_path
 data_path = paths.data_path
+extensions_dir = paths.extensions_dir
 
 cmd_opts = argparse.Namespace(ckpt_dir=None, lowvram=False, medvram=False, api=True)
 opts = options.Options({"samples_format": options.OptionInfo("png", "File format for images")})

@@ -5,8 +5,6 @@ is tested) and registers the settings, the XYZ-grid axes and the /handrefiner/* 
 """
 from __future__ import annotations
 
-import logging
-
 import gradio as gr
 
 from modules import devices, script_callbacks, scripts, shared
@@ -15,8 +13,6 @@ from modules.ui_components import InputAccordion
 from lib_handrefiner import webui
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.ui import field_control
-
-log = logging.getLogger("handrefiner")
 
 
 def _env() -> webui.WebUIEnv:

@@ -133,6 +133,8 @@ def on_app_started(demo, app):
     from lib_handrefiner import api
 
     api.mount(app, refiner, lock=queue_lock)
+    # txt2img/img2img requests with bad HandRefiner args get a 422 naming the field before anything is generated.
+    api.install_alwayson_validation(app, parse=webui.args_from_script_args)
 
 
 script_callbacks.on_ui_settings(on_ui_settings)

@@ -395,6 +395,20 @@ def test_app_started_mounts_the_api_on_the_webui_app(wui):
     assert "tiny-inpaint" in models["checkpoints"]
     assert client.get("/handrefiner/version").json()["name"] == "HandRefiner"
 
+    @app.post("/sdapi/v1/txt2img")
+    def txt2img(body: dict) -> dict:
+        return {"images": []}
+
+    def post(args):
+        return client.post("/sdapi/v1/txt2img", json={"prompt": "x", "alwayson_scripts": {"HandRefiner": {"args": args}}})
+
+    # widget-format values (as the API's own defaults are) pass; a bad one is named before anything runs
+    assert post([True, 0.6, "fixed", "0.4, 0.6", None, None, "", "", "x", "landmarks", CONTROLNET_NAME,
+                 webui.CURRENT_MODEL, 4]).status_code == 200
+    assert post([{"enabled": True, "steps": 4}]).status_code == 200
+    bad = post([{"enabled": True, "steps": 500}])
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "steps"
+
 
 # ---- the adapter -------------------------------------------------------------------------------------------
 

@@ -105,3 +105,12 @@ def test_xyz_grid_axis_sets_the_strength_per_cell():
         infotexts = json.loads(response.json()["info"])["infotexts"]
     cells = [t for t in infotexts if "HandRefiner: True" in t]
     assert any("HandRefiner strength: 0.3" in t for t in cells) and any("HandRefiner strength: 0.6" in t for t in cells)
+
+
+def test_bad_handrefiner_args_are_rejected_before_generating():
+    with _client() as client:
+        response = client.post("/sdapi/v1/txt2img", json={
+            "prompt": PROMPT, "steps": 2, "alwayson_scripts": {"HandRefiner": {"args": [{"enabled": True,
+                                                                                        "steps": 500}]}}})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "alwayson_scripts", "HandRefiner", "args", "steps"]

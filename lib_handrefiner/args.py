@@ -74,6 +74,10 @@ class HandRefinerArgs(BaseModel):
                                                   description="replace: only the given boxes; add: with detected.")
     save_depth: bool = Field(False, title="HandRefiner save depth", description="Save / show the depth map.")
     save_mask: bool = Field(False, title="HandRefiner save mask", description="Save / show the mask.")
+    # Fields added after the first release go last: positional `alwayson_scripts` args keep their meaning.
+    adaptive_batch: int = Field(2, ge=1, le=8, title="HandRefiner adaptive batch",
+                                description="Strengths sampled together in one batch, from the same noise: more is "
+                                            "faster where memory allows (a GPU); the same strengths are tried in the same order.")
 
     class Config:
         extra = "forbid"

@@ -25,7 +25,6 @@ from lib_handrefiner.sd_model import SDModel
 
 Box = Tuple[int, int, int, int]
 CROP_CONTEXT = 0.5      # a crop's side is the mask box's longest side × (1 + this): room for the arm and background
-ADAPTIVE_BATCH = 2      # strengths sampled per batch in adaptive mode
 ProgressFn = Callable[[int, int], None]
 
 
@@ -277,7 +276,7 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     meshes = [hd.mesh for hd in perception.hands if hd.refinable]
     prompt_used = args.prompt or prompt
     negative_used = with_extra_negative(args.negative_prompt or negative_prompt, args.extra_negative)
-    passes = 1 if args.mode == "fixed" else math.ceil((1 + len(args.adaptive_strengths)) / ADAPTIVE_BATCH)
+    passes = 1 if args.mode == "fixed" else math.ceil((1 + len(args.adaptive_strengths)) / args.adaptive_batch)
     on_step = _StepCounter(progress, max(1, round(args.steps * args.denoising_strength)) * passes * len(units))
     out, refined, regions, interrupted = original, [], 0, False
     for unit in units:
@@ -341,4 +340,4 @@ def _adaptive(sample: Callable[[Sequence[float]], List[np.ndarray]], unit: _Unit
         return float(np.mean([pose_error(crop_rgb, target, mesh_model, args) for target in targets]))
 
     return search_strength(sample, error, reference=args.adaptive_reference, strengths=args.adaptive_strengths,
-                           factor=args.adaptive_factor, batch_size=ADAPTIVE_BATCH)
+                           factor=args.adaptive_factor, batch_size=args.adaptive_batch)

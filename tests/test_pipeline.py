@@ -146,6 +146,13 @@ def test_adaptive_mode_batches_strengths(malformed, perceived, tiny_sd, tiny_con
                          HandRefinerArgs(strength=hand.strength, **FAST), seed=4, perception=perceived)
     # The chosen sample is the one a fixed run at that strength gives (same noise; batching aside).
     assert np.abs(r.image.astype(int) - fixed.image.astype(int)).max() <= 2
+    # Three strengths per batch: the same strengths tried in the same order, the same one kept.
+    calls = []
+    wide = refine_image(malformed, tiny_sd, tiny_controlnet, args.copy(update={"adaptive_batch": 3}), seed=4,
+                        perception=perceived, progress=lambda done, total: calls.append(total))
+    assert [s for s, _ in wide.hands[0].tried] == [s for s, _ in hand.tried]
+    assert wide.hands[0].strength == hand.strength
+    assert calls[-1] == FAST["steps"]  # reference + 2 strengths in one pass of `steps` steps
 
 
 def test_should_stop_interrupts_and_keeps_the_image(malformed, perceived, tiny_sd, tiny_controlnet):

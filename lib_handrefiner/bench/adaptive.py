@@ -36,7 +36,7 @@ def main(argv: List[str]) -> int:
                                                         "internet_fig1.jpg"],
                         help="example images for the end-to-end part (names in examples/ or paths)")
     parser.add_argument("--pipeline-batches", default="2,7",
-                        help="pipeline.ADAPTIVE_BATCH values for the end-to-end part (default 2,7)")
+                        help="adaptive_batch values for the end-to-end part (default 2,7)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--models", help="folder for the tiny models (default: a temporary one)")
     ns = parser.parse_args(argv)
@@ -156,17 +156,13 @@ def _interpolate(calls: Dict[int, float], size: int) -> float:
 
 
 def _end_to_end(sd, controlnet, args, images: Sequence[str], repeats: int, batch: int) -> List[float]:
-    from lib_handrefiner import pipeline
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.perception import perceive
     from lib_handrefiner.pipeline import refine_image
 
     print(f"\n3. end to end, refine_image with real pose errors (perception shared), {batch} strengths per call")
-    default_batch, pipeline.ADAPTIVE_BATCH = pipeline.ADAPTIVE_BATCH, batch  # the pipeline's only knob for it
-    try:
-        return _end_to_end_ratios(sd, controlnet, args, images, repeats, refine_image, perceive, load_image)
-    finally:
-        pipeline.ADAPTIVE_BATCH = default_batch
+    args = args.copy(update={"adaptive_batch": batch})
+    return _end_to_end_ratios(sd, controlnet, args, images, repeats, refine_image, perceive, load_image)
 
 
 def _end_to_end_ratios(sd, controlnet, args, images, repeats, refine_image, perceive, load_image) -> List[float]:

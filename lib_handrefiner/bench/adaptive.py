@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
+from lib_handrefiner.bench._timing import median_ms
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TARGET = 2.0
@@ -78,13 +78,6 @@ def _load(folder: Path):
     return load_sd_checkpoint(paths.checkpoint), load_controlnet(paths.controlnet)
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _call_times(sd, controlnet, resolution: int, steps: int, batch_sizes: Sequence[int],
@@ -97,8 +90,8 @@ def _call_times(sd, controlnet, resolution: int, steps: int, batch_sizes: Sequen
     request = InpaintRequest(image=image, mask=mask, hint=torch.rand(1, 3, resolution, resolution),
                              prompt="a hand", negative_prompt="fake 3D rendered image", steps=steps, cfg_scale=5.0)
     sample_inpaint(sd, controlnet, request, [0.5], seed=0)  # warm-up
-    return {b: _median_time(lambda: sample_inpaint(sd, controlnet, request, [0.5 + 0.05 * i for i in range(b)],
-                                                   seed=0), repeats)
+    return {b: median_ms(lambda: sample_inpaint(sd, controlnet, request, [0.5 + 0.05 * i for i in range(b)],
+                                                seed=0), repeats, warmup=0) / 1000.0
             for b in batch_sizes}
 
 
@@ -111,7 +104,7 @@ def _detection_time(repeats: int) -> float:
     rgb = load_image(EXAMPLES / "freihand_sample1.jpg")
     target = detect_hands(rgb)[0].landmarks[:, :2]
     pose_error(rgb, target, "landmarks")  # warm-up: MediaPipe builds its graph on the first call
-    return _median_time(lambda: pose_error(rgb, target, "landmarks"), repeats)
+    return median_ms(lambda: pose_error(rgb, target, "landmarks"), repeats, warmup=0) / 1000.0
 
 
 def _by_stopping_position(calls: Dict[int, float], base: float, detect: float, schedule: Sequence[float],
@@ -174,15 +167,15 @@ def _end_to_end_ratios(sd, controlnet, args, images, repeats, refine_image, perc
         if not any(h.refinable for h in perception.hands):
             print(f"   {path.name}: no refinable hand, skipped")
             continue
-        fixed = _median_time(lambda: refine_image(rgb, sd, controlnet, args, seed=0, perception=perception),
-                             repeats)
+        fixed = median_ms(lambda: refine_image(rgb, sd, controlnet, args, seed=0, perception=perception),
+                          repeats, warmup=0) / 1000.0
         adaptive_args = args.copy(update={"mode": "adaptive"})
         last = {}
 
         def adaptive() -> None:
             last["result"] = refine_image(rgb, sd, controlnet, adaptive_args, seed=0, perception=perception)
 
-        seconds = _median_time(adaptive, repeats)
+        seconds = median_ms(adaptive, repeats, warmup=0) / 1000.0
         tried = last["result"].hands[0].tried
         kept = last["result"].hands[0].strength
         ratios.append(seconds / fixed)

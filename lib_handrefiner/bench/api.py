@@ -15,23 +15,15 @@ import tempfile
 import threading
 import zlib
 from pathlib import Path
-from time import perf_counter
-from typing import Callable, List
+from typing import List
 
 import numpy as np
 from PIL import Image
+from lib_handrefiner.bench._timing import median_ms
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _median_ms(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = perf_counter()
-        run()
-        times.append((perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def _b64(array: np.ndarray, fmt: str) -> str:
@@ -74,9 +66,9 @@ def main(argv: List[str]) -> int:
     post = lambda body: client.post("/handrefiner/refine", json=body)  # noqa: E731 - a one-line helper
 
     rows = [
-        ("rejected: steps out of range", _median_ms(lambda: post({"image": grey, "steps": 0}), ns.repeats)),
-        ("rejected: 30000x30000 PNG header", _median_ms(lambda: post({"image": _bomb()}), ns.repeats)),
-        ("512x512 grey, no hands (200)", _median_ms(lambda: post({"image": grey}), ns.repeats)),
+        ("rejected: steps out of range", median_ms(lambda: post({"image": grey, "steps": 0}), ns.repeats)),
+        ("rejected: 30000x30000 PNG header", median_ms(lambda: post({"image": _bomb()}), ns.repeats)),
+        ("512x512 grey, no hands (200)", median_ms(lambda: post({"image": grey}), ns.repeats)),
     ]
     answers = [post({"image": hand, "steps": 2, "crop_resolution": 64, "seed": 1}).json() for _ in range(3)]
     totals = [a["timings_ms"]["total"] for a in answers]
@@ -87,8 +79,8 @@ def main(argv: List[str]) -> int:
         for fmt in ("JPEG", "PNG"):
             text = _b64(array, fmt)
             rows.append((f"decode {name} {fmt} ({len(text) // 1024} KiB base64)",
-                         _median_ms(lambda: decode_image(text), ns.repeats)))
-        rows.append((f"encode {name} PNG", _median_ms(lambda: encode_png(array), ns.repeats)))
+                         median_ms(lambda: decode_image(text), ns.repeats)))
+        rows.append((f"encode {name} PNG", median_ms(lambda: encode_png(array), ns.repeats)))
 
     print(f"REST API, median ms ({ns.repeats} runs, torch threads 1, tiny models)")
     for label, value in rows:

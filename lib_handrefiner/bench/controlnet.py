@@ -7,24 +7,12 @@ and is reported on its own line.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable, List
+from typing import List
 
 import torch
+from lib_handrefiner.bench._timing import median_ms
 
 
-def _median_ms(fn: Callable[[], object], repeats: int, warmup: int, sync: Callable[[], None]) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times: List[float] = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def build(arch: str, device: torch.device, dtype: torch.dtype):
@@ -74,12 +62,12 @@ def main(argv: List[str]) -> int:
         return unet(x, timesteps=t, context=context)
 
     with torch.no_grad():
-        alone = _median_ms(call, ns.repeats, ns.warmup, sync)
+        alone = median_ms(call, ns.repeats, ns.warmup, sync)
         with inject_control(unet, controlnet, hint, strength=1.0):
-            controlled = _median_ms(call, ns.repeats, ns.warmup, sync)
+            controlled = median_ms(call, ns.repeats, ns.warmup, sync)
         with inject_control(unet, controlnet, hint, strength=0.0):
-            skipped = _median_ms(call, ns.repeats, ns.warmup, sync)
-        encode = _median_ms(lambda: controlnet.encode_hint(hint), ns.repeats, ns.warmup, sync)
+            skipped = median_ms(call, ns.repeats, ns.warmup, sync)
+        encode = median_ms(lambda: controlnet.encode_hint(hint), ns.repeats, ns.warmup, sync)
     threads = f", {ns.threads} thread(s)" if device.type == "cpu" else ""
     print(f"controlnet: {ns.arch} UNet (in {unet.in_channels} ch) + ControlNet, {latent * 8}x{latent * 8} image "
           f"({latent}x{latent} latent), batch {ns.batch}, {device.type} {str(dtype).replace('torch.', '')}{threads}, "

@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
 import tempfile
 from pathlib import Path
-from time import perf_counter
-from typing import Callable, List
+from typing import List
+from lib_handrefiner.bench._timing import median_ms
 
 ROOT = Path(__file__).resolve().parents[2]
 STUB = ROOT / "tests" / "webui_stub"
 
 
-def _median_ms(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = perf_counter()
-        run()
-        times.append((perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def main(argv: List[str]) -> int:
@@ -85,17 +76,17 @@ def main(argv: List[str]) -> int:
         def is_installed(name: str) -> bool:
             return installer.installed_version(name) is not None
 
-    direct = _median_ms(lambda: refine_image(image, sd, controlnet, args, job.prompt, job.negative_prompt,
+    direct = median_ms(lambda: refine_image(image, sd, controlnet, args, job.prompt, job.negative_prompt,
                                              seed=1234), ns.repeats)
     rows = [
-        ("perception (MediaPipe + mesh + depth), 512x512", _median_ms(lambda: refiner.perceive(image, args),
+        ("perception (MediaPipe + mesh + depth), 512x512", median_ms(lambda: refiner.perceive(image, args),
                                                                       ns.repeats)),
         ("refine_image, plain SD model (incl. perception)", direct),
         ("process_image through the WebUI adapter (incl. perception)",
-         _median_ms(lambda: refiner.process_image(job, args), ns.repeats)),
+         median_ms(lambda: refiner.process_image(job, args), ns.repeats)),
         ("script args -> HandRefinerArgs (per image)",
-         _median_ms(lambda: webui.args_from_script_args(values), ns.repeats * 20)),
-        ("install.py check, everything installed", _median_ms(lambda: installer.install(AllInstalled),
+         median_ms(lambda: webui.args_from_script_args(values), ns.repeats * 20)),
+        ("install.py check, everything installed", median_ms(lambda: installer.install(AllInstalled),
                                                               ns.repeats * 20)),
     ]
     width = max(len(name) for name, _ in rows)

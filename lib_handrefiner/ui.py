@@ -209,21 +209,20 @@ def build_editor(service: HandRefinerService, image: Optional[gr.Image] = None,
         return (editor_html(img, boxes.elem_id), boxes_json(found), table_rows(found), perception.mask,
                 perception.depth, hands_summary(perception))
 
-    def on_boxes(img: Any, text: str, *values: Any):
+    def edited_preview(img: Any, edits: Any, parse: Callable, echo: Callable, values: Sequence[Any]):
+        """After an edit of the boxes (as text or as table rows): the other view of the boxes, and the previews."""
         if img is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
         img = to_rgb(img)
-        edited = parse_boxes(text, img.shape[1], img.shape[0])
+        edited = parse(edits, img.shape[1], img.shape[0])
         perception = perceive(img, with_boxes(values, edited))
-        return table_rows(edited), perception.mask, perception.depth, hands_summary(perception)
+        return echo(edited), perception.mask, perception.depth, hands_summary(perception)
+
+    def on_boxes(img: Any, text: str, *values: Any):
+        return edited_preview(img, text, parse_boxes, table_rows, values)
 
     def on_table(img: Any, rows: Any, *values: Any):
-        if img is None:
-            return gr.update(), gr.update(), gr.update(), gr.update()
-        img = to_rgb(img)
-        edited = rows_to_boxes(rows, img.shape[1], img.shape[0])
-        perception = perceive(img, with_boxes(values, edited))
-        return boxes_json(edited), perception.mask, perception.depth, hands_summary(perception)
+        return edited_preview(img, rows, rows_to_boxes, boxes_json, values)
 
     detect.click(on_detect, inputs=[image, *settings], outputs=[view, boxes, table, mask, depth, hands])
     # "input" fires on user edits only (the script fires it after a drag), never on values set from Python: so

@@ -19,6 +19,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
+
 from lib_handrefiner.bench._timing import median_ms
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

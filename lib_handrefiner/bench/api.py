@@ -19,6 +19,7 @@ from typing import List
 
 import numpy as np
 from PIL import Image
+
 from lib_handrefiner.bench._timing import median_ms
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

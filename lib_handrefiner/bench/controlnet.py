@@ -10,6 +10,7 @@ import argparse
 from typing import List
 
 import torch
+
 from lib_handrefiner.bench._timing import median_ms
 
 

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import List
+
 from lib_handrefiner.bench._timing import median_ms
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -40,6 +40,10 @@ def load_image(path: Union[str, os.PathLike]) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()  # decodes now, so a truncated file fails here and not later in the pipeline
+    except Image.DecompressionBombError as e:
+        # Pillow's guard against decompression bombs; no pixels were decoded yet.
+        raise ImageError(f"{path}: the image is too large to decode safely ({e}); downscale it, e.g. to at most "
+                         "4096×4096 pixels") from e
     except UnidentifiedImageError as e:
         raise ImageError(f"{path}: not an image Pillow can read; pass a PNG, JPEG, WebP or another image file") from e
     except (OSError, SyntaxError, ValueError) as e:

@@ -146,3 +146,12 @@ def test_truncated_file(tmp_path, monkeypatch, fmt):
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(ImageError, match=r"cut\.\w+.*(damaged|truncated)"):
         load_image(path)
+
+
+def test_image_over_pillows_pixel_limit_is_an_image_error(tmp_path, monkeypatch):
+    # Pillow refuses images over twice MAX_IMAGE_PIXELS (a decompression-bomb guard) with its own exception type.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    with pytest.raises(ImageError, match=r"huge\.png.*too large.*4096.*downscale"):
+        load_image(path)

@@ -98,6 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace) -> int:
     from lib_handrefiner.inception import InceptionWeightsError
 
+    out = Path(ns.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create the output folder {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     try:
         extractor = _load_extractor(ns.inception) if ns.inception else None
         evaluation = evaluate(
@@ -108,8 +114,6 @@ def run(ns: argparse.Namespace) -> int:
     except (EvaluationError, InceptionWeightsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out = Path(ns.out)
-    out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(evaluation)
     (out / "evaluation.md").write_text(table)
     (out / "evaluation.json").write_text(json.dumps(to_json(evaluation), indent=2))

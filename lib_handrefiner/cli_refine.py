@@ -107,6 +107,12 @@ def run(ns: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    out_dir = Path(ns.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create the output folder {out_dir}: {e.strerror or e}", file=sys.stderr)
+        return 2
     device, dtype = _device()
     try:
         sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
@@ -115,8 +121,6 @@ def run(ns: argparse.Namespace) -> int:
     except (CheckpointError, ControlNetLoadError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out_dir = Path(ns.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     for name in ns.images:
         path = Path(name)

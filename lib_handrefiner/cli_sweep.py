@@ -74,6 +74,16 @@ def run(ns: argparse.Namespace) -> int:
     from lib_handrefiner.pipeline import choose_seed
     from lib_handrefiner.sd_model import CheckpointError, load_sd_checkpoint
 
+    for option, value, least in (("--tile", ns.tile, 1), ("--columns", ns.columns, 1), ("--hand", ns.hand, 0)):
+        if value < least:
+            print(f"error: {option} must be at least {least}, got {value}", file=sys.stderr)
+            return 2
+    out = Path(ns.out) if ns.out else Path(f"{Path(ns.image).stem}.sweep.png")
+    try:  # before the sampling, so a bad --out does not throw the sweep away
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create the folder of --out {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     try:
         strengths = parse_strengths(ns.strengths)
         args = HandRefinerArgs(enabled=True, steps=ns.steps, cfg_scale=ns.cfg, crop_resolution=ns.crop_resolution)
@@ -91,8 +101,6 @@ def run(ns: argparse.Namespace) -> int:
     except LookupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    out = Path(ns.out) if ns.out else Path(f"{Path(ns.image).stem}.sweep.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     Image.fromarray(grid_image(tiles, ns.tile, ns.columns)).save(out)

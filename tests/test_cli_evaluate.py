@@ -160,3 +160,11 @@ def test_missing_inception_weights_and_folders_are_clear_errors(before_dir, copi
     code = main(["evaluate", "--before", str(tmp_path / "nope"), "--after", str(copies_dir), "--out", str(tmp_path)])
     assert code == 2 and "is not a folder of images" in capsys.readouterr().err
     assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_evaluating(before_dir, copies_dir, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the output folder should go")
+    code = main(["evaluate", "--before", str(before_dir), "--after", str(copies_dir), "--out", str(taken)])
+    err = capsys.readouterr().err
+    assert code == 2 and "output folder" in err and "taken" in err

@@ -59,3 +59,11 @@ def test_refine_reports_bad_inputs(tiny_models, tmp_path, capsys):
     assert code == 2 and "no_such_option" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["refine", "x.png", *_models(tiny_models), "--strength", "0.5", "--adaptive"])
+
+
+def test_an_output_folder_that_is_a_file_is_a_one_line_error(tiny_models, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the output folder should go")
+    code = main(["refine", str(EXAMPLES / "freihand_sample1.jpg"), *_models(tiny_models), "--out", str(taken)])
+    err = capsys.readouterr().err
+    assert code == 2 and "output folder" in err and "taken" in err and "Traceback" not in err

@@ -78,3 +78,16 @@ def test_parse_strengths():
     assert parse_strengths("0.1, 0.5,1") == [0.1, 0.5, 1.0]
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
         parse_strengths("3")
+
+
+def test_bad_grid_options_and_output_are_refused_before_any_sampling(tiny_models, tmp_path, capsys):
+    image = str(EXAMPLES / "freihand_sample1.jpg")
+    for option in (["--tile", "0"], ["--columns", "0"], ["--hand", "-1"]):
+        assert main(["sweep", image, *option, "--out", str(tmp_path / "g.png"), *FAST, *_models(tiny_models)]) == 2
+        assert option[0] in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the output folder should go")
+    assert main(["sweep", image, "--out", str(taken / "g.png"), *FAST, *_models(tiny_models)]) == 2
+    err = capsys.readouterr().err
+    assert "taken" in err and "cannot" in err
+    assert not list(tmp_path.glob("*.png"))

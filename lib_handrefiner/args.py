@@ -160,7 +160,21 @@ def parse_setting(text: str) -> tuple[str, Any]:
     name = name.strip().replace("-", "_")
     if not sep or name not in HandRefinerArgs.__fields__:
         raise ValueError(f"{text!r} is not NAME=VALUE with NAME one of: {', '.join(HandRefinerArgs.field_names())}")
-    return name, _parse_value(HandRefinerArgs.__fields__[name], raw)
+    field = HandRefinerArgs.__fields__[name]
+    if field.type_ is bool:
+        # Strict here, unlike infotext parsing: a typo on the command line must not silently mean False.
+        word = raw.strip().lower()
+        if word not in _TRUE_WORDS + _FALSE_WORDS:
+            raise ValueError(f"{name}: {raw!r} is not true or false")
+        return name, word in _TRUE_WORDS
+    try:
+        return name, _parse_value(field, raw)
+    except ValueError as e:
+        raise ValueError(f"{name}: cannot read {raw!r} ({e})") from None
+
+
+_TRUE_WORDS = ("true", "1", "yes", "on")
+_FALSE_WORDS = ("false", "0", "no", "off")
 
 
 def _format_value(value: Any) -> Any:

@@ -12,6 +12,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from lib_handrefiner.args import HandRefinerArgs, parse_setting
 
 DEFAULTS = HandRefinerArgs()
@@ -50,6 +52,13 @@ def settings(ns: argparse.Namespace) -> HandRefinerArgs:
     return HandRefinerArgs(**{**dict(strength=ns.strength, mode="adaptive" if ns.adaptive else "fixed",
                                      steps=ns.steps, cfg_scale=ns.cfg, seed=ns.seed, save_depth=ns.save_depth,
                                      save_mask=ns.save_mask), **overrides, "enabled": True})
+
+
+def settings_error(error: Exception) -> str:
+    """One line naming each bad setting (pydantic's own text spans several lines per field)."""
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return str(error)
 
 
 def parameters_text(prompt: str, negative: str, infotext: str) -> str:
@@ -105,7 +114,7 @@ def run(ns: argparse.Namespace) -> int:
     try:
         args = settings(ns)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {settings_error(e)}", file=sys.stderr)
         return 2
     out_dir = Path(ns.out)
     try:

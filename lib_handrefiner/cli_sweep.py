@@ -68,7 +68,7 @@ def parse_strengths(text: str) -> List[float]:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from lib_handrefiner.cli_refine import _device
+    from lib_handrefiner.cli_refine import _device, settings_error
     from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.pipeline import choose_seed
@@ -92,7 +92,7 @@ def run(ns: argparse.Namespace) -> int:
         sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
         controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype)
     except (ValueError, ImageError, CheckpointError, ControlNetLoadError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {settings_error(error)}", file=sys.stderr)
         return 2
     seed = choose_seed(ns.seed, args)
     try:

@@ -67,3 +67,23 @@ def test_an_output_folder_that_is_a_file_is_a_one_line_error(tiny_models, tmp_pa
     code = main(["refine", str(EXAMPLES / "freihand_sample1.jpg"), *_models(tiny_models), "--out", str(taken)])
     err = capsys.readouterr().err
     assert code == 2 and "output folder" in err and "taken" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("crop=maybe", ["crop", "true or false"]),              # was silently read as False
+    ("adaptive_strengths=0.4;x", ["adaptive_strengths", "'x'"]),  # was "could not convert string to float"
+    ("boxes=1 2 x 4", ["boxes", "'x'"]),
+    ("steps=0", ["steps", "greater than or equal to 1"]),
+])
+def test_bad_set_values_are_one_line_errors_naming_the_setting(tiny_models, setting, words, capsys):
+    code = main(["refine", "x.png", *_models(tiny_models), "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert all(word in err for word in words), err
+
+
+def test_set_accepts_the_usual_spellings_of_booleans():
+    from lib_handrefiner.args import parse_setting
+
+    assert [parse_setting(f"crop={v}")[1] for v in ("true", "False", "1", "0", "yes", "NO", "on", "off")] == \
+        [True, False, True, False, True, False, True, False]

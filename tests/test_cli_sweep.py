@@ -91,3 +91,10 @@ def test_bad_grid_options_and_output_are_refused_before_any_sampling(tiny_models
     err = capsys.readouterr().err
     assert "taken" in err and "cannot" in err
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_an_out_of_range_setting_is_one_line_naming_it(tiny_models, tmp_path, capsys):
+    code = main(["sweep", str(EXAMPLES / "freihand_sample1.jpg"), "--steps", "0", "--out", str(tmp_path / "g.png"),
+                 *_models(tiny_models)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: steps: ")

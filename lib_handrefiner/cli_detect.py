@@ -97,11 +97,25 @@ def _save_png(path: Path, array) -> None:
     Image.fromarray(array).save(path)
 
 
+def box_outside(path: Path, boxes, width: int, height: int) -> str | None:
+    """The error for a user box that misses the image entirely (perception would drop it silently and report no
+    hand); boxes partly outside are clipped to the image."""
+    for box in boxes:
+        x0, y0, x1, y1 = box
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            return (f"{path}: box {[float(v) for v in box]} lies outside the {width}x{height} image; "
+                    "give boxes in this image's pixels")
+    return None
+
+
 def _detect_one(path: Path, out_dir: Path, args: HandRefinerArgs, mesh_model) -> str:
-    from lib_handrefiner.imageio import load_image
+    from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.perception import overlay_image, perceive
 
     rgb = load_image(path)
+    outside = box_outside(path, args.boxes, rgb.shape[1], rgb.shape[0])
+    if outside:
+        raise ImageError(outside)
     result = perceive(rgb, args, mesh_model=mesh_model)
     stem = out_dir / path.stem
     Path(f"{stem}.hands.json").write_text(_compact_json({"image": str(path), **hands_json(result)}))

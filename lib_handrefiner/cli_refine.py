@@ -106,6 +106,7 @@ def _device():
 def run(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from lib_handrefiner.cli_detect import box_outside
     from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.pipeline import refine_image
@@ -137,6 +138,11 @@ def run(ns: argparse.Namespace) -> int:
             rgb = load_image(path)
         except ImageError as e:
             print(f"error: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        outside = box_outside(path, args.boxes, rgb.shape[1], rgb.shape[0])
+        if outside:
+            print(f"error: {outside}", file=sys.stderr)
             failures += 1
             continue
         with tqdm(desc=path.name, unit="step", leave=False) as bar:

@@ -96,3 +96,17 @@ def test_bad_options_exit_2(tmp_path, capsys):
     assert main(["detect", str(EXAMPLES / "malformed_1.jpg"), "--out", str(tmp_path), "--box", "5,5,1,1"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) <= 2 and "x1 > x0" in err[-1]
+
+
+def test_a_box_outside_an_image_fails_that_image_naming_the_box(tmp_path, capsys):
+    # Was silently dropped: the user was told "no hands found" for the box they gave.
+    small = tmp_path / "small.png"
+    Image.new("RGB", (100, 80), (127, 127, 127)).save(small)
+    out = tmp_path / "out"
+    code = main(["detect", str(small), str(EXAMPLES / "malformed_1.jpg"), "--out", str(out),
+                 "--box", "300,300,360,360"])
+    err = capsys.readouterr().err
+    assert code == 1 and "small.png" in err and "[300.0, 300.0, 360.0, 360.0]" in err and "100x80" in err
+    assert not (out / "small.hands.json").exists()
+    (hand,) = json.loads((out / "malformed_1.hands.json").read_text())["hands"]  # inside this one: still done
+    assert hand["from_user_box"]

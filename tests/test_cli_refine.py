@@ -87,3 +87,13 @@ def test_set_accepts_the_usual_spellings_of_booleans():
 
     assert [parse_setting(f"crop={v}")[1] for v in ("true", "False", "1", "0", "yes", "NO", "on", "off")] == \
         [True, False, True, False, True, False, True, False]
+
+
+def test_a_box_outside_the_image_fails_that_image_naming_the_box(tiny_models, tmp_path, capsys):
+    small = tmp_path / "small.png"
+    Image.new("RGB", (100, 80), (127, 127, 127)).save(small)
+    code = main(["refine", str(small), *_models(tiny_models), "--steps", "1", "--out", str(tmp_path / "out"),
+                 "--set", "boxes=300 300 360 360"])
+    err = capsys.readouterr().err
+    assert code == 1 and "small.png" in err and "[300.0, 300.0, 360.0, 360.0]" in err and "100x80" in err
+    assert not (tmp_path / "out" / "small.refined.png").exists()

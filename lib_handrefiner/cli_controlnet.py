@@ -48,11 +48,17 @@ def run_init(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     if out.suffix.lower() != ".safetensors":
         raise ValueError(f"--out {out}: ControlNets are written as .safetensors; name it {out.stem}.safetensors")
+    if out.exists() and out.resolve() == Path(ns.source).resolve():
+        raise ValueError(f"--out {out} is the --from checkpoint itself; even with --force it is not replaced by the "
+                         "ControlNet: choose another name")
     if out.exists() and not ns.force:
         raise ValueError(f"--out {out} exists; pass --force to overwrite it or choose another name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create its folder ({e.strerror or e})") from e
     unet = read_unet_state(ns.source)
     controlnet = controlnet_from_unet(unet, random_zero_convs=ns.random_zero_convs, seed=ns.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_controlnet(controlnet, out, fp16=ns.fp16)
     print(f"wrote {out}: {describe_config(controlnet.config)}, "
           f"{sum(p.numel() for p in controlnet.parameters()):,} parameters, "

@@ -108,3 +108,15 @@ def test_init_refuses_bad_arguments(tmp_path, capsys, sd_checkpoint):
     assert rc == 1 and "cn.safetensors" in err
     rc, _, err = run_cli(capsys, "init", "--from", str(out), "--out", str(tmp_path / "again.safetensors"))
     assert rc == 1 and "already a ControlNet" in err
+
+
+def test_init_never_overwrites_its_source_and_reports_an_unusable_out(tmp_path, capsys, sd_checkpoint):
+    source = tmp_path / "model.safetensors"
+    source.write_bytes(sd_checkpoint.read_bytes())
+    rc, _, err = run_cli(capsys, "init", "--from", str(source), "--out", str(source), "--force")
+    assert rc == 1 and "--from" in err and "itself" in err
+    assert source.read_bytes() == sd_checkpoint.read_bytes()  # the checkpoint is still there
+    taken = tmp_path / "taken"
+    taken.write_text("a file where a folder should go")
+    rc, _, err = run_cli(capsys, "init", "--from", str(source), "--out", str(taken / "cn.safetensors"))
+    assert rc == 1 and "taken" in err and "cannot" in err

@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from pydantic import ValidationError
 
@@ -108,6 +108,31 @@ def box_outside(path: Path, boxes, width: int, height: int) -> str | None:
     return None
 
 
+class OutputGuard:
+    """Keeps a run's outputs from overwriting one of its input images or an earlier image's outputs (two inputs
+    with the same stem)."""
+
+    def __init__(self, inputs: Sequence[Path]) -> None:
+        self.inputs = {p.resolve() for p in inputs if p.is_file()}
+        self.claimed: Dict[Path, Path] = {}
+
+    def clash(self, image: Path, outputs: Sequence[Path]) -> str | None:
+        """The error for `image`, or None after claiming its outputs."""
+        for output in outputs:
+            key = output.resolve()
+            if key in self.inputs:
+                return f"{image}: its output would overwrite the input image {output}; pass another --out"
+            if key in self.claimed:
+                return (f"{image}: same output names as {self.claimed[key]} ({output}); rename one of them or run "
+                        "them with different --out folders")
+        self.claimed.update((output.resolve(), image) for output in outputs)
+        return None
+
+
+def output_paths(image: Path, out_dir: Path) -> List[Path]:
+    return [out_dir / f"{image.stem}.{kind}" for kind in ("hands.json", "depth.png", "mask.png", "overlay.png")]
+
+
 def _detect_one(path: Path, out_dir: Path, args: HandRefinerArgs, mesh_model) -> str:
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.perception import overlay_image, perceive
@@ -152,9 +177,15 @@ def run(ns: argparse.Namespace) -> int:
         print(f"error: cannot create the output folder {out_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
     paths: List[Path] = [Path(p) for p in ns.images]
+    guard = OutputGuard(paths)
     failures = 0
     with tqdm(paths, unit="image", disable=len(paths) < 2, file=sys.stderr) as bar:
         for path in bar:
+            clash = guard.clash(path, output_paths(path, out_dir))
+            if clash:
+                tqdm.write(f"error: {clash}", file=sys.stderr)
+                failures += 1
+                continue
             try:
                 tqdm.write(_detect_one(path, out_dir, args, mesh_model), file=sys.stdout)
             except ImageError as e:

@@ -95,6 +95,11 @@ def report(image_path: Path, output: Path, result, args: HandRefinerArgs) -> dic
     }
 
 
+def output_paths(image: Path, out_dir: Path, ns: argparse.Namespace) -> list:
+    kinds = ["refined.png", "refine.json"] + ["depth.png"] * ns.save_depth + ["mask.png"] * ns.save_mask
+    return [out_dir / f"{image.stem}.{kind}" for kind in kinds]
+
+
 def _device():
     import torch
 
@@ -106,7 +111,7 @@ def _device():
 def run(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lib_handrefiner.cli_detect import box_outside
+    from lib_handrefiner.cli_detect import OutputGuard, box_outside
     from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.pipeline import refine_image
@@ -132,8 +137,14 @@ def run(ns: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failures = 0
+    guard = OutputGuard([Path(name) for name in ns.images])
     for name in ns.images:
         path = Path(name)
+        clash = guard.clash(path, output_paths(path, out_dir, ns))
+        if clash:
+            print(f"error: {clash}", file=sys.stderr)
+            failures += 1
+            continue
         try:
             rgb = load_image(path)
         except ImageError as e:

@@ -79,6 +79,9 @@ def run(ns: argparse.Namespace) -> int:
             print(f"error: {option} must be at least {least}, got {value}", file=sys.stderr)
             return 2
     out = Path(ns.out) if ns.out else Path(f"{Path(ns.image).stem}.sweep.png")
+    if Path(ns.image).resolve() in (out.resolve(), out.with_suffix(".json").resolve()):
+        print(f"error: --out {out} would overwrite the input image; choose another name", file=sys.stderr)
+        return 2
     try:  # before the sampling, so a bad --out does not throw the sweep away
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -110,3 +110,19 @@ def test_a_box_outside_an_image_fails_that_image_naming_the_box(tmp_path, capsys
     assert not (out / "small.hands.json").exists()
     (hand,) = json.loads((out / "malformed_1.hands.json").read_text())["hands"]  # inside this one: still done
     assert hand["from_user_box"]
+
+
+def test_outputs_never_overwrite_an_input_image_or_another_images_outputs(tmp_path, capsys):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "malformed_1.jpg", folder / "hand.jpg")
+    shutil.copy(EXAMPLES / "malformed_2.jpg", folder / "hand.mask.png")  # the user's own image, named like an output
+    shutil.copy(EXAMPLES / "malformed_3.jpg", folder / "hand.png")        # same stem as hand.jpg
+    before = (folder / "hand.mask.png").read_bytes()
+    code = main(["detect", str(folder / "hand.jpg"), str(folder / "hand.mask.png"), str(folder / "hand.png"),
+                 "--out", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 1 and (folder / "hand.mask.png").read_bytes() == before
+    assert "hand.jpg" in err and "would overwrite the input image" in err
+    assert "hand.png:" in err  # its outputs would replace hand.jpg's (or the input hand.mask.png)
+    assert (folder / "hand.mask.hands.json").exists()  # the other image still ran

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -97,3 +98,14 @@ def test_a_box_outside_the_image_fails_that_image_naming_the_box(tiny_models, tm
     err = capsys.readouterr().err
     assert code == 1 and "small.png" in err and "[300.0, 300.0, 360.0, 360.0]" in err and "100x80" in err
     assert not (tmp_path / "out" / "small.refined.png").exists()
+
+
+def test_outputs_never_overwrite_an_input_image(tiny_models, tmp_path, capsys):
+    shutil.copy(EXAMPLES / "freihand_sample1.jpg", tmp_path / "hand.jpg")
+    shutil.copy(EXAMPLES / "freihand_sample2.jpg", tmp_path / "hand.refined.png")  # the user's, named like an output
+    before = (tmp_path / "hand.refined.png").read_bytes()
+    code = main(["refine", str(tmp_path / "hand.jpg"), str(tmp_path / "hand.refined.png"), *_models(tiny_models),
+                 "--steps", "1", "--set", "crop_resolution=64", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "would overwrite the input image" in err
+    assert (tmp_path / "hand.refined.png").read_bytes() == before and (tmp_path / "hand.refined.refined.png").exists()

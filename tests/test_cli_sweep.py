@@ -98,3 +98,11 @@ def test_an_out_of_range_setting_is_one_line_naming_it(tiny_models, tmp_path, ca
                  *_models(tiny_models)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: steps: ")
+
+
+def test_out_equal_to_the_image_is_refused(tiny_models, tmp_path, capsys):
+    image = tmp_path / "hand.png"
+    Image.open(EXAMPLES / "freihand_sample1.jpg").save(image)
+    before = image.read_bytes()
+    assert main(["sweep", str(image), "--out", str(image), *FAST, *_models(tiny_models)]) == 2
+    assert "overwrite" in capsys.readouterr().err and image.read_bytes() == before

@@ -74,9 +74,9 @@ def ddim_inpaint(denoise: DenoiseFn, x_T: torch.Tensor, known_latent: torch.Tens
                  schedule: DDIMSchedule, generator: torch.Generator, eta: float = 0.0,
                  callback: Optional[Callable[[int, int], None]] = None,
                  should_stop: Optional[Callable[[], bool]] = None) -> torch.Tensor:
-    """DDIM from x_T over `schedule`; after every step but the last, the known region is replaced by the
-    original latent noised to the level just reached (eq. 1) and blended in (eq. 2). The last step is left
-    unmasked so that the hand and its surroundings harmonise.
+    """DDIM from x_T over `schedule`; before every step, the first included, the known region is replaced by the
+    original latent noised to that step's level (eq. 1) and blended in (eq. 2), as the official sampler
+    (ddim_hacked) does. The last step's output is left unmasked so that the hand and its surroundings harmonise.
 
     Noise comes from `generator` (on the CPU, so results match across devices) in the shape of `known_latent`,
     so every sample of a batch sees the same noise."""
@@ -86,12 +86,11 @@ def ddim_inpaint(denoise: DenoiseFn, x_T: torch.Tensor, known_latent: torch.Tens
             raise SamplingInterrupted
         t = schedule.timesteps[i].to(x.device).expand(x.shape[0])
         alpha, alpha_next = float(schedule.alphas[i]), float(schedule.alphas_next[i])
+        known = noise_to_level(known_latent, _randn_like(known_latent, generator), alpha)
+        x = blend_known(x, known, mask)
         eps = denoise(x, t)
         step_noise = _randn_like(known_latent, generator) if eta > 0 else None
         x, _ = ddim_step(x, eps, alpha, alpha_next, eta, step_noise)
-        if i < len(schedule) - 1:
-            known = noise_to_level(known_latent, _randn_like(known_latent, generator), alpha_next)
-            x = blend_known(x, known, mask)
         if callback is not None:
             callback(i + 1, len(schedule))
     return x
@@ -105,16 +104,18 @@ def cfg_denoiser(sd: SDModel, cond: torch.Tensor, uncond: torch.Tensor, cfg_scal
                  c_concat: Optional[torch.Tensor] = None) -> DenoiseFn:
     """Paper eq. 3: ε = ε(x, ∅') + w (ε(x, c) − ε(x, ∅')), where ∅' is the negative prompt with the extra
     "fake 3D rendered image". Both branches run as one batch [uncond × B, cond × B]; the ControlNet hooks see
-    that batch, so control applies to both."""
+    that batch, so control applies to both. The UNet gets x in the model's dtype; ε comes back in x's dtype."""
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
+        x_in = x.to(sd.dtype)
         concat = None if c_concat is None else c_concat.expand(b, -1, -1, -1)
         if cfg_scale == 1.0:
-            return sd.apply_unet(x, t, cond.expand(b, -1, -1), concat)
+            return sd.apply_unet(x_in, t, cond.expand(b, -1, -1), concat).to(x.dtype)
         context = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)])
         concat = None if concat is None else torch.cat([concat, concat])
-        eps_uncond, eps_cond = sd.apply_unet(torch.cat([x, x]), torch.cat([t, t]), context, concat).chunk(2)
+        eps = sd.apply_unet(torch.cat([x_in, x_in]), torch.cat([t, t]), context, concat).to(x.dtype)
+        eps_uncond, eps_cond = eps.chunk(2)
         return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
 
     return denoise
@@ -162,11 +163,13 @@ def sample_inpaint(sd: SDModel, controlnet, request: InpaintRequest, strengths: 
     device, dtype = sd.device, sd.dtype
     image = request.image.to(device, dtype)
     mask = (request.mask > 0.5).to(device, dtype)
-    known = sd.encode_image(image)
-    m = latent_mask(mask)
+    # The latent carried from step to step stays float32 whatever the model's precision, as in ldm's and the
+    # WebUI's samplers: rounded to float16 at every step it drifts (and ᾱ ≈ 0.005 at the first step divides it).
+    known = sd.encode_image(image).float()
+    m = latent_mask(mask.float())
     c_concat = None
     if sd.in_channels == 9:  # inpainting UNet: it also sees where the hole is and what surrounds it
-        c_concat = torch.cat([m, sd.encode_image(image * (1.0 - mask))], dim=1)
+        c_concat = torch.cat([m.to(dtype), sd.encode_image(image * (1.0 - mask)).to(dtype)], dim=1)
     cond = sd.encode_text([request.prompt])
     uncond = sd.encode_text([request.negative_prompt])
     schedule = ddim_schedule(sd.alphas_cumprod, request.steps, request.denoising_strength)

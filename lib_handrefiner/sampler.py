@@ -122,7 +122,9 @@ def cfg_denoiser(sd: SDModel, cond: torch.Tensor, uncond: torch.Tensor, cfg_scal
 
 
 def with_extra_negative(negative: str, extra: str) -> str:
-    return ", ".join(p for p in (negative.strip(), extra.strip()) if p)
+    """The extra negative first, as in the official negative prompt: a long user negative would otherwise push
+    it past CLIP's 77 tokens, where the standalone text encoder truncates."""
+    return ", ".join(p for p in (extra.strip(), negative.strip()) if p)
 
 
 def size_multiple(unet: torch.nn.Module) -> int:

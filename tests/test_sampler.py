@@ -159,8 +159,19 @@ def test_latent_mask_keeps_any_hand_pixel():
 
 
 def test_extra_negative_joins_user_negative():
-    assert with_extra_negative("blurry", "fake 3D rendered image") == "blurry, fake 3D rendered image"
+    assert with_extra_negative("blurry", "fake 3D rendered image") == "fake 3D rendered image, blurry"
     assert with_extra_negative("  ", "fake 3D rendered image") == "fake 3D rendered image"
+
+
+def test_extra_negative_survives_the_77_token_truncation(tiny_sd):
+    """A long user negative must not push the paper's extra negative out of CLIP's 77 tokens (the standalone
+    text encoder truncates; the official negative prompt also starts with it)."""
+    long_negative = ", ".join(["lowres", "bad anatomy", "bad hands", "missing fingers", "extra digit"] * 12)
+    tokens = tiny_sd.tokenizer([with_extra_negative(long_negative, "fake 3D rendered image")], truncation=True,
+                               max_length=77, padding="max_length").input_ids[0]
+    extra = tiny_sd.tokenizer("fake 3D rendered image", add_special_tokens=False).input_ids
+    assert len(tiny_sd.tokenizer(long_negative).input_ids) > 77
+    assert tokens[1:1 + len(extra)] == extra
 
 
 def _request(size=64, steps=3, **kw):

@@ -33,7 +33,7 @@ class HandRefinerArgs(BaseModel):
     negative_prompt: str = Field("", title="HandRefiner negative prompt",
                                  description="Negative prompt for the hands; empty uses the job's negative prompt.")
     extra_negative: str = Field(EXTRA_NEGATIVE_DEFAULT, title="HandRefiner extra negative",
-                                description="Appended to the negative prompt (paper eq. 3).")
+                                description="Put before the negative prompt (paper eq. 3).")
     mesh_model: Literal["landmarks", "graphormer"] = Field("landmarks", title="HandRefiner mesh",
                                                            description="Hand mesh reconstruction model.")
     controlnet: str = Field("control_sd15_inpaint_depth_hand_fp16", title="HandRefiner ControlNet",

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, ValidationError, validator
 
 from . import __version__
 from .args import HandRefinerArgs
+from .detection import DetectorUnavailable
 from .models_registry import ModelListing, ModelNameError, resolve_name
 from .service import HandRefinerService, ModelLoadError
 
@@ -388,7 +389,7 @@ def create_router(service: HandRefinerService, lock: Optional[Any] = None,
             raise e.http() from e
         except ModelNameError as e:
             raise InputError(["controlnet"], str(e)).http() from e
-        except ModelLoadError as e:
+        except (ModelLoadError, DetectorUnavailable) as e:  # the server's set-up, not the request
             raise HTTPException(503, detail=str(e)) from e
 
     return router

@@ -12,6 +12,7 @@ Conventions (see dev/ARCHITECTURE.md "Coordinates"):
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import threading
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ NUM_LANDMARKS = 21
 _RETRY_MIN_SIDE = 512
 # Border added around the image for the retry: the palm detector misses hands cut by the image edge.
 _RETRY_PAD_RATIO = 0.25
+
+
+class DetectorUnavailable(RuntimeError):
+    """MediaPipe is installed but cannot build its hand graph; the message says why and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -110,17 +115,56 @@ def _graph(max_hands: int, detection_confidence: float, presence_confidence: flo
 
     key = (int(max_hands), float(detection_confidence), float(presence_confidence))
     if key not in _GRAPHS:
-        # The solutions.hands graph, but also emitting palm_detections for the detector's score.
-        _GRAPHS[key] = SolutionBase(
-            binary_graph_path=mp_hands._BINARYPB_FILE_PATH,
-            side_inputs={"model_complexity": 1, "num_hands": key[0], "use_prev_landmarks": False},
-            calculator_params={
-                "palmdetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": key[1],
-                # The hand-presence threshold of the landmark model (named "tracking" in the legacy API).
-                "handlandmarkcpu__ThresholdingCalculator.threshold": key[2],
-            },
-            outputs=["multi_hand_landmarks", "multi_hand_world_landmarks", "multi_handedness", "palm_detections"])
+        try:
+            _GRAPHS[key] = _build_graph(SolutionBase, mp_hands, key)
+        except RuntimeError as e:
+            raise graph_error(e) from e
     return _GRAPHS[key]
+
+
+def _build_graph(solution_base, mp_hands, key: Tuple[int, float, float]):
+    # The solutions.hands graph, but also emitting palm_detections for the detector's score.
+    return solution_base(
+        binary_graph_path=mp_hands._BINARYPB_FILE_PATH,
+        side_inputs={"model_complexity": 1, "num_hands": key[0], "use_prev_landmarks": False},
+        calculator_params={
+            "palmdetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": key[1],
+            # The hand-presence threshold of the landmark model (named "tracking" in the legacy API).
+            "handlandmarkcpu__ThresholdingCalculator.threshold": key[2],
+        },
+        outputs=["multi_hand_landmarks", "multi_hand_world_landmarks", "multi_handedness", "palm_detections"])
+
+
+def graph_error(error: RuntimeError) -> Exception:
+    """MediaPipe's "ValidatedGraphConfig Initialization failed" as a DetectorUnavailable that says what to do.
+    It means the graph's calculator options did not parse: a mediapipe built for another protobuf than the one
+    installed (the WebUI pins protobuf 3.20.0 and puts it back on every start; mediapipe 0.10.13+ need 4.25.3+).
+    Any other error is returned as it is."""
+    text = str(error)
+    if "ValidatedGraphConfig" not in text:
+        return error
+    mediapipe, protobuf = _version("mediapipe"), _version("protobuf")
+    declared = next((r for r in _requires("mediapipe") if r.replace(" ", "").lower().startswith("protobuf")), None)
+    needs = f" (it declares {declared})" if declared else ""
+    return DetectorUnavailable(
+        f"MediaPipe {mediapipe} cannot run with protobuf {protobuf}{needs}: its hand graph failed to initialise "
+        f"({text.splitlines()[0].strip()}). Fix: restart the WebUI, whose HandRefiner install step then replaces "
+        f"mediapipe by one that fits protobuf {protobuf} (0.10.11 for protobuf 3.x); or, in the Python that runs it, "
+        f"run: pip install \"mediapipe>=0.10.9,<=0.10.21\" \"protobuf=={protobuf}\"")
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def _requires(distribution: str) -> List[str]:
+    try:
+        return importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
 
 
 def _run(rgb: np.ndarray, max_hands: int, detection_confidence: float, presence_confidence: float) -> List[Hand]:

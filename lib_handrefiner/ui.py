@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from .args import HandRefinerArgs
+from .detection import DetectorUnavailable
 from .imageio import to_rgb
 from .service import HandRefinerService
 
@@ -192,7 +193,10 @@ def build_editor(service: HandRefinerService, image: Optional[gr.Image] = None,
 
     def perceive(img: np.ndarray, args: HandRefinerArgs) -> Any:
         with lock:
-            return service.perceive(img, args)
+            try:
+                return service.perceive(img, args)
+            except DetectorUnavailable as e:
+                raise gr.Error(str(e)) from e
 
     def with_boxes(values: Sequence[Any], edited: Sequence[Box]) -> HandRefinerArgs:
         try:

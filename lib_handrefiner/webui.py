@@ -23,6 +23,7 @@ import torch
 from pydantic import ValidationError
 
 from .args import HandRefinerArgs
+from .detection import DetectorUnavailable
 from .models_registry import ModelListing, ModelNameError, build_listing, resolve_name
 
 log = logging.getLogger("handrefiner")
@@ -562,7 +563,7 @@ class WebUIRefiner:
             return outcome
         except Exception as e:  # the user's image must survive anything HandRefiner does
             message = failure_message(e)
-            if isinstance(e, (HandRefinerFailure, ModelNameError, FileNotFoundError)):
+            if isinstance(e, (HandRefinerFailure, ModelNameError, FileNotFoundError, DetectorUnavailable)):
                 log.warning("HandRefiner: %s", message)
             else:
                 log.exception("HandRefiner: %s", message)

@@ -334,3 +334,12 @@ def test_requests_wait_for_the_lock(service):
     lock.release()
     worker.join(timeout=60)
     assert results == [200]
+
+
+def test_refine_when_mediapipe_cannot_run_answers_503_with_the_reason(client, monkeypatch):
+    from test_detection import GRAPH_INIT_FAILURE, failing_graph
+
+    failing_graph(monkeypatch, GRAPH_INIT_FAILURE)
+    response = client.post("/handrefiner/refine", json={"image": b64_file(MALFORMED), "detection_confidence": 0.33})
+    assert response.status_code == 503
+    assert "cannot run with protobuf" in response.json()["detail"]

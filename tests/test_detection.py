@@ -109,3 +109,47 @@ def test_non_square_image_keeps_pixel_coordinates(detections):
         assert np.abs(found.landmarks[:, :2] - hand.landmarks[:, :2]).max() < 0.1 * hand.size
         # z is scaled by the width, like x: its spread stays about the same in pixels.
         assert np.ptp(found.landmarks[:, 2]) == pytest.approx(np.ptp(hand.landmarks[:, 2]), rel=0.35)
+
+
+# What mediapipe 0.10.21 raises with the WebUI's protobuf 3.20.0 (abridged from a real WebUI 1.10.1 log).
+GRAPH_INIT_FAILURE = (
+    "ValidatedGraphConfig Initialization failed.\nImageToTensorCalculator: ; RET_CHECK failure "
+    "(mediapipe/calculators/tensor/image_to_tensor_calculator.cc:155) ValidateOptionOutputDims(options) returned "
+    "INTERNAL: ; RET_CHECK failure (./mediapipe/calculators/tensor/image_to_tensor_utils.h:136) "
+    "options.has_output_tensor_float_range() || options.has_output_tensor_int_range() || "
+    "options.has_output_tensor_uint_range()Output tensor range is required. \nSplitTensorVectorCalculator: The "
+    "number of output streams should match the number of ranges specified in the CalculatorOptions.")
+
+
+def failing_graph(monkeypatch, message):
+    """MediaPipe's graph constructor failing as it does when mediapipe and protobuf do not fit."""
+    import mediapipe.python.solution_base as solution_base
+
+    class Failing:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(message)
+
+    monkeypatch.setattr(solution_base, "SolutionBase", Failing)
+
+
+def test_a_graph_that_cannot_initialise_names_mediapipe_protobuf_and_the_fix(monkeypatch):
+    import importlib.metadata
+
+    from lib_handrefiner.detection import DetectorUnavailable
+
+    failing_graph(monkeypatch, GRAPH_INIT_FAILURE)
+    image = np.full((64, 64, 3), 128, np.uint8)
+    with pytest.raises(DetectorUnavailable) as caught:
+        detect_hands(image, max_hands=1, detection_confidence=0.31, presence_confidence=0.31)
+    message = str(caught.value)
+    assert message.startswith(f"MediaPipe {importlib.metadata.version('mediapipe')} cannot run with protobuf "
+                              f"{importlib.metadata.version('protobuf')}")
+    assert "ValidatedGraphConfig Initialization failed" in message and "mediapipe>=0.10.9,<=0.10.21" in message
+    assert "\n" not in message  # one line for logs and infotexts
+    # any other error is left as it is
+    failing_graph(monkeypatch, "something else")
+    with pytest.raises(RuntimeError, match="^something else$"):
+        detect_hands(image, max_hands=1, detection_confidence=0.32, presence_confidence=0.32)
+    # nothing broken is cached: the real graph builds once MediaPipe works
+    monkeypatch.undo()
+    assert detect_hands(image, max_hands=1, detection_confidence=0.31, presence_confidence=0.31) == []

@@ -231,8 +231,9 @@ def test_disabled_does_nothing(script, malformed):
     assert np.array_equal(np.asarray(pp.image), malformed) and p.extra_generation_params == {}
 
 
-@pytest.mark.parametrize("problem", ["missing controlnet", "bad value", "no hands", "out of memory"])
-def test_failures_keep_the_image_and_say_why(wui, script, malformed, problem):
+@pytest.mark.parametrize("problem", ["missing controlnet", "bad value", "no hands", "out of memory",
+                                     "mediapipe and protobuf"])
+def test_failures_keep_the_image_and_say_why(wui, script, malformed, problem, monkeypatch):
     from modules import shared
 
     image = malformed if problem != "no hands" else np.full((128, 128, 3), 200, np.uint8)
@@ -250,6 +251,11 @@ def test_failures_keep_the_image_and_say_why(wui, script, malformed, problem):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
         shared.sd_model.apply_model = out_of_memory
+    if problem == "mediapipe and protobuf":
+        from test_detection import GRAPH_INIT_FAILURE, failing_graph
+
+        failing_graph(monkeypatch, GRAPH_INIT_FAILURE)
+        values[HandRefinerArgs.field_names().index("detection_confidence")] = 0.34   # not a cached graph
     try:
         p, pp = run(script, image, values)
     finally:
@@ -257,7 +263,7 @@ def test_failures_keep_the_image_and_say_why(wui, script, malformed, problem):
     assert np.array_equal(np.asarray(pp.image), image)
     result = p.extra_generation_params[webui.RESULT_KEY]
     expected = {"missing controlnet": "no_such_controlnet", "bad value": "steps", "no hands": "no hands found",
-                "out of memory": "out of GPU memory"}[problem]
+                "out of memory": "out of GPU memory", "mediapipe and protobuf": "cannot run with protobuf"}[problem]
     assert expected in result
     assert any(expected in c for c in p.comments)
 

@@ -248,8 +248,11 @@ def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Te
 
 def _text_state(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     text = _strip(state, TEXT_PREFIX)
+    # position_ids is not a weight but 0..76; some merged checkpoints store it as floats a hair below the integers,
+    # which the integer buffer would truncate (shifting every token's position), so the model keeps its own.
     # Checkpoints saved with old transformers lack the "text_model." level.
-    return {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()}
+    return {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.items()
+            if not k.endswith("position_ids")}
 
 
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, prefix: str,

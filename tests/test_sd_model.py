@@ -104,6 +104,22 @@ def test_pickled_checkpoint_loads_weights_only(tiny_models, tiny_sd, tmp_path):
     torch.testing.assert_close(model.unet.out[2].bias, tiny_sd.unet.out[2].bias)
 
 
+def test_float_position_ids_of_merged_checkpoints_do_not_shift_the_text_positions(tiny_models, tiny_sd, tmp_path):
+    """Some merged checkpoints store CLIP's position_ids as floats a hair below the integers (75.99998); copied
+    into the integer buffer they truncate to the previous position. The loader keeps its own 0..76."""
+    state = load_file(str(tiny_models.checkpoint))
+    key = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+    count = tiny_sd.text_model.config.max_position_embeddings
+    state[key] = torch.arange(count, dtype=torch.float32)[None] - 2e-5
+    path = tmp_path / "merged.safetensors"
+    save_file(state, str(path))
+    shutil.copyfile(tiny_models.config, tmp_path / "merged.yaml")
+    shutil.copytree(tiny_models.config.parent / "clip-tiny", tmp_path / "clip-tiny")
+    model = load_sd_checkpoint(path)
+    assert model.text_model.text_model.embeddings.position_ids.tolist() == [list(range(count))]
+    torch.testing.assert_close(model.encode_text(["a hand"]), tiny_sd.encode_text(["a hand"]))
+
+
 class _Payload:  # a pickle that would run code on load
     def __reduce__(self):
         return (print, ("pwned",))

@@ -683,7 +683,8 @@ SavePreview = Callable[[Any, ImageJob, str], None]   # (PIL image, job, file-nam
 
 def postprocess_image(refiner: WebUIRefiner, p: Any, pp: Any, script_args: Sequence[Any], defaults: HandRefinerArgs,
                       save_preview: Optional[SavePreview] = None) -> Optional[ImageOutcome]:
-    """Script.postprocess_image: refines `pp.image` in place when enabled, records the settings and the outcome in
+    """Script.postprocess_image_after_composite: refines `pp.image` (the final image, img2img's original already
+    pasted back outside the inpaint mask) in place when enabled, records the settings and the outcome in
     the image's generation parameters, shows the outcome under the gallery (p.comment) and collects the depth/mask
     previews (shown after the job by `add_previews`, saved beside the image when the job saves images)."""
     try:

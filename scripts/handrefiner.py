@@ -20,7 +20,7 @@ def _env() -> webui.WebUIEnv:
     return webui.WebUIEnv(
         sd_model=lambda: shared.sd_model, device=devices.device, dtype=devices.dtype_unet,
         vae_dtype=devices.dtype_vae,
-        # The precision context the WebUI samples in (postprocess_image runs outside it).
+        # The precision context the WebUI samples in (the postprocess hooks run outside it).
         autocast=lambda: devices.without_autocast() if devices.unet_needs_upcast else devices.autocast(),
         torch_gc=devices.torch_gc,
         folders=webui.model_folders(shared.models_path, getattr(cmd, "handrefiner_models_dir", None),
@@ -93,7 +93,9 @@ class HandRefinerScript(scripts.Script):
         build_editor(refiner, self.init_image, settings=controls, lock=queue_lock, prefix=self.elem_id("editor"),
                      boxes=controls[-1], read_settings=lambda values: webui.args_from_script_args(values, defaults))
 
-    def postprocess_image(self, p, pp, *args):
+    def postprocess_image_after_composite(self, p, pp, *args):
+        # After img2img's original is pasted back over the unmasked area (WebUI 1.8+): hands outside an inpaint
+        # mask are fixed too, and the result is what gets saved and shown.
         webui.postprocess_image(refiner, p, pp, args, webui.defaults_from_opts(shared.opts), _save_preview(p))
 
     def postprocess(self, p, processed, *args):

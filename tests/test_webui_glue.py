@@ -90,12 +90,18 @@ def ui_values(script, **changes):
 
 
 def run(script, image, values, p=None):
+    """The image through the WebUI's per-image steps (the stand-in's processing.finish_image) with the script as
+    the one always-on script; returns p and the final image (as .image)."""
+    from modules import processing, scripts
     from modules.scripts import PostprocessImageArgs
 
     p = p or make_p()
-    pp = PostprocessImageArgs(Image.fromarray(image))
-    script.postprocess_image(p, pp, *values)
-    return p, pp
+    script.args_from, script.args_to = 0, len(values)
+    p.scripts, p.script_args = scripts.ScriptRunner([script]), list(values)
+    errors = len(scripts.errors)
+    final = processing.finish_image(p, Image.fromarray(image))
+    assert scripts.errors[errors:] == []
+    return p, PostprocessImageArgs(final)
 
 
 def allowed_change(mask: np.ndarray, feather: int) -> np.ndarray:
@@ -217,12 +223,35 @@ def test_refines_only_the_hand_with_the_webui_model_and_writes_infotext(wui, scr
     assert shared.state.job_count == job_count + 1 and shared.state.job_no == job_no + 1
     assert shared.state.sampling_steps == 2
     # previews: saved beside the image and appended to the job's output
-    assert [Path(f).name.split("-", 1)[1] for f in images.saved[-2:]] == ["1234-handrefiner-depth.png",
-                                                                        "1234-handrefiner-mask.png"]
+    assert [Path(f).name.split("-", 1)[1] for f in images.saved[-3:]] == ["1234-handrefiner-depth.png",
+                                                                        "1234-handrefiner-mask.png", "1234.png"]
+    # the infotext is made after the script ran: it has the HandRefiner keys
+    assert "HandRefiner result: refined" in pp.image.info["parameters"]
     processed = Processed(p, [pp.image], infotexts=["info"])
     script.postprocess(p, processed)
     assert len(processed.images) == 3 and processed.infotexts == ["info"] * 3
     assert np.array_equal(np.asarray(processed.images[2])[..., 0], perception.mask)
+
+
+def test_img2img_hand_fix_outside_the_inpaint_mask_survives_the_overlay(wui, script, malformed):
+    """img2img with an inpaint mask away from the hand: the WebUI pastes the original back over everything outside
+    the mask. HandRefiner runs after that paste, so its fix is in the final image."""
+    from lib_handrefiner.perception import perceive
+
+    _, values = ui_values(script, enabled=True, **FAST)
+    p = make_p()
+    p.init_images = [Image.fromarray(malformed)]
+    overlay = Image.fromarray(malformed).convert("RGBA")
+    alpha = np.full(malformed.shape[:2], 255, np.uint8)
+    alpha[:16, :16] = 0   # the user's inpaint mask: a corner far from the hand
+    overlay.putalpha(Image.fromarray(alpha))
+    p.overlay_images = [overlay]
+    p, pp = run(script, malformed, values, p)
+    hand = perceive(malformed, HandRefinerArgs(**FAST)).mask > 0
+    assert hand.sum() > 1000 and not hand[:16, :16].any()
+    changed = (np.asarray(pp.image) != malformed).any(-1)
+    assert changed[hand].sum() > 0.5 * hand.sum()
+    assert p.extra_generation_params[webui.RESULT_KEY].startswith("refined 1 ")
 
 
 def test_disabled_does_nothing(script, malformed):
@@ -290,7 +319,7 @@ def test_reentry_is_refused(wui, script, malformed):
     def apply_model(*args, **kwargs):
         if not inner:
             p2, pp2 = make_p(), PostprocessImageArgs(Image.fromarray(malformed))
-            script.postprocess_image(p2, pp2, *values)
+            script.postprocess_image_after_composite(p2, pp2, *values)
             inner.append((p2, pp2))
         return model.apply_model(*args, **kwargs)
 

@@ -16,6 +16,13 @@ class PostprocessImageArgs:
         self.image = image
 
 
+class PostProcessMaskOverlayArgs:
+    def __init__(self, index, mask_for_overlay, overlay_image):
+        self.index = index
+        self.mask_for_overlay = mask_for_overlay
+        self.overlay_image = overlay_image
+
+
 @dataclass
 class OnComponent:
     component: gr.blocks.Block
@@ -65,6 +72,12 @@ class Script:
     def postprocess_image(self, p, pp: PostprocessImageArgs, *args):
         pass
 
+    def postprocess_maskoverlay(self, p, ppmo: PostProcessMaskOverlayArgs, *args):
+        pass
+
+    def postprocess_image_after_composite(self, p, pp: PostprocessImageArgs, *args):
+        pass
+
     def postprocess(self, p, processed, *args):
         pass
 
@@ -89,3 +102,29 @@ def basedir():
 
 ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
 scripts_data = []
+
+
+errors = []   # (hook, script, exception): the WebUI reports a script's exception and goes on
+
+
+class ScriptRunner:
+    """`p.scripts`: runs each always-on script's per-image hooks with its slice of `p.script_args`."""
+
+    def __init__(self, alwayson_scripts=()):
+        self.alwayson_scripts = list(alwayson_scripts)
+
+    def _run(self, hook, p, *hook_args):
+        for script in self.alwayson_scripts:
+            try:
+                getattr(script, hook)(p, *hook_args, *p.script_args[script.args_from:script.args_to])
+            except Exception as e:
+                errors.append((hook, script, e))
+
+    def postprocess_image(self, p, pp: PostprocessImageArgs):
+        self._run("postprocess_image", p, pp)
+
+    def postprocess_maskoverlay(self, p, ppmo: PostProcessMaskOverlayArgs):
+        self._run("postprocess_maskoverlay", p, ppmo)
+
+    def postprocess_image_after_composite(self, p, pp: PostprocessImageArgs):
+        self._run("postprocess_image_after_composite", p, pp)

@@ -85,6 +85,16 @@ def defaults_from_opts(opts: Any) -> HandRefinerArgs:
     return args
 
 
+def with_available_controlnet(defaults: HandRefinerArgs, available: Sequence[str],
+                              fallback: Callable[[], Optional[str]]) -> HandRefinerArgs:
+    """The configured default ControlNet when it is on disk; otherwise `fallback()` (WebUIRefiner.default_controlnet:
+    the file /handrefiner/refine and the standalone editor use, e.g. the HandRefiner ControlNet under another name)."""
+    if defaults.controlnet in available:
+        return defaults
+    chosen = fallback()
+    return defaults.copy(update={"controlnet": chosen}) if chosen else defaults
+
+
 def parse_strengths(value: Any) -> Any:
     if isinstance(value, str):
         return [float(s) for s in re.split(r"[,;\s]+", value.strip()) if s]

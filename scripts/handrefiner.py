@@ -34,6 +34,12 @@ def _env() -> webui.WebUIEnv:
 refiner = webui.WebUIRefiner(_env)
 
 
+def _defaults(controlnets):
+    """The settings' defaults, with the ControlNet on disk when the configured one is not (the API's choice)."""
+    return webui.with_available_controlnet(webui.defaults_from_opts(shared.opts), controlnets,
+                                           refiner.default_controlnet)
+
+
 def _container(group: str):
     kind, label = group.split(":", 1)
     if kind == "accordion":
@@ -64,8 +70,8 @@ class HandRefinerScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        defaults = webui.defaults_from_opts(shared.opts)
         listing = refiner.listing()
+        defaults = _defaults(listing.controlnets)
         specs = {s.name: s for s in webui.widget_specs(defaults, listing.controlnets, listing.checkpoints)}
         widgets = {}
         with InputAccordion(defaults.enabled, label="HandRefiner", elem_id=self.elem_id("enabled")) as enabled:
@@ -96,7 +102,7 @@ class HandRefinerScript(scripts.Script):
     def postprocess_image_after_composite(self, p, pp, *args):
         # After img2img's original is pasted back over the unmasked area (WebUI 1.8+): hands outside an inpaint
         # mask are fixed too, and the result is what gets saved and shown.
-        webui.postprocess_image(refiner, p, pp, args, webui.defaults_from_opts(shared.opts), _save_preview(p))
+        webui.postprocess_image(refiner, p, pp, args, _defaults(refiner.listing().controlnets), _save_preview(p))
 
     def postprocess(self, p, processed, *args):
         webui.add_previews(p, processed)

@@ -254,6 +254,34 @@ def test_img2img_hand_fix_outside_the_inpaint_mask_survives_the_overlay(wui, scr
     assert p.extra_generation_params[webui.RESULT_KEY].startswith("refined 1 ")
 
 
+@pytest.mark.parametrize("api_args", [[True], [{"enabled": True}]])
+def test_the_handrefiner_controlnet_under_another_name_is_the_default(wui, script, malformed, api_args):
+    """Only a ControlNet named other than the configured default on disk: the dropdown shows it, and API args that
+    name no ControlNet use it (as /handrefiner/refine does)."""
+    from modules import shared
+
+    folder = Path(shared.models_path) / "ControlNet"
+    configured, other = folder / f"{CONTROLNET_NAME}.safetensors", folder / "my_hand_controlnet.safetensors"
+    os.rename(configured, other)
+    saved = dict(shared.opts.data)
+    shared.opts.data.update(handrefiner_steps=2, handrefiner_crop_resolution=64, handrefiner_cfg_scale=5.0)
+    try:
+        controls, values = ui_values(script)
+        by_name = dict(zip(HandRefinerArgs.field_names(), controls))
+        assert by_name["controlnet"].value == "my_hand_controlnet"
+        assert CONTROLNET_NAME not in [c[0] if isinstance(c, tuple) else c for c in by_name["controlnet"].choices]
+        p, pp = run(script, malformed, api_args)
+        assert p.extra_generation_params[webui.RESULT_KEY].startswith("refined 1 ")
+        assert p.extra_generation_params["HandRefiner ControlNet"] == "my_hand_controlnet"
+        # a name the user gives is still checked
+        p, pp = run(script, malformed, [{"enabled": True, "controlnet": CONTROLNET_NAME}])
+        assert "not an available" in p.extra_generation_params[webui.RESULT_KEY]
+    finally:
+        os.rename(other, configured)
+        shared.opts.data.clear()
+        shared.opts.data.update(saved)
+
+
 def test_disabled_does_nothing(script, malformed):
     _, values = ui_values(script)
     p, pp = run(script, malformed, values)

@@ -80,6 +80,9 @@ class HandRefinerScript(scripts.Script):
                     for name in names:
                         widgets[name] = _widget(specs[name])
                         widgets[name].elem_id = self.elem_id(name)  # unique across the txt2img/img2img tabs
+                        if name in webui.SETTING_FIELDS:
+                            # Settings → HandRefiner holds these defaults; ui-config.json must not override them.
+                            widgets[name].do_not_save_to_config = True
                         if name == "boxes" and is_img2img and self.init_image is not None:
                             self._box_editor([enabled] + [widgets[n] for n in webui.layout_fields()[
                                 :webui.layout_fields().index("boxes") + 1]], defaults)

@@ -172,6 +172,34 @@ def test_settings_section_holds_the_defaults(wui, script):
         shared.opts.handrefiner_steps = 30
 
 
+def test_settings_defaults_reach_the_widgets_over_a_saved_ui_config(wui, script):
+    """ui-config.json records every widget's value at the first start and sets it back on later starts; the
+    widgets whose defaults Settings → HandRefiner holds are left out of it, so a changed setting shows."""
+    from modules import script_callbacks, shared
+    from modules.ui_loadsave import UiLoadsave
+
+    script_callbacks.ui_settings_callback()
+
+    def start(loadsave):
+        with gr.Blocks() as block:
+            controls = script.ui(False)
+        loadsave.add_block(block, "txt2img")
+        return dict(zip(HandRefinerArgs.field_names(), controls))
+
+    loadsave = UiLoadsave()
+    first = start(loadsave)
+    assert loadsave.ui_settings["txt2img/Prompt/value"] == ""
+    assert not any(k.endswith(("/Strength/value", "/Steps/value")) for k in loadsave.ui_settings)
+    loadsave.ui_settings["txt2img/Prompt/value"] = "a saved prompt"
+    shared.opts.handrefiner_strength, shared.opts.handrefiner_steps = 0.7, 12
+    try:
+        second = start(loadsave)
+    finally:
+        shared.opts.handrefiner_strength, shared.opts.handrefiner_steps = 0.55, 30
+    assert (second["strength"].value, second["steps"].value) == (0.7, 12)
+    assert second["prompt"].value == "a saved prompt"   # the others keep the WebUI's usual behaviour
+
+
 def test_preload_adds_the_models_dir_option():
     spec = importlib.util.spec_from_file_location("preload_handrefiner", ROOT / "preload.py")
     module = importlib.util.module_from_spec(spec)

@@ -39,10 +39,16 @@ STANDALONE_FIELDS = ("prompt", "negative_prompt", "strength", "mode", "steps", "
 
 # ---- settings controls from HandRefinerArgs -------------------------------------------------------------------
 
+def field_label(name: str) -> str:
+    """A field's title without "HandRefiner ", its first letter upper-cased ("ControlNet", "CFG scale")."""
+    title = HandRefinerArgs.__fields__[name].field_info.title.replace("HandRefiner ", "", 1)
+    return title[:1].upper() + title[1:]
+
+
 def field_control(name: str, value: Any, choices: Optional[Sequence[str]] = None) -> gr.components.Component:
     """A Gradio control for one HandRefinerArgs field: its title (without "HandRefiner "), description, range."""
     field = HandRefinerArgs.__fields__[name]
-    label = field.field_info.title.replace("HandRefiner ", "", 1).capitalize()
+    label = field_label(name)
     info = field.field_info.description
     elem_id = f"handrefiner_setting_{name}"
     if choices is not None or getattr(field.outer_type_, "__origin__", None) is not None:

@@ -191,12 +191,13 @@ def xyz_confirm(name: str) -> Callable[[Any, Sequence[Any]], None]:
 
 def register_xyz_axes(xyz_module: Any) -> bool:
     """Adds "[HandRefiner] …" axes to the XYZ-grid script's options (once)."""
+    from .ui import field_label
+
     options = xyz_module.axis_options
     if any(str(getattr(o, "label", "")).startswith("[HandRefiner]") for o in options):
         return False
     for name in XYZ_FIELDS:
-        info = HandRefinerArgs.__fields__[name]
-        label = "[HandRefiner] " + info.field_info.title.replace("HandRefiner ", "").capitalize()
+        label = f"[HandRefiner] {field_label(name)}"
         if name == "mode":
             options.append(xyz_module.AxisOption(label, str, xyz_setter(name), confirm=xyz_confirm(name),
                                                  choices=lambda: ["fixed", "adaptive"]))

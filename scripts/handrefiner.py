@@ -12,7 +12,7 @@ from modules.ui_components import InputAccordion
 
 from lib_handrefiner import webui
 from lib_handrefiner.args import HandRefinerArgs
-from lib_handrefiner.ui import field_control
+from lib_handrefiner.ui import field_control, field_label
 
 
 def _env() -> webui.WebUIEnv:
@@ -49,9 +49,8 @@ def _container(group: str):
 
 def _widget(spec: webui.WidgetSpec):
     if spec.name in webui.LIST_FIELDS:
-        info = HandRefinerArgs.__fields__[spec.name].field_info
-        return gr.Textbox(value=spec.value, label=info.title.replace("HandRefiner ", "").capitalize(),
-                          info=info.description, lines=1)
+        return gr.Textbox(value=spec.value, label=field_label(spec.name),
+                          info=HandRefinerArgs.__fields__[spec.name].field_info.description, lines=1)
     return field_control(spec.name, spec.value, spec.choices)
 
 

@@ -198,6 +198,9 @@ def test_settings_defaults_reach_the_widgets_over_a_saved_ui_config(wui, script)
         shared.opts.handrefiner_strength, shared.opts.handrefiner_steps = 0.55, 30
     assert (second["strength"].value, second["steps"].value) == (0.7, 12)
     assert second["prompt"].value == "a saved prompt"   # the others keep the WebUI's usual behaviour
+    # labels keep their capitals
+    assert (first["controlnet"].label, first["cfg_scale"].label, first["adaptive_strengths"].label) == (
+        "ControlNet", "CFG scale", "Adaptive strengths")
 
 
 def test_preload_adds_the_models_dir_option():

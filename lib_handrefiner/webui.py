@@ -670,10 +670,10 @@ def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> Im
     refined = bool(result.hands)
     strengths = sorted({f"{h.strength:g}" for h in result.hands})
     summary = result.message + (f" (strength {', '.join(strengths)})" if strengths and args.mode == "adaptive" else "")
-    previews = []
-    if args.save_depth:
+    previews = []   # only for a refined image: without hands they would be all black
+    if args.save_depth and refined:
         previews.append(("-handrefiner-depth", Image.fromarray(result.perception.depth).convert("RGB")))
-    if args.save_mask:
+    if args.save_mask and refined:
         previews.append(("-handrefiner-mask", Image.fromarray(result.perception.mask).convert("RGB")))
     image = Image.fromarray(result.image) if refined else job.image
     return ImageOutcome(image, summary, refined, {RESULT_KEY: summary}, previews)

@@ -313,6 +313,21 @@ def test_the_handrefiner_controlnet_under_another_name_is_the_default(wui, scrip
         shared.opts.data.update(saved)
 
 
+def test_no_previews_for_an_image_without_hands(wui, script, tmp_path):
+    from modules import images
+    from modules.processing import Processed
+
+    plain = np.full((128, 128, 3), 200, np.uint8)
+    _, values = ui_values(script, enabled=True, save_depth=True, save_mask=True, **FAST)
+    saved = len(images.saved)
+    p, pp = run(script, plain, values, make_p(outpath=str(tmp_path)))
+    assert "no hands found" in p.extra_generation_params[webui.RESULT_KEY]
+    assert [Path(f).name for f in images.saved[saved:]] == ["%05d-1234.png" % saved]   # the image only
+    processed = Processed(p, [pp.image], infotexts=["info"])
+    script.postprocess(p, processed)
+    assert len(processed.images) == 1
+
+
 def test_disabled_does_nothing(script, malformed):
     _, values = ui_values(script)
     p, pp = run(script, malformed, values)

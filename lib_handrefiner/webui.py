@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from .args import HandRefinerArgs
 from .detection import DetectorUnavailable
-from .models_registry import ModelListing, ModelNameError, build_listing, resolve_name
+from .models_registry import ModelListing, ModelNameError, build_listing, check_name_safe, resolve_name
 
 log = logging.getLogger("handrefiner")
 
@@ -299,13 +299,13 @@ class ModelFolders:
 def model_folders(models_path: Any, handrefiner_models_dir: Any = None, controlnet_dir: Any = None,
                   ckpt_dir: Any = None, extensions_dir: Any = None) -> ModelFolders:
     """Where the WebUI keeps models: --handrefiner-models-dir first, then models/handrefiner; ControlNets also in
-    models/ControlNet, sd-webui-controlnet's --controlnet-dir and its own models folder; checkpoints in
-    --ckpt-dir and models/Stable-diffusion."""
+    models/ControlNet, sd-webui-controlnet's --controlnet-dir and (when installed) its own models folder;
+    checkpoints in --ckpt-dir and models/Stable-diffusion."""
     models = Path(models_path)
     own = [Path(handrefiner_models_dir)] if handrefiner_models_dir else []
     own.append(models / "handrefiner")
     shared_controlnets = [models / "ControlNet"] + ([Path(controlnet_dir)] if controlnet_dir else [])
-    if extensions_dir:
+    if extensions_dir and (Path(extensions_dir) / "sd-webui-controlnet").is_dir():
         shared_controlnets.append(Path(extensions_dir) / "sd-webui-controlnet" / "models")
     return ModelFolders(
         controlnet_dirs=_unique(own + shared_controlnets),
@@ -613,9 +613,7 @@ class WebUIRefiner:
         try:
             path = resolve_name(name, listing.controlnets, "ControlNet")
         except ModelNameError as e:
-            raise HandRefinerFailure(f"{e}. Put the HandRefiner ControlNet (control_sd15_inpaint_depth_hand_fp16, "
-                                     f"from {DEFAULT_CONTROLNET_URL}) in one of: "
-                                     f"{env.folders.describe('controlnet')}") from None
+            raise HandRefinerFailure(f"{e}{_controlnet_hint(name, env.folders)}") from None
         return self._cached("controlnet", (path, env.dtype), lambda: load_controlnet(path, "cpu", env.dtype))
 
     def _checkpoint(self, name: str, listing: ModelListing, env: WebUIEnv) -> Any:
@@ -644,6 +642,17 @@ class WebUIRefiner:
         model = load()
         self._cache[kind] = (key, model)
         return model
+
+
+def _controlnet_hint(name: Any, folders: ModelFolders) -> str:
+    """Where to put the HandRefiner ControlNet, after "not an available model"; nothing after an error about the
+    name itself (a path, not a string), which says what to give instead."""
+    try:
+        check_name_safe(name, "ControlNet")
+    except ModelNameError:
+        return ""
+    return (f". Put the HandRefiner ControlNet (control_sd15_inpaint_depth_hand_fp16, from {DEFAULT_CONTROLNET_URL}) "
+            f"in one of: {folders.describe('controlnet')}")
 
 
 @contextlib.contextmanager

@@ -203,7 +203,7 @@ def test_settings_defaults_reach_the_widgets_over_a_saved_ui_config(wui, script)
         "ControlNet", "CFG scale", "Adaptive strengths")
 
 
-def test_preload_adds_the_models_dir_option():
+def test_preload_adds_the_models_dir_option(tmp_path):
     spec = importlib.util.spec_from_file_location("preload_handrefiner", ROOT / "preload.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -211,9 +211,13 @@ def test_preload_adds_the_models_dir_option():
     module.preload(parser)
     assert parser.parse_args(["--handrefiner-models-dir", "/m"]).handrefiner_models_dir == "/m"
     assert parser.parse_args([]).handrefiner_models_dir is None
-    folders = webui.model_folders("/w/models", "/m", controlnet_dir="/cn", extensions_dir="/w/extensions")
+    folders = webui.model_folders("/w/models", "/m", controlnet_dir="/cn", extensions_dir=tmp_path)
+    # sd-webui-controlnet's own models folder only when that extension is installed
     assert folders.controlnet_dirs == [Path("/m"), Path("/w/models/handrefiner"), Path("/w/models/ControlNet"),
-                                       Path("/cn"), Path("/w/extensions/sd-webui-controlnet/models")]
+                                       Path("/cn")]
+    (tmp_path / "sd-webui-controlnet").mkdir()
+    folders = webui.model_folders("/w/models", "/m", controlnet_dir="/cn", extensions_dir=tmp_path)
+    assert folders.controlnet_dirs[-1] == tmp_path / "sd-webui-controlnet" / "models"
     assert folders.mesh_dirs == [Path("/m"), Path("/w/models/handrefiner")]
     assert folders.checkpoint_dirs[0] == Path("/w/models/Stable-diffusion")
 
@@ -369,6 +373,15 @@ def test_failures_keep_the_image_and_say_why(wui, script, malformed, problem, mo
                 "out of memory": "out of GPU memory", "mediapipe and protobuf": "cannot run with protobuf"}[problem]
     assert expected in result
     assert any(expected in c for c in p.comments)
+    # where to put the ControlNet: said for a missing one, never for a path
+    assert ("Put the HandRefiner ControlNet" in result) == (problem == "missing controlnet")
+
+
+def test_a_controlnet_path_is_refused_without_the_where_to_put_it_hint(wui, script, malformed):
+    p, pp = run(script, malformed, [{"enabled": True, "controlnet": "../../secret/cn", **FAST}])
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    assert "is a path; give a model name" in result and "Put the HandRefiner" not in result
+    assert np.array_equal(np.asarray(pp.image), malformed)
 
 
 def test_interrupt_stops_between_steps_and_keeps_the_image(wui, script, malformed):

@@ -22,7 +22,7 @@ def default_tiny_dir() -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default: loopback only).")
-    parser.add_argument("--port", type=int, default=7861)
+    parser.add_argument("--port", type=int, default=7861, help="Port to listen on (default: %(default)s).")
     parser.add_argument("--checkpoint", type=Path, help="SD 1.5 inpainting checkpoint (.safetensors/.ckpt).")
     parser.add_argument("--controlnet", type=Path, help="HandRefiner depth ControlNet file.")
     parser.add_argument("--models-dir", type=Path,
@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "models requests may name.")
     parser.add_argument("--tiny-dir", type=Path, default=default_tiny_dir(),
                         help="Where the tiny models are built when no weights are given (default: %(default)s).")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu",
+                        help="Torch device the models run on, e.g. cuda or cuda:1 (default: %(default)s).")
 
 
 def resolve_models(ns: argparse.Namespace) -> Tuple[Path, Path, Optional[str]]:

@@ -31,6 +31,7 @@ from . import __version__
 from .args import HandRefinerArgs
 from .detection import DetectorUnavailable
 from .models_registry import ModelListing, ModelNameError, resolve_name
+from .perception import nothing_to_refine_message
 from .service import HandRefinerService, ModelLoadError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -431,7 +432,7 @@ def run_refine(service: HandRefinerService, request: RefineRequest, lock: Any, c
         else:
             out, refined, infotext = image, [], ""
             timings = {"perception": perception.timings_ms.get("total", 0.0)}
-            message = no_hands_message(perception)
+            message = nothing_to_refine_message(perception, args)
     finished = time.perf_counter()
     want_depth, want_mask = request.return_depth or args.save_depth, request.return_mask or args.save_mask
     response = RefineResponse(
@@ -444,13 +445,6 @@ def run_refine(service: HandRefinerService, request: RefineRequest, lock: Any, c
     )
     response.timings_ms["total"] = ms(started, time.perf_counter())
     return response
-
-
-def no_hands_message(perception: Any) -> str:
-    if not perception.hands:
-        return "No hands found; the image is unchanged."
-    return (f"{len(perception.hands)} hand(s) found, none refinable (smaller than min_hand_size or no mesh); "
-            "the image is unchanged.")
 
 
 def hand_infos(perceived: Sequence[Any], refined: Sequence[Any]) -> List[HandInfo]:

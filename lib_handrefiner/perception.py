@@ -208,3 +208,18 @@ def _with_mask_outline(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return cv2.drawContours(np.ascontiguousarray(rgb), contours, -1, (255, 255, 255), 1)
+
+
+def nothing_to_refine_message(perception, args: HandRefinerArgs) -> str:
+    """Why an image with no refinable hand is left unchanged."""
+    if not perception.hands:
+        return "no hands found; image unchanged"
+    reasons = []
+    handless = sum(h.hand is None for h in perception.hands)
+    if handless:
+        reasons.append(f"{handless} box(es) with no hand the detector could find inside (no pose to guide the "
+                       "ControlNet: move or enlarge the box, or lower detection_confidence)")
+    small = len(perception.hands) - handless
+    if small:
+        reasons.append(f"{small} hand(s) smaller than min_hand_size ({args.min_hand_size}px)")
+    return f"nothing to refine: {'; '.join(reasons)}; image unchanged"

@@ -231,14 +231,6 @@ class _StepCounter:
             self.progress(self.done, max(self.total, self.done))
 
 
-def _no_units_message(perception, args: HandRefinerArgs) -> str:
-    found = len(perception.hands)
-    if not found:
-        return "no hands found; image unchanged"
-    return (f"{found} hand(s) found, none refinable (smaller than {args.min_hand_size}px or without a mesh); "
-            "image unchanged")
-
-
 def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: str = "", negative_prompt: str = "",
                  seed: Optional[int] = None, mesh_model=None, perception=None, progress: Optional[ProgressFn] = None,
                  should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
@@ -248,6 +240,7 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     ends the run with the hands refined so far."""
     from lib_handrefiner.imageio import to_rgb
     from lib_handrefiner.masking import feather
+    from lib_handrefiner.perception import nothing_to_refine_message
 
     started = time.perf_counter()
     timings: dict = {}
@@ -270,7 +263,7 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     units = _units(perception, args, base_seed, size_multiple(sd.unet))
     if not units:
         _add(timings, "total", started)
-        return RefineResult(original.copy(), perception, [], infotext, timings, _no_units_message(perception, args),
+        return RefineResult(original.copy(), perception, [], infotext, timings, nothing_to_refine_message(perception, args),
                             base_seed)
 
     meshes = [hd.mesh for hd in perception.hands if hd.refinable]

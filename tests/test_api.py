@@ -137,7 +137,7 @@ def test_no_hands_returns_the_image_unchanged(client):
     assert response.status_code == 200, response.text
     body = response.json()
     assert np.array_equal(decode_png(body["image"]), grey)
-    assert body["hands"] == [] and "No hands" in body["message"]
+    assert body["hands"] == [] and "no hands found" in body["message"]
     assert decode_png(body["mask"]).max() == 0 and body["depth"] is None
 
 

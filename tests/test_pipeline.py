@@ -180,3 +180,12 @@ def test_two_hands_one_after_another_or_together(malformed, tiny_sd, tiny_contro
         assert not (changed & ~_allowed_change(perception.mask, 8)).any()
     with pytest.raises(ValueError, match="perceive on this image"):
         refine_image(malformed, tiny_sd, tiny_controlnet, HandRefinerArgs(**FAST), perception=perception)
+
+
+def test_nothing_to_refine_says_why(tiny_sd, tiny_controlnet):
+    grey = np.full((128, 128, 3), 128, np.uint8)
+    boxed = refine_image(grey, tiny_sd, tiny_controlnet, HandRefinerArgs(boxes=[(10, 10, 60, 60)], **FAST), seed=1)
+    assert np.array_equal(boxed.image, grey) and "no hand the detector could find" in boxed.message
+    hand = load_image(EXAMPLES / "freihand_sample1.jpg")
+    small = refine_image(hand, tiny_sd, tiny_controlnet, HandRefinerArgs(min_hand_size=4000, **FAST), seed=1)
+    assert np.array_equal(small.image, hand) and "smaller than min_hand_size (4000px)" in small.message

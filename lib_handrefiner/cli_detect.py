@@ -17,6 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 from pydantic import ValidationError
 
 from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.cli_common import make_output_folder, settings_error
 
 DEFAULTS = HandRefinerArgs()
 _FIELD = HandRefinerArgs.__fields__
@@ -164,17 +165,15 @@ def run(ns: argparse.Namespace) -> int:
         args = settings(ns)
         mesh_model = get_mesh_model(args.mesh_model)
     except ValidationError as e:
-        print("error: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()),
-              file=sys.stderr)
+        print(f"error: {settings_error(e)}", file=sys.stderr)
         return 2
     except MeshModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out_dir = Path(ns.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"error: cannot create the output folder {out_dir}: {e.strerror or e}", file=sys.stderr)
+    problem = make_output_folder(out_dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     paths: List[Path] = [Path(p) for p in ns.images]
     guard = OutputGuard(paths)

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.cli_common import make_output_folder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 REFINED_TAG = ".refined"  # cli refine's output name: <stem>.refined.png
@@ -99,10 +100,9 @@ def run(ns: argparse.Namespace) -> int:
     from lib_handrefiner.inception import InceptionWeightsError
 
     out = Path(ns.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"error: cannot create the output folder {out}: {e.strerror or e}", file=sys.stderr)
+    problem = make_output_folder(out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         extractor = _load_extractor(ns.inception) if ns.inception else None

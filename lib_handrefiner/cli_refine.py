@@ -12,9 +12,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from pydantic import ValidationError
 
 from lib_handrefiner.args import HandRefinerArgs, parse_setting
+from lib_handrefiner.cli_common import make_output_folder, settings_error
 
 DEFAULTS = HandRefinerArgs()
 
@@ -52,13 +52,6 @@ def settings(ns: argparse.Namespace) -> HandRefinerArgs:
     return HandRefinerArgs(**{**dict(strength=ns.strength, mode="adaptive" if ns.adaptive else "fixed",
                                      steps=ns.steps, cfg_scale=ns.cfg, seed=ns.seed, save_depth=ns.save_depth,
                                      save_mask=ns.save_mask), **overrides, "enabled": True})
-
-
-def settings_error(error: Exception) -> str:
-    """One line naming each bad setting (pydantic's own text spans several lines per field)."""
-    if isinstance(error, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-    return str(error)
 
 
 def parameters_text(prompt: str, negative: str, infotext: str) -> str:
@@ -123,10 +116,9 @@ def run(ns: argparse.Namespace) -> int:
         print(f"error: {settings_error(e)}", file=sys.stderr)
         return 2
     out_dir = Path(ns.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"error: cannot create the output folder {out_dir}: {e.strerror or e}", file=sys.stderr)
+    problem = make_output_folder(out_dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     device, dtype = _device()
     try:

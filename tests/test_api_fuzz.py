@@ -10,9 +10,7 @@ import base64
 import collections
 import io
 import os
-import struct
 import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +25,11 @@ from lib_handrefiner.api import mount
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.service import StandaloneService
 
+from test_api import b64_image, png_header_only
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("HANDREFINER_FUZZ_EXAMPLES", "1000"))  # the issue asks for at least 1,000
 HAND_B64 = None  # set once in the fixture: the shipped malformed hand, downscaled to keep valid runs cheap
-
-
-def encode(array: np.ndarray, fmt: str) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
 # ---- strategies -----------------------------------------------------------------------------------------------
@@ -61,19 +48,19 @@ def small_image(draw) -> str:
     width, height = draw(st.integers(1, 48)), draw(st.integers(1, 48))
     colour = draw(st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255)))
     fmt = draw(st.sampled_from(["PNG", "JPEG", "WEBP"]))
-    text = encode(np.full((height, width, 3), colour, np.uint8), fmt)
+    text = b64_image(np.full((height, width, 3), colour, np.uint8), fmt)
     return draw(st.sampled_from([text, f"data:image/{fmt.lower()};base64,{text}", text[:40] + "\n" + text[40:]]))
 
 
 @st.composite
 def bad_image(draw) -> object:
     raw = draw(st.binary(max_size=64))
-    valid = encode(np.zeros((8, 8, 3), np.uint8), "PNG")
+    valid = b64_image(np.zeros((8, 8, 3), np.uint8), "PNG")
     return draw(st.sampled_from([
         base64.b64encode(raw).decode(),                                   # random bytes: not an image
         draw(text(max_size=40)),                                       # not base64 (mostly)
         valid[: draw(st.integers(0, len(valid) - 1)) // 4 * 4],           # truncated file
-        base64.b64encode(bomb_png(draw(st.integers(4097, 70000)), draw(st.integers(4097, 70000)))).decode(),
+        base64.b64encode(png_header_only(draw(st.integers(4097, 70000)), draw(st.integers(4097, 70000)))).decode(),
         "data:image/png," + valid,                                        # data URL without ;base64
         draw(junk),                                                       # not a string
     ]))
@@ -139,7 +126,7 @@ def client(tiny_models) -> TestClient:
     global HAND_B64
     hand = Image.open(ROOT / "examples" / "malformed_1.jpg").convert("RGB")
     hand.thumbnail((256, 256))
-    HAND_B64 = encode(np.asarray(hand), "JPEG")
+    HAND_B64 = b64_image(np.asarray(hand), "JPEG")
     app = FastAPI()
     mount(app, StandaloneService(tiny_models.checkpoint, tiny_models.controlnet), threading.Lock())
     return TestClient(app, raise_server_exceptions=False)

@@ -208,10 +208,13 @@ def register_xyz_axes(xyz_module: Any) -> bool:
 
 # ---- infotext ------------------------------------------------------------------------------------------------
 
-def fill_pasted_defaults(infotext: str, params: Dict[str, Any]) -> None:
+def fill_pasted_defaults(infotext: str, params: Dict[str, Any],
+                         controlnet_fallback: Callable[[HandRefinerArgs], HandRefinerArgs] = lambda args: args
+                         ) -> None:
     """script_callbacks.on_infotext_pasted: an infotext holds only the HandRefiner settings that differ from the
     defaults (plus on/strength/mode); fill in the others, in the widgets' format, so that pasting restores every
-    widget. An image made without HandRefiner switches the accordion off."""
+    widget. An image made without HandRefiner switches the accordion off. An infotext without a ControlNet key (the
+    default one was used) gets `controlnet_fallback`'s choice: the ControlNet on disk when the default name is not."""
     enabled_key = HandRefinerArgs.__fields__["enabled"].field_info.title
     try:
         args = HandRefinerArgs.from_infotext(params)
@@ -221,6 +224,8 @@ def fill_pasted_defaults(infotext: str, params: Dict[str, Any]) -> None:
     if args is None:
         params[enabled_key] = False
         return
+    if HandRefinerArgs.__fields__["controlnet"].field_info.title not in params:
+        args = controlnet_fallback(args)
     for name, info in HandRefinerArgs.__fields__.items():
         params[info.field_info.title] = to_widget(name, getattr(args, name))
 

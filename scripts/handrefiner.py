@@ -5,6 +5,8 @@ is tested) and registers the settings, the XYZ-grid axes and the /handrefiner/* 
 """
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
 from modules import devices, script_callbacks, scripts, shared
@@ -150,4 +152,7 @@ def on_app_started(demo, app):
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(on_before_ui)
 script_callbacks.on_app_started(on_app_started)
-script_callbacks.on_infotext_pasted(webui.fill_pasted_defaults)
+script_callbacks.on_infotext_pasted(functools.partial(
+    webui.fill_pasted_defaults,
+    controlnet_fallback=lambda args: webui.with_available_controlnet(args, refiner.listing().controlnets,
+                                                                     refiner.default_controlnet)))

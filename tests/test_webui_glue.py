@@ -311,6 +311,13 @@ def test_the_handrefiner_controlnet_under_another_name_is_the_default(wui, scrip
         # a name the user gives is still checked
         p, pp = run(script, malformed, [{"enabled": True, "controlnet": CONTROLNET_NAME}])
         assert "not an available" in p.extra_generation_params[webui.RESULT_KEY]
+        # pasting an infotext made with the default ControlNet (no key for it) picks the one on disk too
+        from modules.infotext_utils import paste_values
+
+        pasted = paste_values(script.infotext_fields, "a prompt\nHandRefiner: True, HandRefiner strength: 0.6")
+        assert webui.args_from_script_args(pasted).controlnet == "my_hand_controlnet"
+        pasted = paste_values(script.infotext_fields, "x\nHandRefiner: True, HandRefiner ControlNet: other_cn")
+        assert webui.args_from_script_args(pasted).controlnet == "other_cn"  # a named one is kept as written
     finally:
         os.rename(other, configured)
         shared.opts.data.clear()

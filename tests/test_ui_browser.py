@@ -78,13 +78,33 @@ def browser(tmp_path_factory):
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
+    """Polls `condition` until it is truthy. An element the page re-rendered between finding and reading it (the
+    editor redraws its boxes on every change) counts as not yet, not as a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def act(action, attempts: int = 5):
+    """Runs `action` (find an element and use it), again when the page re-rendered the element in between."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for attempt in range(attempts):
+        try:
+            return action()
+        except StaleElementReferenceException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.3)
 
 
 def image_src(driver, elem_id: str) -> str | None:
@@ -124,9 +144,8 @@ def test_detect_drag_preview_refine(browser, server_url, tmp_path):
     assert mask_before[y0:y1, x0:x1].min() == 255  # the mask covers the detected box
 
     # Drag the first box by its body (not a corner), 60 screen pixels left and 40 down.
-    box = browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box")[0]
-    ActionChains(browser).move_to_element(box).click_and_hold().move_by_offset(-30, 20) \
-        .move_by_offset(-30, 20).release().perform()
+    act(lambda: ActionChains(browser).move_to_element(browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box")[0])
+        .click_and_hold().move_by_offset(-30, 20).move_by_offset(-30, 20).release().perform())
     moved = wait_for(lambda: boxes_value(browser) != detected and boxes_value(browser), what="the moved box")
     mx0, my0, mx1, my1 = moved[0]
     assert mx0 < x0 and my0 > y0 and (mx1 - mx0, my1 - my0) == (x1 - x0, y1 - y0)  # moved, same size
@@ -137,7 +156,7 @@ def test_detect_drag_preview_refine(browser, server_url, tmp_path):
     changed = np.count_nonzero(mask_after != mask_before)
     assert changed > 100, changed
     assert mask_after[my0:my1, mx0:mx1].min() == 255  # the moved box is masked
-    table = browser.find_element(By.ID, "handrefiner_table").text
+    table = act(lambda: browser.find_element(By.ID, "handrefiner_table").text)
     assert str(mx0) in table and str(my1) in table  # the numeric table follows the drag
 
     screenshot = tmp_path / "editor.png"
@@ -146,24 +165,28 @@ def test_detect_drag_preview_refine(browser, server_url, tmp_path):
         save_small_png(screenshot, SCREENSHOT)
 
     # Resize by the bottom-right corner, add a box by dragging on the empty image, delete it with its × button.
-    handle = browser.find_element(By.CSS_SELECTOR, ".handrefiner-box .handrefiner-handle.se")
-    ActionChains(browser).move_to_element(handle).click_and_hold().move_by_offset(-10, -10) \
-        .move_by_offset(-10, -10).release().perform()
+    act(lambda: ActionChains(browser)
+        .move_to_element(browser.find_element(By.CSS_SELECTOR, ".handrefiner-box .handrefiner-handle.se"))
+        .click_and_hold().move_by_offset(-10, -10).move_by_offset(-10, -10).release().perform())
     resized = wait_for(lambda: (b := boxes_value(browser)) != moved and b, what="the resized box")[0]
     assert resized[:2] == [mx0, my0] and resized[2] < mx1 and resized[3] < my1
-    editor_img = browser.find_element(By.CSS_SELECTOR, ".handrefiner-editor img")
-    corner = -editor_img.size["width"] // 2 + 10, -editor_img.size["height"] // 2 + 10  # near the top-left
-    ActionChains(browser).move_to_element_with_offset(editor_img, *corner).click_and_hold() \
-        .move_by_offset(25, 20).move_by_offset(25, 20).release().perform()
+
+    def add_box() -> None:
+        editor_img = browser.find_element(By.CSS_SELECTOR, ".handrefiner-editor img")
+        corner = -editor_img.size["width"] // 2 + 10, -editor_img.size["height"] // 2 + 10  # near the top-left
+        ActionChains(browser).move_to_element_with_offset(editor_img, *corner).click_and_hold() \
+            .move_by_offset(25, 20).move_by_offset(25, 20).release().perform()
+
+    act(add_box)
     added = wait_for(lambda: len(b := boxes_value(browser)) == 2 and b, what="the added box")
     assert added[0] == resized and added[1][0] < 30 and added[1][2] - added[1][0] >= 30
     wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box")) == 2, what="two boxes drawn")
-    browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box .handrefiner-delete")[1].click()
+    act(lambda: browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box .handrefiner-delete")[1].click())
     assert wait_for(lambda: len(b := boxes_value(browser)) == 1 and b, what="the deleted box") == [resized]
 
     # Type a number into the table: the boxes (and the drawn box) follow.
-    cell = browser.find_elements(By.CSS_SELECTOR, "#handrefiner_table tbody td")[0]
-    ActionChains(browser).double_click(cell).perform()
+    act(lambda: ActionChains(browser)
+        .double_click(browser.find_elements(By.CSS_SELECTOR, "#handrefiner_table tbody td")[0]).perform())
     typed = wait_for(lambda: (el := browser.switch_to.active_element).tag_name == "input" and el, what="cell input")
     typed.send_keys(Keys.CONTROL, "a")
     typed.send_keys(str(resized[0] - 10), Keys.ENTER)

@@ -7,9 +7,10 @@ resolves to a path only if it is one of the listed files. Nothing a client sends
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
@@ -109,3 +110,26 @@ def resolve_name(name: object, available: Dict[str, Path], what: str) -> Path:
         return available[stem]
     names = ", ".join(sorted(available)) or "none are installed"
     raise ModelNameError(f"{what} {clean!r} is not an available model; available: {names}")
+
+
+class ModelSlots:
+    """One loaded model per kind (checkpoint, ControlNet, mesh): asking for another key frees the previous model
+    before loading the next, so two multi-GB checkpoints are never held at once."""
+
+    def __init__(self) -> None:
+        self._slots: Dict[str, Tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, kind: str, key: Any, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            held = self._slots.get(kind)
+            if held is not None and held[0] == key:
+                return held[1]
+            self._slots.pop(kind, None)
+            model = load()
+            self._slots[kind] = (key, model)
+            return model
+
+    def models(self) -> List[Any]:
+        with self._lock:
+            return [model for _, model in self._slots.values()]

@@ -6,15 +6,14 @@ model folders.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
 from .args import HandRefinerArgs
-from .models_registry import ModelListing, build_listing, resolve_name
+from .models_registry import ModelListing, ModelSlots, build_listing, resolve_name
 
 
 class ModelLoadError(RuntimeError):
@@ -59,8 +58,7 @@ class StandaloneService:
         self.controlnet = Path(controlnet)
         self.folders = standard_folders(models_dir)
         self.device = device
-        self._cache: Dict[str, tuple] = {}
-        self._cache_lock = threading.Lock()
+        self._models = ModelSlots()
 
     def listing(self) -> ModelListing:
         return build_listing(self.folders.controlnet_dirs, self.folders.checkpoint_dirs, self.folders.mesh_dirs,
@@ -99,15 +97,10 @@ class StandaloneService:
         return load_controlnet(path, device=self.device)
 
     def _load(self, kind: str, path: Path, loader: Callable[[Path], Any]) -> Any:
-        # One model of each kind stays loaded: switching frees the previous one before loading the next.
-        with self._cache_lock:
-            cached = self._cache.get(kind)
-            if cached is not None and cached[0] == path:
-                return cached[1]
-            self._cache.pop(kind, None)
+        def load() -> Any:
             try:
-                model = loader(path)
+                return loader(path)
             except (OSError, ValueError, RuntimeError, KeyError) as e:
                 raise ModelLoadError(f"could not load the {kind} model {path.name}: {e}") from e
-            self._cache[kind] = (path, model)
-            return model
+
+        return self._models.get(kind, path, load)

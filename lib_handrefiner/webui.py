@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from .args import HandRefinerArgs
 from .detection import DetectorUnavailable
-from .models_registry import ModelListing, ModelNameError, build_listing, check_name_safe, resolve_name
+from .models_registry import ModelListing, ModelNameError, ModelSlots, build_listing, check_name_safe, resolve_name
 
 log = logging.getLogger("handrefiner")
 
@@ -511,7 +511,7 @@ class WebUIRefiner:
 
     def __init__(self, env_factory: Callable[[], WebUIEnv]) -> None:
         self.env_factory = env_factory
-        self._cache: Dict[str, Tuple[Any, Any]] = {}
+        self._models = ModelSlots()
         self._busy = threading.Lock()
 
     # -- HandRefinerService ------------------------------------------------------------------------------
@@ -607,7 +607,7 @@ class WebUIRefiner:
     def _release(self, env: WebUIEnv) -> None:
         """After each image: HandRefiner's own models back to the CPU (unless kept), the device's cache freed."""
         if not env.keep_models_on_device or env.offload_to_cpu:
-            for _, model in self._cache.values():
+            for model in self._models.models():
                 if isinstance(model, torch.nn.Module):
                     model.to("cpu")
         env.torch_gc()
@@ -619,7 +619,7 @@ class WebUIRefiner:
             path = resolve_name(name, listing.controlnets, "ControlNet")
         except ModelNameError as e:
             raise HandRefinerFailure(f"{e}{_controlnet_hint(name, env.folders)}") from None
-        return self._cached("controlnet", (path, env.dtype), lambda: load_controlnet(path, "cpu", env.dtype))
+        return self._models.get("controlnet", (path, env.dtype), lambda: load_controlnet(path, "cpu", env.dtype))
 
     def _checkpoint(self, name: str, listing: ModelListing, env: WebUIEnv) -> Any:
         from .sd_model import find_config, load_sd_checkpoint
@@ -629,24 +629,14 @@ class WebUIRefiner:
         except ModelNameError as e:
             raise HandRefinerFailure(f"{e}; the checkpoints HandRefiner can load are in "
                                      f"{env.folders.describe('checkpoint')}") from None
-        return self._cached("checkpoint", (path, env.dtype),
+        return self._models.get("checkpoint", (path, env.dtype),
                             lambda: load_sd_checkpoint(path, find_config(path), "cpu", env.dtype))
 
     def _mesh_model(self, name: str, env: WebUIEnv) -> Any:
         from .mesh import get_mesh_model
 
         folder = next((d for d in env.folders.mesh_dirs if d.is_dir()), None)
-        return self._cached("mesh", (name, folder), lambda: get_mesh_model(name, models_dir=folder))
-
-    def _cached(self, kind: str, key: Any, load: Callable[[], Any]) -> Any:
-        # One model of each kind: switching frees the previous one first.
-        cached = self._cache.get(kind)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        self._cache.pop(kind, None)
-        model = load()
-        self._cache[kind] = (key, model)
-        return model
+        return self._models.get("mesh", (name, folder), lambda: get_mesh_model(name, models_dir=folder))
 
 
 def _controlnet_hint(name: Any, folders: ModelFolders) -> str:

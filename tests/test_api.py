@@ -343,3 +343,25 @@ def test_refine_when_mediapipe_cannot_run_answers_503_with_the_reason(client, mo
     response = client.post("/handrefiner/refine", json={"image": b64_file(MALFORMED), "detection_confidence": 0.33})
     assert response.status_code == 503
     assert "cannot run with protobuf" in response.json()["detail"]
+
+
+def test_model_slots_hold_one_model_per_kind():
+    from lib_handrefiner.models_registry import ModelSlots
+
+    slots, loads = ModelSlots(), []
+
+    def loader(name):
+        return lambda: loads.append(name) or name.upper()
+
+    assert slots.get("controlnet", "a", loader("a")) == "A"
+    assert slots.get("controlnet", "a", loader("a")) == "A" and loads == ["a"]  # reused, not reloaded
+    assert slots.get("checkpoint", "c", loader("c")) == "C"
+    assert slots.get("controlnet", "b", loader("b")) == "B"  # switching replaces the old one
+    assert sorted(slots.models()) == ["B", "C"] and loads == ["a", "c", "b"]
+
+    def broken():
+        raise OSError("truncated")
+
+    with pytest.raises(OSError):
+        slots.get("controlnet", "x", broken)
+    assert slots.models() == ["C"]  # a failed switch has still freed the previous ControlNet

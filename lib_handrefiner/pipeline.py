@@ -322,11 +322,11 @@ def _add(timings: dict, key: str, since: float) -> None:
 
 def _adaptive(sample: Callable[[Sequence[float]], List[np.ndarray]], unit: _Unit, region: CropRegion,
               args: HandRefinerArgs, mesh_model):
-    """Per region: the first strength whose re-detected pose error (in the crop) passes the reference test."""
+    """Per region: the first strength whose re-detected pose error (in the crop) passes the reference test.
+    `mesh_model` is the one refine_image resolved, so the pose checks fit the same mesh as the guide."""
     from lib_handrefiner.adaptive import pose_error, search_strength
-    from lib_handrefiner.mesh import get_mesh_model, transform_mesh
+    from lib_handrefiner.mesh import transform_mesh
 
-    mesh_model = mesh_model or get_mesh_model(args.mesh_model)
     targets = [transform_mesh(hd.mesh, region.scale, (region.x0, region.y0)).joints[:, :2] for hd in unit.hands]
 
     def error(crop_rgb: np.ndarray) -> float:

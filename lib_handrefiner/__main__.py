@@ -1,39 +1,7 @@
-"""Command line: `python -m lib_handrefiner COMMAND …`.
-
-Each command lives in its own module, which exposes `add_arguments(parser)` and `run(namespace) -> int`;
-modules are imported only when their command runs, so `detect` does not pay for torch.
-"""
-from __future__ import annotations
-
-import argparse
-import importlib
+"""`python -m lib_handrefiner COMMAND …`: the command line (lib_handrefiner/cli/)."""
 import sys
 
-COMMANDS = {
-    "detect": ("lib_handrefiner.cli_detect", "Find hands; write depth, mask, overlay and JSON (no weights needed)."),
-    "refine": ("lib_handrefiner.cli_refine", "Refine the hands of images with SD 1.5 inpainting + the ControlNet."),
-    "controlnet": ("lib_handrefiner.cli_controlnet", "Create or inspect ControlNet files."),
-    "evaluate": ("lib_handrefiner.cli_evaluate", "FID, KID, detection confidence and MPJPE of refined images."),
-    "sweep": ("lib_handrefiner.cli_sweep", "Render the control-strength phase-transition grid of one image."),
-    "serve": ("lib_handrefiner.cli_serve", "Serve the REST API and the hand-box editor without the WebUI."),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m lib_handrefiner", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    command_parser = argparse.ArgumentParser(prog=f"python -m lib_handrefiner {argv[0]}",
-                                             description=COMMANDS[argv[0]][1])
-    module.add_arguments(command_parser)
-    return module.run(command_parser.parse_args(argv[1:]))
-
+from lib_handrefiner.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

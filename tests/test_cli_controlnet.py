@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lib_handrefiner.__main__ import main
+from lib_handrefiner.cli import main
 from lib_handrefiner.controlnet import ControlNetConfig, load_controlnet
 
 SHARED_TINY = (Path(__file__).resolve().parents[2] / "shared" / "models" / "tiny-sd15-inpaint"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lib_handrefiner.__main__ import main
+from lib_handrefiner.cli import main
 from lib_handrefiner.mesh import mesh_model_names
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_handrefiner.__main__ import main
+from lib_handrefiner.cli import main
 from lib_handrefiner.args import HandRefinerArgs
-from lib_handrefiner.cli_evaluate import evaluate, list_images, markdown_table, to_json
+from lib_handrefiner.cli.evaluate import evaluate, list_images, markdown_table, to_json
 
 from conftest import EXAMPLES
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lib_handrefiner.__main__ import COMMANDS
+from lib_handrefiner.cli import COMMANDS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

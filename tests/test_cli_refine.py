@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_handrefiner.__main__ import main
+from lib_handrefiner.cli import main
 
 from conftest import EXAMPLES
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_handrefiner.__main__ import main
-from lib_handrefiner.cli_sweep import LABEL_HEIGHT, parse_strengths
+from lib_handrefiner.cli import main
+from lib_handrefiner.cli.sweep import LABEL_HEIGHT, parse_strengths
 
 from conftest import EXAMPLES
 

@@ -69,7 +69,7 @@ def test_standalone_blocks_build(tiny_models):
 def test_serve_app_has_the_api_and_the_page(tiny_models):
     from fastapi.testclient import TestClient
 
-    from lib_handrefiner.cli_serve import TINY_NOTICE, create_app
+    from lib_handrefiner.cli.serve import TINY_NOTICE, create_app
     from lib_handrefiner.service import StandaloneService
 
     app = create_app(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet), TINY_NOTICE)
@@ -85,7 +85,7 @@ def test_serve_app_has_the_api_and_the_page(tiny_models):
 def test_serve_needs_both_weights_or_neither(tmp_path):
     import argparse
 
-    from lib_handrefiner.cli_serve import add_arguments, resolve_models
+    from lib_handrefiner.cli.serve import add_arguments, resolve_models
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -41,7 +41,7 @@ def server_url(tiny_models):
     import uvicorn
 
     from lib_handrefiner.args import HandRefinerArgs
-    from lib_handrefiner.cli_serve import TINY_NOTICE, create_app
+    from lib_handrefiner.cli.serve import TINY_NOTICE, create_app
     from lib_handrefiner.service import StandaloneService
 
     service = StandaloneService(tiny_models.checkpoint, tiny_models.controlnet)

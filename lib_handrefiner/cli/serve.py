@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Optional, Tuple
 
-from .args import HandRefinerArgs
+from lib_handrefiner.args import HandRefinerArgs
 
 TINY_NOTICE = ("No weights configured: serving TINY RANDOM models (for trying the UI and API; the refined hands "
                "are noise). Pass --checkpoint and --controlnet for real results.")
@@ -43,7 +43,7 @@ def resolve_models(ns: argparse.Namespace) -> Tuple[Path, Path, Optional[str]]:
             if not path.is_file():
                 raise SystemExit(f"serve: {path} is not a file")
         return ns.checkpoint, ns.controlnet, None
-    from .tiny import ensure_tiny_models
+    from lib_handrefiner.tiny import ensure_tiny_models
     tiny = ensure_tiny_models(ns.tiny_dir)
     return tiny.checkpoint, tiny.controlnet, TINY_NOTICE
 
@@ -53,8 +53,8 @@ def create_app(service, notice: Optional[str] = None, defaults: HandRefinerArgs 
     import gradio as gr
     from fastapi import FastAPI
 
-    from .api import mount
-    from .ui import create_blocks
+    from lib_handrefiner.api import mount
+    from lib_handrefiner.ui import create_blocks
 
     lock = threading.Lock()
     app = FastAPI(title="HandRefiner")
@@ -67,7 +67,7 @@ def create_app(service, notice: Optional[str] = None, defaults: HandRefinerArgs 
 def run(ns: argparse.Namespace) -> int:
     import uvicorn
 
-    from .service import StandaloneService
+    from lib_handrefiner.service import StandaloneService
 
     checkpoint, controlnet, notice = resolve_models(ns)
     defaults = HandRefinerArgs(**TINY_DEFAULTS) if notice else HandRefinerArgs()

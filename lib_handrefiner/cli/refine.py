@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from lib_handrefiner.args import HandRefinerArgs, parse_setting
-from lib_handrefiner.cli_common import make_output_folder, settings_error
+from lib_handrefiner.cli.common import make_output_folder, settings_error
 
 DEFAULTS = HandRefinerArgs()
 
@@ -104,7 +104,7 @@ def _device():
 def run(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lib_handrefiner.cli_detect import OutputGuard, box_outside
+    from lib_handrefiner.cli.detect import OutputGuard, box_outside
     from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.pipeline import refine_image

@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 from pydantic import ValidationError
 
 from lib_handrefiner.args import HandRefinerArgs
-from lib_handrefiner.cli_common import make_output_folder, settings_error
+from lib_handrefiner.cli.common import make_output_folder, settings_error
 
 DEFAULTS = HandRefinerArgs()
 _FIELD = HandRefinerArgs.__fields__

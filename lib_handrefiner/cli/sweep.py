@@ -68,8 +68,8 @@ def parse_strengths(text: str) -> List[float]:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from lib_handrefiner.cli_common import settings_error
-    from lib_handrefiner.cli_refine import _device
+    from lib_handrefiner.cli.common import settings_error
+    from lib_handrefiner.cli.refine import _device
     from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.pipeline import choose_seed

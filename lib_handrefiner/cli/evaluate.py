@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from lib_handrefiner.args import HandRefinerArgs
-from lib_handrefiner.cli_common import make_output_folder
+from lib_handrefiner.cli.common import make_output_folder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 REFINED_TAG = ".refined"  # cli refine's output name: <stem>.refined.png

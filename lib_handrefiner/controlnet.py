@@ -6,8 +6,9 @@ convolution" per encoder output. Its forward returns one residual per UNet skip 
 block (13 for SD 1.5); `inject_control` adds them, scaled by the control strength, to a UNet *instance* through
 forward hooks, so the WebUI's own UNet (and other extensions that replace its `forward`) stay untouched.
 
-Files: `.safetensors` (preferred) or `.pth`/`.ckpt` read with `torch.load(weights_only=True)`; keys with or without
-the `control_model.` prefix (a full HandRefiner training checkpoint works too: only `control_model.*` is taken).
+Files: `.safetensors` (preferred) or `.pth`/`.ckpt` read by the restricted unpickler (`safe_pickle`); keys with or
+without the `control_model.` prefix (a full HandRefiner training checkpoint works too: only `control_model.*` is
+taken).
 The architecture is read from the tensor shapes. Head counts leave no trace in weights: files written by
 `save_controlnet` record the configuration in their metadata; otherwise 8 heads for SD 1.x width (320) and
 `model_channels // 16` heads (at most 8) for other widths, which gives the project's tiny models their 2 heads.
@@ -306,18 +307,13 @@ def read_tensors(path, pick=_control_keys) -> Tuple[Dict[str, Any], Dict[str, st
     if suffix not in PICKLE_SUFFIXES:
         raise ControlNetLoadError(f"{path}: unknown file type {path.suffix!r}; expected .safetensors "
                                   f"(or {', '.join(PICKLE_SUFFIXES)})")
+    from lib_handrefiner.safe_pickle import load_state_dict
+
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for anything but plain tensors and containers: nothing in it ran
-        first_line = (str(e).splitlines() or [""])[0][:200]
-        raise ControlNetLoadError(
-            f"{path}: refused: not a weights-only pickle ({type(e).__name__}: {first_line}). Pickles that need "
-            "code to load are never opened; use the .safetensors release of this model") from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise ControlNetLoadError(f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors")
-    tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        tensors = load_state_dict(path)
+    except Exception as e:  # nothing in the file ran: the restricted unpickler only builds tensors and containers
+        raise ControlNetLoadError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e}); download it "
+                                  "again, or use the .safetensors release of this model") from None
     wanted = set(pick(list(tensors)))
     return {k: v if k in wanted else _ShapeOnly(v.shape) for k, v in tensors.items()}, {}
 

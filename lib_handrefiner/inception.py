@@ -195,7 +195,9 @@ def load_state_dict_file(path: Union[str, Path]) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        from lib_handrefiner.safe_pickle import load_torch_file
+
+        state = load_torch_file(path)
     except Exception as error:  # a truncated download or another kind of file
         raise InceptionWeightsError(f"cannot read {path} as Inception weights ({error}); it should be "
                                     f"{FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL}") from error
@@ -207,7 +209,7 @@ def load_state_dict_file(path: Union[str, Path]) -> dict:
 
 def load_fid_inception(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
                        input_size: int = FID_INPUT_SIZE) -> FIDInceptionV3:
-    """The FID Inception-v3 with the weights of `path` (.pth via torch.load(weights_only=True), or .safetensors),
+    """The FID Inception-v3 with the weights of `path` (.pth via the restricted unpickler, or .safetensors),
     in eval mode. Every parameter and batch-norm statistic must be in the file (the batch counters may be
     absent: old files predate them)."""
     state = load_state_dict_file(path)

@@ -202,7 +202,8 @@ def _infer_text(shapes: Mapping[str, torch.Size]) -> Dict[str, Any]:
 # ---- reading -------------------------------------------------------------------------------------------------
 
 def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file on the CPU: safetensors, or a pickle read with weights_only (no code runs)."""
+    """Tensors of a checkpoint file on the CPU: safetensors, or a pickle read by the restricted unpickler (no code
+    runs; Lightning callbacks and other objects in a .ckpt become inert placeholders)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .safetensors or .ckpt file")
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
@@ -215,16 +216,13 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error types for truncated/garbage files
             raise CheckpointError(f"{path}: not a readable safetensors file ({e}); re-download it") from None
+    from lib_handrefiner.safe_pickle import load_state_dict
+
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read as a weights-only pickle ({type(e).__name__}: {e}); "
-                              "convert it to .safetensors") from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise CheckpointError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
-    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        return load_state_dict(path)
+    except Exception as e:  # nothing in the file ran: the restricted unpickler only builds tensors and containers
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e}); download it "
+                              "again, or use its .safetensors release") from None
 
 
 def check_layout(state: Mapping[str, torch.Tensor], path: Path) -> None:

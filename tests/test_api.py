@@ -21,6 +21,8 @@ from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.models_registry import ModelNameError, build_listing, check_name_safe, resolve_name
 from lib_handrefiner.service import StandaloneService
 
+from pickles import tiny_lightning_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 MALFORMED = ROOT / "examples" / "malformed_1.jpg"
 
@@ -365,3 +367,22 @@ def test_model_slots_hold_one_model_per_kind():
     with pytest.raises(OSError):
         slots.get("controlnet", "x", broken)
     assert slots.models() == ["C"]  # a failed switch has still freed the previous ControlNet
+
+
+def test_a_lightning_ckpt_named_by_a_request_refines_as_its_safetensors(tiny_models, tmp_path):
+    """/handrefiner/refine with inpaint_checkpoint naming a .ckpt that pickles Lightning callbacks (as
+    sd-v1-5-inpainting.ckpt does) gives the pixels of the same weights in .safetensors."""
+    tiny_lightning_checkpoint(tiny_models, tmp_path / "models" / "Stable-diffusion")
+    app = FastAPI()
+    mount(app, StandaloneService(tiny_models.checkpoint, tiny_models.controlnet, tmp_path / "models"),
+          threading.Lock())
+    client = TestClient(app, raise_server_exceptions=False)
+    assert "tiny-inpaint-lightning" in client.get("/handrefiner/models").json()["checkpoints"]
+    body = {"image": b64_file(MALFORMED), "steps": 1, "crop_resolution": 64, "seed": 5}
+    images = []
+    for checkpoint in ("", "tiny-inpaint-lightning"):
+        response = client.post("/handrefiner/refine", json={**body, "inpaint_checkpoint": checkpoint})
+        assert response.status_code == 200, response.text
+        assert any(h["refined"] for h in response.json()["hands"])
+        images.append(decode_png(response.json()["image"]))
+    assert np.array_equal(*images)

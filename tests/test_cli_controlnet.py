@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 from lib_handrefiner.cli import main
 from lib_handrefiner.controlnet import ControlNetConfig, load_controlnet
 
+from pickles import write_lightning_checkpoint
+
 SHARED_TINY = (Path(__file__).resolve().parents[2] / "shared" / "models" / "tiny-sd15-inpaint"
                / "tiny-inpaint.safetensors")
 TINY_UNET = dict(image_size=8, in_channels=9, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
@@ -120,3 +122,15 @@ def test_init_never_overwrites_its_source_and_reports_an_unusable_out(tmp_path, 
     taken.write_text("a file where a folder should go")
     rc, _, err = run_cli(capsys, "init", "--from", str(source), "--out", str(taken / "cn.safetensors"))
     assert rc == 1 and "taken" in err and "cannot" in err
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_init_from_a_lightning_ckpt_equals_init_from_its_safetensors(tmp_path, capsys, sd_checkpoint, legacy):
+    """`init --from sd-v1-5-inpainting.ckpt`: that file pickles Lightning callbacks, which weights-only loading
+    refuses; the restricted unpickler reads its weights."""
+    ckpt = write_lightning_checkpoint(tmp_path / "sd.ckpt", load_file(str(sd_checkpoint)), legacy=legacy)
+    for source, out in ((sd_checkpoint, "a.safetensors"), (ckpt, "b.safetensors")):
+        rc, _, err = run_cli(capsys, "init", "--from", str(source), "--out", str(tmp_path / out))
+        assert rc == 0, err
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

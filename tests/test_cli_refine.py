@@ -11,6 +11,7 @@ from PIL import Image
 from lib_handrefiner.cli import main
 
 from conftest import EXAMPLES
+from pickles import tiny_lightning_checkpoint, write_lightning_checkpoint
 
 
 def _models(tiny_models):
@@ -109,3 +110,19 @@ def test_outputs_never_overwrite_an_input_image(tiny_models, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "would overwrite the input image" in err
     assert (tmp_path / "hand.refined.png").read_bytes() == before and (tmp_path / "hand.refined.refined.png").exists()
+
+
+def test_lightning_ckpt_files_refine_exactly_as_their_safetensors(tiny_models, tmp_path):
+    """sd-v1-5-inpainting.ckpt pickles Lightning callbacks; such a .ckpt (and a .ckpt ControlNet) gives the same
+    pixels as the same weights in .safetensors."""
+    from safetensors.torch import load_file
+
+    checkpoint = tiny_lightning_checkpoint(tiny_models, tmp_path / "models")
+    controlnet = write_lightning_checkpoint(tmp_path / "models" / "cn.ckpt", load_file(str(tiny_models.controlnet)))
+    image = str(EXAMPLES / "freihand_sample1.jpg")
+    common = ["--steps", "1", "--seed", "3", "--set", "crop_resolution=64"]
+    assert main(["refine", image, *_models(tiny_models), *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["refine", image, "--checkpoint", str(checkpoint), "--controlnet", str(controlnet), *common,
+                 "--out", str(tmp_path / "b")]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / d / "freihand_sample1.refined.png")) for d in ("a", "b"))
+    assert np.array_equal(a, b) and (a != np.asarray(Image.open(image).convert("RGB"))).any()

@@ -12,6 +12,7 @@ from lib_handrefiner.sd_model import (SD15_UNET, CheckpointError, infer_config, 
                                       scaled_linear_alphas_cumprod)
 
 from conftest import SHARED
+from pickles import write_lightning_checkpoint
 
 SHARED_TINY = SHARED / "models" / "tiny-sd15-inpaint"
 
@@ -95,12 +96,20 @@ def test_sd15_shapes_infer_the_sd15_config():
     assert config.text["num_attention_heads"] == 12 and config.text["num_hidden_layers"] == 12
 
 
-def test_pickled_checkpoint_loads_weights_only(tiny_models, tiny_sd, tmp_path):
-    ckpt = tmp_path / "model.ckpt"
-    torch.save({"state_dict": load_file(str(tiny_models.checkpoint)), "global_step": 1}, ckpt)
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_lightning_ckpt_loads_and_its_objects_run_nothing(tiny_models, tiny_sd, tmp_path, legacy):
+    """sd-v1-5-inpainting.ckpt pickles Lightning callbacks (torch.load(weights_only=True) refuses it); a hostile
+    .ckpt pickles a payload. Both load their weights and run nothing."""
+    ckpt = write_lightning_checkpoint(tmp_path / "model.ckpt", load_file(str(tiny_models.checkpoint)), legacy)
     shutil.copyfile(tiny_models.config, tmp_path / "model.yaml")
     shutil.copytree(tiny_models.config.parent / "clip-tiny", tmp_path / "clip-tiny")
     model = load_sd_checkpoint(ckpt)
+    torch.testing.assert_close(model.unet.out[2].bias, tiny_sd.unet.out[2].bias)
+    marker = tmp_path / "pwned"
+    state = {**load_file(str(tiny_models.checkpoint)), "evil": _Payload(marker)}
+    torch.save({"state_dict": state}, tmp_path / "model.ckpt")
+    model = load_sd_checkpoint(ckpt)
+    assert not marker.exists()
     torch.testing.assert_close(model.unet.out[2].bias, tiny_sd.unet.out[2].bias)
 
 
@@ -120,9 +129,12 @@ def test_float_position_ids_of_merged_checkpoints_do_not_shift_the_text_position
     torch.testing.assert_close(model.encode_text(["a hand"]), tiny_sd.encode_text(["a hand"]))
 
 
-class _Payload:  # a pickle that would run code on load
+class _Payload:  # a pickle that would run code on load: it creates a file
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("pwned",))
+        return (open, (str(self.marker), "w"))
 
 
 def test_clear_errors(tiny_models, tmp_path):
@@ -130,10 +142,10 @@ def test_clear_errors(tiny_models, tmp_path):
         load_sd_checkpoint(tmp_path / "nope.safetensors")
     with pytest.raises(CheckpointError, match="ControlNet"):
         load_sd_checkpoint(tiny_models.controlnet)
-    bad = tmp_path / "evil.ckpt"
-    torch.save({"x": _Payload()}, bad)
-    with pytest.raises(CheckpointError, match="weights-only"):
-        load_sd_checkpoint(bad)
+    torch.save({"state_dict": {"x": torch.ones(100)}}, tmp_path / "whole.ckpt")
+    (tmp_path / "truncated.ckpt").write_bytes((tmp_path / "whole.ckpt").read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated.ckpt: cannot be read as a checkpoint .*truncated"):
+        load_sd_checkpoint(tmp_path / "truncated.ckpt")
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(CheckpointError, match="unknown checkpoint type"):
         load_sd_checkpoint(tmp_path / "notes.txt")

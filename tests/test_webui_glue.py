@@ -20,6 +20,8 @@ from lib_handrefiner import webui
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.imageio import load_image
 
+from pickles import tiny_lightning_checkpoint
+
 STUB = Path(__file__).resolve().parent / "webui_stub"
 CONTROLNET_NAME = HandRefinerArgs().controlnet
 FAST = dict(steps=2, crop_resolution=64, cfg_scale=5.0)
@@ -584,3 +586,29 @@ def test_img2img_box_editor_edits_the_boxes_widget_and_boxes_follow_the_resize(w
     assert webui.boxes_on_output(args, p, (512, 1024)).boxes == [(20, 40, 220, 440)]
     assert webui.boxes_on_output(args, p, (256, 512)).boxes == args.boxes
     assert webui.boxes_on_output(args, make_p(), (512, 1024)).boxes == args.boxes  # txt2img: output pixels
+
+
+def test_a_lightning_ckpt_as_the_handrefiner_checkpoint_refines_as_its_weights(wui, script, malformed, tiny_sd,
+                                                                               tiny_controlnet, tiny_models):
+    """The accordion's "checkpoint" naming a .ckpt that pickles Lightning callbacks (as sd-v1-5-inpainting.ckpt
+    does): it loads through the restricted unpickler and refines as the same weights do."""
+    from modules import shared
+
+    from lib_handrefiner.pipeline import refine_image
+
+    folder = Path(shared.models_path) / "Stable-diffusion"
+    path = tiny_lightning_checkpoint(tiny_models, folder)
+    try:
+        _, values = ui_values(script, enabled=True, inpaint_checkpoint="tiny-inpaint-lightning", **FAST)
+        p, pp = run(script, malformed, values)
+        assert p.extra_generation_params[webui.RESULT_KEY].startswith("refined 1 ")
+        assert p.extra_generation_params["HandRefiner checkpoint"] == "tiny-inpaint-lightning"
+        loaded_from, _ = wui.refiner._models._slots["checkpoint"][0]
+        assert loaded_from == path  # this .ckpt was loaded, not the WebUI's model
+        args = HandRefinerArgs(enabled=True, **FAST)
+        direct = refine_image(malformed, tiny_sd, tiny_controlnet, args, prompt="a man making a hand gesture",
+                              negative_prompt="blurry", seed=1234)
+        assert np.abs(direct.image.astype(int) - np.asarray(pp.image).astype(int)).max() <= 1
+    finally:
+        path.unlink()
+        path.with_suffix(".yaml").unlink()

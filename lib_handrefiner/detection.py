@@ -12,17 +12,17 @@ Conventions (see dev/ARCHITECTURE.md "Coordinates"):
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
+import re
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
-
-# MediaPipe's C++ logging writes a line per graph to stderr; keep the command line's output readable.
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 NUM_LANDMARKS = 21
 # When nothing is found, the image is retried with a border and, if its shorter side is below this, upscaled.
@@ -167,9 +167,50 @@ def _requires(distribution: str) -> List[str]:
         return []
 
 
+# What MediaPipe's native code writes to stderr while a graph starts and runs its first frames, and that says
+# nothing to a user: TFLite's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." (0.10.11 and 0.10.21);
+# absl's "WARNING: All log messages before absl::InitializeLog() ..." and its info/warning lines
+# ("W0000 00:00:1796158137.874374   13717 inference_feedback_manager.cc:114] ...", 0.10.21). Error and fatal lines
+# (E…, F…) and anything else are kept.
+_NATIVE_NOISE = re.compile(r"[IW]\d{4,8} [\d:.]+ +\d+ \S+:\d+\] "
+                           r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+                           r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.")
+
+
+@contextlib.contextmanager
+def _without_native_noise() -> Iterator[None]:
+    """Runs the block with file descriptor 2 sent to a file, then writes back every line but _NATIVE_NOISE's.
+
+    Measured with mediapipe 0.10.11 and 0.10.21: neither GLOG_minloglevel nor TF_CPP_MIN_LOG_LEVEL changes these
+    lines (0.10.21 logs through absl, TFLite prints on its own), and absl's InitializeLog / SetStderrThreshold are
+    not reachable from Python (the bindings export only their init function), so the lines are taken out where
+    they are written. Other threads' stderr written meanwhile comes out at the end, in order, not lost."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable stderr (a GUI launcher): nothing to keep clean
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not _NATIVE_NOISE.match(line)]
+            data = "".join(kept).encode("utf-8")
+            while data:
+                data = data[os.write(2, data):]
+
+
 def _run(rgb: np.ndarray, max_hands: int, detection_confidence: float, presence_confidence: float) -> List[Hand]:
     height, width = rgb.shape[:2]
-    with _GRAPHS_LOCK:
+    with _GRAPHS_LOCK, _without_native_noise():
         result = _graph(max_hands, detection_confidence, presence_confidence).process({"image": rgb})
     if not result.multi_hand_landmarks:
         return []

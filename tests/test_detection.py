@@ -153,3 +153,47 @@ def test_a_graph_that_cannot_initialise_names_mediapipe_protobuf_and_the_fix(mon
     # nothing broken is cached: the real graph builds once MediaPipe works
     monkeypatch.undo()
     assert detect_hands(image, max_hands=1, detection_confidence=0.31, presence_confidence=0.31) == []
+
+
+def _detect_in_a_new_process(extra_code: str = "") -> "subprocess.CompletedProcess":
+    """A fresh interpreter (MediaPipe's native side logs at its first graph) detecting on an example; its stderr
+    as the console shows it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from lib_handrefiner.detection import detect_hands\n"
+            "from lib_handrefiner.imageio import load_image\n"
+            f"{extra_code}\n"
+            f"print(len(detect_hands(load_image({str(EXAMPLES / 'malformed_1.jpg')!r}))))\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=str(EXAMPLES.parent))
+
+
+def test_mediapipes_native_info_and_warning_lines_do_not_reach_the_console():
+    done = _detect_in_a_new_process()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]
+    for noise in ("XNNPACK", "absl::InitializeLog", "W0000", "I0000"):
+        assert noise not in done.stderr, done.stderr
+
+
+def test_errors_written_while_mediapipe_runs_stay_visible():
+    """Lines that are not MediaPipe's info/warnings (an E-level native log line, a Python warning printed to
+    sys.stderr, another thread's output) come out, in order, after the graph call."""
+    patch = ("import os\n"
+             "from mediapipe.python.solution_base import SolutionBase\n"
+             "original = SolutionBase.process\n"
+             "def process(self, data):\n"
+             "    os.write(2, b'E0000 00:00:1.5   99 calculator_graph.cc:1] a real native error\\n')\n"
+             "    os.write(2, b'W0000 00:00:1.5   99 some_calculator.cc:2] a warning\\n')\n"
+             "    print('a python message', file=sys.stderr)\n"
+             "    return original(self, data)\n"
+             "SolutionBase.process = process\n")
+    done = _detect_in_a_new_process(patch)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    errors = [line for line in lines if "a real native error" in line]
+    assert errors and errors[0].startswith("E0000") and "a python message" in lines
+    assert lines.index(errors[0]) < lines.index("a python message")
+    assert "a warning" not in done.stderr

@@ -438,7 +438,9 @@ class WebUIProgress:
         self.state.nextjob()
 
     def should_stop(self) -> bool:
-        return bool(self.state.interrupted or self.state.skipped)
+        """Interrupt, Skip and "Stop generating" (state.stopping_generation: the Interrupt button while more
+        images are to come, with "Don't Interrupt in the middle" on) all end the pass before its next step."""
+        return bool(self.state.interrupted or self.state.skipped or getattr(self.state, "stopping_generation", False))
 
     def _add_to_console_total(self, steps: int) -> None:
         bar = getattr(self.total_tqdm, "_tqdm", None)

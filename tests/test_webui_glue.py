@@ -393,12 +393,30 @@ def test_a_controlnet_path_is_refused_without_the_where_to_put_it_hint(wui, scri
     assert np.array_equal(np.asarray(pp.image), malformed)
 
 
-def test_interrupt_stops_between_steps_and_keeps_the_image(wui, script, malformed):
+@pytest.mark.parametrize("request_name", ["interrupt", "skip", "stop_generating"])
+def test_interrupt_skip_and_stop_generating_stop_between_steps_and_keep_the_image(wui, script, malformed,
+                                                                                   request_name):
+    """Each of the WebUI's three requests, made while HandRefiner samples (after its first step), ends the pass
+    before the next step; the image is the one the job made."""
     from modules import shared
 
-    _, values = ui_values(script, enabled=True, **FAST)
-    shared.state.interrupt()
-    p, pp = run(script, malformed, values)
+    _, values = ui_values(script, enabled=True, **dict(FAST, steps=4))
+    model = shared.sd_model
+    calls = []
+
+    def apply_model(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            getattr(shared.state, request_name)()
+        return model.apply_model(*args, **kwargs)
+
+    shared.sd_model = copy.copy(model)
+    shared.sd_model.apply_model = apply_model
+    try:
+        p, pp = run(script, malformed, values)
+    finally:
+        shared.sd_model = model
+    assert len(calls) == 1   # one step of four, then stopped
     assert np.array_equal(np.asarray(pp.image), malformed)
     assert p.extra_generation_params[webui.RESULT_KEY].startswith("interrupted")
 

@@ -18,6 +18,9 @@ class State:
     def interrupt(self) -> None:
         self.interrupted = True
 
+    def stop_generating(self) -> None:
+        self.stopping_generation = True
+
     def nextjob(self) -> None:
         self.job_no += 1
         self.sampling_step = 0

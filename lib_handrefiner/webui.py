@@ -337,7 +337,8 @@ class WebUISDModel:
     (get_learned_conditioning, apply_model, encode/decode_first_stage), so its prompt-emphasis handling, VAE
     choice, precision casts and --lowvram/--medvram module offloading all apply."""
 
-    def __init__(self, ldm: Any, device: Any, dtype: torch.dtype, vae_dtype: Optional[torch.dtype] = None) -> None:
+    def __init__(self, ldm: Any, device: Any, dtype: torch.dtype, vae_dtype: Optional[torch.dtype] = None,
+                 devices: Any = None, opts: Any = None) -> None:
         check_sd1_model(ldm)
         self.ldm = ldm
         self.unet = ldm.model.diffusion_model
@@ -348,6 +349,8 @@ class WebUISDModel:
         self._device = torch.device(device)
         self._dtype = dtype
         self._vae_dtype = vae_dtype or dtype
+        self._devices = devices   # modules.devices: dtype_vae, without_autocast (None: neither)
+        self._opts = opts         # shared.opts: the VAE precision fallback settings
         self._peers: List[str] = []
 
     @property
@@ -375,16 +378,47 @@ class WebUISDModel:
         cond = self.ldm.get_learned_conditioning(texts + [p for p in self._peers if p not in texts])
         return cond[:len(texts)].to(self._device, self._dtype)
 
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's own precision (as the WebUI decodes: it can change at run time, see upcast_vae_after_nans)."""
+        weight = next(iter(self.ldm.first_stage_model.parameters()), None)
+        return weight.dtype if weight is not None else self._vae_dtype
+
     @torch.no_grad()
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        posterior = self.ldm.encode_first_stage(x.to(self._device, self._vae_dtype))
-        # The posterior's mode, not a sample: the known region must not depend on the global RNG.
-        latent = posterior.mode() if hasattr(posterior, "mode") else posterior
-        return self.ldm.get_first_stage_encoding(latent).to(self._device, self._dtype)
+        def encode() -> torch.Tensor:
+            posterior = self.ldm.encode_first_stage(x.to(self._device, self.vae_dtype))
+            # The posterior's mode, not a sample: the known region must not depend on the global RNG.
+            latent = posterior.mode() if hasattr(posterior, "mode") else posterior
+            return self.ldm.get_first_stage_encoding(latent)
+
+        return self._without_vae_nans(encode, "encoding").to(self._device, self._dtype)
 
     @torch.no_grad()
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
-        return self.ldm.decode_first_stage(z.to(self._device, self._vae_dtype)).clamp(-1, 1)
+        if torch.isnan(z).any():
+            raise HandRefinerFailure(
+                "the UNet produced NaNs (not enough precision for this picture); try Settings → Stable Diffusion → "
+                "\"Upcast cross attention layer to float32\", or start the WebUI with --no-half")
+        without_autocast = getattr(self._devices, "without_autocast", contextlib.nullcontext)
+
+        def decode() -> torch.Tensor:
+            with without_autocast():  # as the WebUI decodes: unstable VAEs misbehave even in float32 under autocast
+                return self.ldm.decode_first_stage(z.to(self._device, self.vae_dtype))
+
+        return self._without_vae_nans(decode, "decoding").clamp(-1, 1)
+
+    def _without_vae_nans(self, run: Callable[[], torch.Tensor], what: str) -> torch.Tensor:
+        """`run()`, once more after upcast_vae_after_nans when its result holds NaNs (a half-precision VAE's
+        overflow, which would composite a black hand)."""
+        out = run()
+        if not torch.isnan(out).any():
+            return out
+        upcast_vae_after_nans(self.ldm, self._devices, self._opts, what)
+        out = run()
+        if torch.isnan(out).any():
+            raise HandRefinerFailure(f"the VAE produced NaNs while {what} in {self.vae_dtype} too")
+        return out
 
     @torch.no_grad()
     def apply_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
@@ -395,6 +429,32 @@ class WebUISDModel:
         if c_concat is not None:
             cond["c_concat"] = [c_concat]
         return self.ldm.apply_model(x, t, cond)
+
+
+def upcast_vae_after_nans(ldm: Any, devices: Any, opts: Any, what: str = "decoding") -> torch.dtype:
+    """What the WebUI does when its VAE makes NaNs (processing.decode_latent_batch): with "Automatically convert
+    VAE to bfloat16" the VAE becomes bfloat16, otherwise with "Automatically revert VAE to 32-bit floats" (on by
+    default) float32; `devices.dtype_vae` follows, so the WebUI's own decodes use it from now on too. Returns the
+    new dtype; raises HandRefinerFailure (the image is kept) when neither setting applies or the VAE already has
+    that precision (e.g. --no-half-vae)."""
+    if getattr(opts, "auto_vae_precision_bfloat16", False):
+        dtype, setting = torch.bfloat16, "Automatically convert VAE to bfloat16"
+    elif getattr(opts, "auto_vae_precision", True):
+        dtype, setting = torch.float32, "Automatically revert VAE to 32-bit floats"
+    else:
+        raise HandRefinerFailure(f"the VAE produced NaNs while {what} (not enough precision); turn on Settings → "
+                                 "VAE → \"Automatically revert VAE to 32-bit floats\" or start the WebUI with "
+                                 "--no-half-vae")
+    current = next(iter(ldm.first_stage_model.parameters())).dtype
+    if current == dtype:
+        raise HandRefinerFailure(f"the VAE produced NaNs while {what} in {current}; try another VAE")
+    log.warning("HandRefiner: a tensor with NaNs was produced in the VAE (%s in %s); converting the VAE to %s and "
+                "retrying, as the WebUI does (setting \"%s\"; to always start with a 32-bit VAE, use "
+                "--no-half-vae)", what, current, dtype, setting)
+    if devices is not None:
+        devices.dtype_vae = dtype
+    ldm.first_stage_model.to(dtype)
+    return dtype
 
 
 def check_sd1_model(ldm: Any) -> None:
@@ -463,6 +523,8 @@ class WebUIEnv:
     total_tqdm: Any = None
     keep_models_on_device: bool = False       # False: HandRefiner's own models go back to the CPU after each image
     offload_to_cpu: bool = False              # --lowvram / --medvram
+    devices: Any = None                       # modules.devices (dtype_vae, without_autocast)
+    opts: Any = None                          # shared.opts
 
 
 @dataclass
@@ -601,7 +663,7 @@ class WebUIRefiner:
             sd = self._checkpoint(args.inpaint_checkpoint, listing, env)
             sd.to(env.device)
         else:
-            sd = WebUISDModel(env.sd_model(), env.device, env.dtype, env.vae_dtype)
+            sd = WebUISDModel(env.sd_model(), env.device, env.dtype, env.vae_dtype, env.devices, env.opts)
         controlnet.to(env.device)
         with _without_controlnet_extension_hook(sd.unet):
             yield sd, controlnet

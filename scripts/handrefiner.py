@@ -30,7 +30,8 @@ def _env() -> webui.WebUIEnv:
                                     getattr(shared, "extensions_dir", None)),
         state=shared.state, total_tqdm=getattr(shared, "total_tqdm", None),
         keep_models_on_device=bool(getattr(shared.opts, webui.KEEP_LOADED_SETTING, False)),
-        offload_to_cpu=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", False)))
+        offload_to_cpu=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", False)),
+        devices=devices, opts=shared.opts)
 
 
 refiner = webui.WebUIRefiner(_env)

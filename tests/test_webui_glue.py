@@ -421,6 +421,45 @@ def test_interrupt_skip_and_stop_generating_stop_between_steps_and_keep_the_imag
     assert p.extra_generation_params[webui.RESULT_KEY].startswith("interrupted")
 
 
+@pytest.mark.parametrize("setting", ["auto_vae_precision", "auto_vae_precision_bfloat16", "off"])
+def test_a_vae_that_makes_nans_in_half_precision_is_upcast_as_the_webui_does(wui, script, malformed, tiny_sd,
+                                                                             setting):
+    """A float16 VAE decoding to NaNs would composite a black hand: the VAE is converted as the WebUI's settings
+    say (float32 by default, bfloat16 when that setting is on; devices.dtype_vae follows) and decodes again; with
+    both settings off the image is kept and the result says how to fix it."""
+    from latent_diffusion import TinyLatentDiffusion
+    from modules import devices, shared
+
+    _, values = ui_values(script, enabled=True, **FAST)
+    _, reference = run(script, malformed, values)
+    model, saved = shared.sd_model, dict(shared.opts.data)
+    shared.sd_model = half = TinyLatentDiffusion(copy.deepcopy(tiny_sd))
+    half.first_stage_model.half()
+    devices.dtype_vae = torch.float16
+    shared.opts.auto_vae_precision_bfloat16 = setting == "auto_vae_precision_bfloat16"
+    shared.opts.auto_vae_precision = setting != "off"
+    try:
+        p, pp = run(script, malformed, values)
+        dtype_vae = devices.dtype_vae
+    finally:
+        shared.sd_model, devices.dtype_vae = model, torch.float32
+        shared.opts.data.clear()
+        shared.opts.data.update(saved)
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    if setting == "off":
+        assert "NaNs" in result and "--no-half-vae" in result
+        assert np.array_equal(np.asarray(pp.image), malformed)
+        return
+    expected = torch.float32 if setting == "auto_vae_precision" else torch.bfloat16
+    assert dtype_vae == expected and next(half.first_stage_model.parameters()).dtype == expected
+    assert result.startswith("refined 1 ")
+    out, ref = np.asarray(pp.image).astype(int), np.asarray(reference.image).astype(int)
+    # the hand decoded as in float32, not black (the encode ran in float16 before the decode's NaNs; bfloat16
+    # rounds more)
+    tolerance = 4 if expected == torch.float32 else 48
+    assert np.abs(out - ref).max() <= tolerance and np.abs(out - ref).mean() < 0.5 and (out != malformed).any()
+
+
 def test_reentry_is_refused(wui, script, malformed):
     """A pass that reaches the script again (as an inner processing pass would) must not refine recursively."""
     from modules import shared

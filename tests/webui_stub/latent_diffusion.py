@@ -1,7 +1,8 @@
 """The tiny test checkpoint in the shape of the WebUI's `shared.sd_model` (an ldm LatentDiffusion), as far as
 HandRefiner uses it: `model.diffusion_model` (the UNet), `apply_model(x, t, cond)` with ldm's cond dict,
 `get_learned_conditioning`, `encode_first_stage` (a DiagonalGaussianDistribution), `get_first_stage_encoding`,
-`decode_first_stage`, `alphas_cumprod`, `scale_factor`. The networks are lib_handrefiner.sd_model's real ldm ones.
+`decode_first_stage`, `alphas_cumprod`, `scale_factor`. The networks are lib_handrefiner.sd_model's real ldm ones;
+the VAE decodes to NaNs in float16 (the SD 1.x VAE's half-precision overflow, always here).
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ class FirstStage(nn.Module):
         return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
 
     def decode(self, z):
+        if self.post_quant_conv.weight.dtype == torch.float16:
+            # The SD 1.x VAE overflows in half precision on some pictures (NaNs: a black image unless the WebUI
+            # upcasts and decodes again); this stand-in always does.
+            return torch.full((z.shape[0], 3, z.shape[2] * 8, z.shape[3] * 8), float("nan"), dtype=torch.float16)
         return self.decoder(self.post_quant_conv(z))
 
 

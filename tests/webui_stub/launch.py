@@ -1,16 +1,6 @@
-"""Stand-in for the WebUI's `launch` module (launch_utils.is_installed / run_pip), recording pip commands."""
-from __future__ import annotations
+"""Stand-in for the WebUI's `launch` module, as extension installers import it: it re-exports modules.launch_utils'
+functions (is_installed, run_pip) and keeps the module itself as `launch_utils`, like the WebUI 1.10.1's launch.py."""
+from modules import launch_utils
 
-from typing import Dict, List, Optional
-
-installed: Dict[str, str] = {}       # distribution name -> version, set by the tests
-pip_commands: List[str] = []
-
-
-def is_installed(package: str) -> bool:
-    return package in installed
-
-
-def run_pip(command: str, desc: Optional[str] = None, live: bool = False) -> str:
-    pip_commands.append(command)
-    return ""
+is_installed = launch_utils.is_installed
+run_pip = launch_utils.run_pip

@@ -1,84 +1,112 @@
 """Depth maps of hand meshes, ray cast offscreen with Open3D's `RaycastingScene` (no window, no GPU).
 
 One orthographic ray per pixel centre (u + 0.5, v + 0.5) along +z (the image camera, see dev/ARCHITECTURE.md).
-Hand pixels get 255·(1 − 0.8·(d − dmin)/(dmax − dmin)): the nearest hand surface 255, the farthest 51, with
-dmin/dmax over all hand pixels of the image; background is 0. Several hands composite by the nearer surface.
+Each hand is rendered whole and on its own, and normalised on its own, as the official preprocessor
+(preprocessor/meshgraphormer.py) renders each hand in its own crop: its nearest surface 255, its farthest 50
+(`hand_levels`). Where hands overlap, the nearer surface shows. Background is 0.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from lib_handrefiner.mesh import HandMesh
 
-NEAR_LEVEL = 255.0
-FAR_FRACTION = 0.8  # the farthest hand pixel is 255 * (1 - 0.8) = 51, well above the background's 0
+FAR_FRACTION = 0.8  # the farthest surface of a hand is 255 · (1 − 0.8) = 50.99…, truncated to 50
+
+# Inclusive pixel extrema (x_min, y_min, x_max, y_max) of a hand's depth pixels; may lie outside the image.
+PixelExtent = Tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
 class DepthResult:
-    depth: np.ndarray       # (H, W) uint8: 0 background, 51..255 hand (255 nearest)
+    depth: np.ndarray       # (H, W) uint8: 0 background, 50..255 hand (255 its nearest surface)
     hand_index: np.ndarray  # (H, W) int16: index into the meshes of the visible hand at each pixel, -1 background
+    # Per mesh: the extent of its depth pixels rendered alone, including any past the image edge (None: no pixel).
+    extents: Tuple[Optional[PixelExtent], ...] = ()
+
+
+def hand_levels(distance: np.ndarray) -> np.ndarray:
+    """The depth levels of one hand's surface pixels from their distances along the view direction, normalised
+    over this hand alone: 255 · (1 − 0.8 · (d − dmin)/(dmax − dmin)), truncated to uint8, with the official code's
+    order of float64 operations (so the same distances give the same bytes). A flat hand is 255."""
+    d = np.asarray(distance, dtype=np.float64)
+    if d.size == 0:
+        return np.zeros(d.shape, dtype=np.uint8)
+    d_min, d_max = d.min(), d.max()
+    if d_max - d_min <= 1e-9:
+        return np.full(d.shape, 255, dtype=np.uint8)
+    levels = 1.0 - (FAR_FRACTION * (d - d_min) / (d_max - d_min))
+    levels *= 255
+    return levels.astype(np.uint8)
 
 
 def render_depth(meshes: Sequence[HandMesh], width: int, height: int) -> DepthResult:
     depth = np.zeros((height, width), dtype=np.uint8)
     hand_index = np.full((height, width), -1, dtype=np.int16)
-    window = _pixel_window(meshes, width, height)
-    if window is None:
-        return DepthResult(depth, hand_index)
-    x0, y0, x1, y1 = window
-    distance, index = _cast(meshes, x0, y0, x1, y1)
-    hit = index >= 0
-    if hit.any():
-        d = distance[hit]
-        d_min, d_max = float(d.min()), float(d.max())
-        span = d_max - d_min
-        relative = (d - d_min) / span if span > 1e-9 else np.zeros_like(d)
-        levels = np.zeros(distance.shape, dtype=np.uint8)
-        levels[hit] = np.round(NEAR_LEVEL * (1.0 - FAR_FRACTION * relative)).astype(np.uint8)
-        depth[y0:y1, x0:x1] = levels
-        hand_index[y0:y1, x0:x1] = index
-    return DepthResult(depth, hand_index)
+    nearest = np.full((height, width), np.inf)
+    extents = []
+    for i, mesh in enumerate(meshes):
+        rendered = _render_alone(mesh, width, height)
+        if rendered is None:
+            extents.append(None)
+            continue
+        (x0, y0), z, levels = rendered
+        hit_y, hit_x = np.nonzero(np.isfinite(z))
+        extents.append((x0 + int(hit_x.min()), y0 + int(hit_y.min()), x0 + int(hit_x.max()), y0 + int(hit_y.max())))
+        # The part of the hand's window on the image, where this hand is nearer than those drawn so far.
+        ix0, iy0 = max(x0, 0), max(y0, 0)
+        ix1, iy1 = min(x0 + z.shape[1], width), min(y0 + z.shape[0], height)
+        if ix1 <= ix0 or iy1 <= iy0:
+            continue
+        part = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+        on_image = (slice(iy0, iy1), slice(ix0, ix1))
+        wins = z[part] < nearest[on_image]
+        nearest[on_image][wins] = z[part][wins]
+        depth[on_image][wins] = levels[part][wins]
+        hand_index[on_image][wins] = i
+    return DepthResult(depth, hand_index, tuple(extents))
 
 
-def _pixel_window(meshes: Sequence[HandMesh], width: int, height: int) -> Tuple[int, int, int, int] | None:
-    """The pixel rectangle [x0, x1) × [y0, y1) covering every mesh's projection, clamped to the image; rays are
-    cast only there."""
-    if not meshes or width <= 0 or height <= 0:
+def _render_alone(mesh: HandMesh, width: int, height: int
+                  ) -> Optional[Tuple[Tuple[int, int], np.ndarray, np.ndarray]]:
+    """The hand's whole projection, ray cast with no other hand in the scene: (window origin x0, y0), the hit's
+    z per pixel (inf where a ray misses) and the hand's own depth levels (0 where it misses). The window may
+    extend half the image past each edge, as the official code's canvas does (and no further: a runaway mesh
+    cannot ask for unbounded rays)."""
+    xy = mesh.vertices[:, :2]
+    if len(xy) == 0 or width <= 0 or height <= 0:
         return None
-    xy = np.concatenate([m.vertices[:, :2] for m in meshes])
     x0, y0 = np.floor(xy.min(axis=0)).astype(int)
     x1, y1 = np.ceil(xy.max(axis=0)).astype(int) + 1
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+    x0, y0 = max(int(x0), -(width // 2)), max(int(y0), -(height // 2))
+    x1, y1 = min(int(x1), width + width // 2), min(int(y1), height + height // 2)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    z = _cast(mesh, x0, y0, x1, y1)
+    hit = np.isfinite(z)
+    if not hit.any():
+        return None
+    levels = np.zeros(z.shape, dtype=np.uint8)
+    levels[hit] = hand_levels(z[hit])
+    return (x0, y0), z, levels
 
 
-def _cast(meshes: Sequence[HandMesh], x0: int, y0: int, x1: int, y1: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Distance along +z (from the plane z = z_start) and mesh index of the first hit for each pixel of the
-    window; index -1 where a ray hits nothing."""
+def _cast(mesh: HandMesh, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """z of the first hit of each pixel's ray over the window [x0, x1) × [y0, y1); inf where it misses."""
     import open3d as o3d
 
     scene = o3d.t.geometry.RaycastingScene()
-    geometry_to_hand = {}
-    for i, mesh in enumerate(meshes):
-        geometry_id = scene.add_triangles(o3d.core.Tensor(np.ascontiguousarray(mesh.vertices, dtype=np.float32)),
-                                          o3d.core.Tensor(np.ascontiguousarray(mesh.faces, dtype=np.uint32)))
-        geometry_to_hand[geometry_id] = i
-    z_start = min(float(m.vertices[:, 2].min()) for m in meshes) - 1.0
+    scene.add_triangles(o3d.core.Tensor(np.ascontiguousarray(mesh.vertices, dtype=np.float32)),
+                        o3d.core.Tensor(np.ascontiguousarray(mesh.faces, dtype=np.uint32)))
+    z_start = float(mesh.vertices[:, 2].min()) - 1.0
     v, u = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     rays = np.zeros(u.shape + (6,), dtype=np.float32)
     rays[..., 0] = u + 0.5
     rays[..., 1] = v + 0.5
     rays[..., 2] = z_start
     rays[..., 5] = 1.0
-    answer = scene.cast_rays(o3d.core.Tensor(rays))
-    t_hit = answer["t_hit"].numpy()
-    geometry_ids = answer["geometry_ids"].numpy()
-    hit = np.isfinite(t_hit)
-    index = np.full(t_hit.shape, -1, dtype=np.int16)
-    for geometry_id, hand in geometry_to_hand.items():
-        index[hit & (geometry_ids == geometry_id)] = hand
-    return np.where(hit, t_hit, np.inf).astype(np.float64), index
+    t_hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy().astype(np.float64)
+    return np.where(np.isfinite(t_hit), z_start + t_hit, np.inf)

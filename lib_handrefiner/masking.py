@@ -1,5 +1,5 @@
-"""Inpainting masks: each hand's padded keypoint box united with its depth pixels, optionally dilated, and a soft
-(feathered) version for compositing.
+"""Inpainting masks: each hand's box (the official rule: keypoint and depth extrema united, then padded), optionally
+dilated, and a soft (feathered) version for compositing.
 
 Boxes are [x0, y0, x1, y1] in pixels with x1/y1 exclusive; integer boxes are clamped to the image.
 """
@@ -13,17 +13,22 @@ import numpy as np
 IntBox = Tuple[int, int, int, int]
 
 
-def hand_box(landmarks_xy: np.ndarray, width: int, height: int, pad_px: float = 30,
-             pad_ratio: float = 0.15) -> IntBox:
-    """The box around the landmarks padded on every side by max(pad_px, pad_ratio × the box's longer side),
-    clamped to the image; every landmark's pixel lies inside it."""
+def hand_box(landmarks_xy: np.ndarray, width: int, height: int, pad_px: int = 30, pad_ratio: float = 0.15,
+             depth_extent: Optional[Sequence[int]] = None) -> IntBox:
+    """The official HandRefiner mask box (preprocessor/meshgraphormer.py, get_depth and get_mask_bounding_box):
+    the keypoint extrema (whole pixels, truncated as int() does) united with the extrema of the hand's depth
+    pixels (`depth_extent`: inclusive x_min, y_min, x_max, y_max, possibly past the image edge), then padded on
+    each axis by max(int((extent + 1) × pad_ratio), pad_px) and clamped to the image."""
     xy = np.asarray(landmarks_xy, dtype=np.float64)[:, :2]
-    x0, y0 = xy.min(axis=0)
-    x1, y1 = xy.max(axis=0)
-    pad = max(float(pad_px), pad_ratio * max(x1 - x0, y1 - y0))
-    # A landmark at x = 100.0 lies in pixel 100, so the exclusive end is floor(max) + 1.
-    return clamp_box((math.floor(x0 - pad), math.floor(y0 - pad), math.floor(x1 + pad) + 1,
-                      math.floor(y1 + pad) + 1), width, height)
+    x_min, y_min = (math.trunc(v) for v in xy.min(axis=0))
+    x_max, y_max = (math.trunc(v) for v in xy.max(axis=0))
+    if depth_extent is not None:
+        dx0, dy0, dx1, dy1 = depth_extent
+        x_min, y_min, x_max, y_max = min(x_min, dx0), min(y_min, dy0), max(x_max, dx1), max(y_max, dy1)
+    pad_x = max(int((x_max - x_min + 1) * pad_ratio), int(pad_px))
+    pad_y = max(int((y_max - y_min + 1) * pad_ratio), int(pad_px))
+    # The official box is inclusive ([min, max] clamped to [0, W-1]); ours ends one past it.
+    return clamp_box((x_min - pad_x, y_min - pad_y, x_max + pad_x + 1, y_max + pad_y + 1), width, height)
 
 
 def clamp_box(box: Sequence[float], width: int, height: int) -> IntBox:
@@ -38,15 +43,6 @@ def union_box(a: IntBox, b: Optional[IntBox]) -> IntBox:
     if b is None:
         return a
     return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
-
-
-def pixels_box(pixels: np.ndarray) -> Optional[IntBox]:
-    """The box around the True pixels of a boolean H×W array; None when there are none."""
-    rows = np.flatnonzero(pixels.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(pixels.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -13,7 +13,7 @@ from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.depth import render_depth
 from lib_handrefiner.detection import Hand, detect_hands, uncrop_hand
 from lib_handrefiner.imageio import ImageLike, to_rgb
-from lib_handrefiner.masking import IntBox, box_iou, build_mask, clamp_box, hand_box, pixels_box, union_box
+from lib_handrefiner.masking import IntBox, box_iou, build_mask, clamp_box, hand_box, union_box
 from lib_handrefiner.mesh import HandMesh, MeshModel, get_mesh_model
 
 # A user box is searched for a hand in a crop grown by this fraction of its side on every side (the palm
@@ -28,7 +28,7 @@ SAME_HAND_IOU = 0.5
 class PerceivedHand:
     hand: Optional[Hand]      # None: a user box in which no hand was found (mask only)
     mesh: Optional[HandMesh]
-    box: IntBox               # the box of this hand's mask: padded keypoint box ∪ user box ∪ its depth pixels
+    box: IntBox               # the box of this hand's mask: (keypoint ∪ depth extrema, padded) ∪ user box
     refinable: bool           # has a mesh and is at least min_hand_size
     from_user_box: bool = False
 
@@ -38,7 +38,7 @@ class PerceptionResult:
     width: int
     height: int
     hands: List[PerceivedHand]
-    depth: np.ndarray         # (H, W) uint8, 0 background, 51..255 hands
+    depth: np.ndarray         # (H, W) uint8, 0 background, 50..255 hands (each hand normalised on its own)
     mask: np.ndarray          # (H, W) uint8 0/255, all hands, dilated by args.mask_dilation
     timings_ms: Dict[str, float]
     hand_index: Optional[np.ndarray] = field(default=None, repr=False)  # (H, W) int16: hand of each depth pixel, -1
@@ -80,7 +80,11 @@ def perceive(image: ImageLike, args: HandRefinerArgs = HandRefinerArgs(),
     for k, i in enumerate(present):
         hand_index[rendered.hand_index == k] = i
     lap("depth")
-    hands = [_perceived(c, m, hand_index == i, width, height, args) for i, (c, m) in enumerate(zip(candidates, meshes))]
+    extents = [None] * len(candidates)
+    for k, i in enumerate(present):
+        extents[i] = rendered.extents[k]
+    hands = [_perceived(c, m, extent, width, height, args)
+             for c, m, extent in zip(candidates, meshes, extents)]
     mask = build_mask(width, height, [h.box for h in hands], rendered.depth > 0, args.mask_dilation)
     lap("mask")
     timings["total"] = (perf_counter() - start) * 1000.0
@@ -138,13 +142,13 @@ def _centre_in(inner: Sequence[float], box: Sequence[float]) -> bool:
     return box[0] <= cx < box[2] and box[1] <= cy < box[3]
 
 
-def _perceived(candidate: _Candidate, mesh: Optional[HandMesh], depth_pixels: np.ndarray, width: int, height: int,
-               args: HandRefinerArgs) -> PerceivedHand:
+def _perceived(candidate: _Candidate, mesh: Optional[HandMesh], depth_extent: Optional[Tuple[int, int, int, int]],
+               width: int, height: int, args: HandRefinerArgs) -> PerceivedHand:
     hand = candidate.hand
     box = candidate.box
     if hand is not None:
-        box = union_box(hand_box(hand.landmarks, width, height, args.mask_padding, args.mask_padding_ratio), box)
-    box = union_box(box, pixels_box(depth_pixels))
+        box = union_box(hand_box(hand.landmarks, width, height, args.mask_padding, args.mask_padding_ratio,
+                                 depth_extent), box)
     refinable = hand is not None and mesh is not None and hand.size >= args.min_hand_size
     return PerceivedHand(hand, mesh, box, refinable, candidate.from_user_box)
 
@@ -166,7 +170,7 @@ def overlay_image(rgb: np.ndarray, result: PerceptionResult) -> np.ndarray:
     rgb = to_rgb(rgb)
     out = rgb.astype(np.float32) * 0.55
     hit = result.depth > 0
-    # Depth in a warm tint over the darkened image: near (255) bright, far (51) dim.
+    # Depth in a warm tint over the darkened image: near (255) bright, far (50) dim.
     tint = result.depth[hit, None].astype(np.float32) / 255.0 * np.array([255.0, 235.0, 200.0])
     out[hit] = 0.25 * rgb[hit] + 0.75 * tint
     out = _with_mask_outline(np.clip(out, 0, 255).astype(np.uint8), result.mask)

@@ -136,8 +136,20 @@ def size_multiple(unet: torch.nn.Module) -> int:
 
 
 def latent_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B,1,H,W) in {0,1} → (B,1,H/8,W/8): a latent cell belongs to the hand if any of its pixels does, so the
-    blend never pastes the old hand back."""
+    """(B,1,H,W) in {0,1} → (B,1,H/8,W/8) by nearest interpolation: each latent cell takes the pixel at its
+    top-left corner. The official inference (handrefiner.py) and training (ldm's LatentInpaintDiffusion.get_input)
+    resize the inpainting mask exactly so; the UNet's mask channel must be this (it is what the inpainting UNet
+    and the HandRefiner ControlNet were trained with), and so must the mask of any training code."""
+    return F.interpolate(mask, size=(mask.shape[-2] // LATENT_SCALE, mask.shape[-1] // LATENT_SCALE), mode="nearest")
+
+
+def blend_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) in {0,1} → (B,1,H/8,W/8): a latent cell is regenerated if any of its pixels is hand (max-pool).
+    Only for the known-region blend (eq. 2), where the official code uses the nearest mask: there, a cell whose
+    top-left pixel lies outside the hand but which covers hand pixels is pasted back from the original at every
+    step, so the old (malformed) hand survives in those pixels, inside the pixel mask that the final composite
+    takes from the sample. Regenerating every such cell costs at most one latent cell (8 px) at the box edge,
+    which the pixel composite then discards."""
     return F.max_pool2d(mask, LATENT_SCALE)
 
 
@@ -168,10 +180,9 @@ def sample_inpaint(sd: SDModel, controlnet, request: InpaintRequest, strengths: 
     # The latent carried from step to step stays float32 whatever the model's precision, as in ldm's and the
     # WebUI's samplers: rounded to float16 at every step it drifts (and ᾱ ≈ 0.005 at the first step divides it).
     known = sd.encode_image(image).float()
-    m = latent_mask(mask.float())
     c_concat = None
     if sd.in_channels == 9:  # inpainting UNet: it also sees where the hole is and what surrounds it
-        c_concat = torch.cat([m.to(dtype), sd.encode_image(image * (1.0 - mask)).to(dtype)], dim=1)
+        c_concat = torch.cat([latent_mask(mask).to(dtype), sd.encode_image(image * (1.0 - mask)).to(dtype)], dim=1)
     cond = sd.encode_text([request.prompt])
     uncond = sd.encode_text([request.negative_prompt])
     schedule = ddim_schedule(sd.alphas_cumprod, request.steps, request.denoising_strength)
@@ -188,5 +199,6 @@ def sample_inpaint(sd: SDModel, controlnet, request: InpaintRequest, strengths: 
 
         control = inject_control(sd.unet, controlnet, request.hint.to(device, dtype), strength)
     with torch.no_grad(), control:
-        z = ddim_inpaint(denoise, x_T, known, m, schedule, generator, request.eta, callback, should_stop)
+        z = ddim_inpaint(denoise, x_T, known, blend_mask(mask.float()), schedule, generator, request.eta, callback,
+                         should_stop)
         return sd.decode_latent(z).float()

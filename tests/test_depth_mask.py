@@ -6,9 +6,8 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from lib_handrefiner.depth import render_depth
-from lib_handrefiner.masking import (box_iou, build_mask, clamp_box, dilate, feather, hand_box, pixels_box,
-                                     union_box)
+from lib_handrefiner.depth import hand_levels, render_depth
+from lib_handrefiner.masking import box_iou, build_mask, clamp_box, dilate, feather, hand_box, union_box
 from lib_handrefiner.mesh import HandMesh
 
 
@@ -18,19 +17,51 @@ def box_mesh(x0, y0, z0, x1, y1, z1) -> HandMesh:
                     np.zeros((21, 3), np.float32), "test")
 
 
+def official_level(relative: float) -> int:
+    """preprocessor/meshgraphormer.py: depthmap = 1.0 - (0.8 * (depth - min) / (max - min)); *= 255; astype(uint8)."""
+    return int(np.array([(1.0 - 0.8 * relative) * 255.0]).astype(np.uint8)[0])
+
+
+def stepped_mesh(x0, y0, steps) -> HandMesh:
+    """One mesh of 10x10 px boxes side by side, box k from z = steps[k] to 200: a hand whose surface has several
+    depths."""
+    parts = [box_mesh(x0 + 10 * k, y0, z, x0 + 10 * (k + 1), y0 + 10, 200.0) for k, z in enumerate(steps)]
+    vertices = np.concatenate([p.vertices for p in parts])
+    offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
+    faces = np.concatenate([p.faces + o for p, o in zip(parts, offsets)]).astype(np.int32)
+    return HandMesh(vertices, faces, np.zeros((21, 3), np.float32), "test")
+
+
 def test_depth_formula_near_far_middle_and_background():
-    near = box_mesh(10, 10, 10.0, 20, 20, 70)
-    middle = box_mesh(30, 10, 35.0, 40, 20, 70)
-    far = box_mesh(50, 10, 60.0, 60, 20, 70)
-    result = render_depth([near, middle, far], 64, 32)
+    hand = stepped_mesh(10, 10, [10.0, 35.0, 60.0])
+    result = render_depth([hand], 64, 32)
     d = result.depth
     assert d.dtype == np.uint8 and d.shape == (32, 64)
-    assert np.all(d[10:20, 10:20] == 255)                            # dmin: 255
-    assert np.all(d[10:20, 30:40] == round(255 * (1 - 0.8 * 0.5)))    # halfway: 153
-    assert np.all(d[10:20, 50:60] == round(255 * 0.2))                # dmax: 51
+    assert np.all(d[10:20, 10:20] == 255)                       # dmin: 255
+    assert np.all(d[10:20, 20:30] == official_level(0.5)) and official_level(0.5) == 153  # halfway
+    assert np.all(d[10:20, 30:40] == official_level(1.0)) and official_level(1.0) == 50   # dmax: 50.99… → 50
     assert (d > 0).sum() == 300 and d[0, 0] == 0 and d[25, 15] == 0
-    assert np.all(result.hand_index[10:20, 10:20] == 0) and np.all(result.hand_index[10:20, 50:60] == 2)
-    assert result.hand_index.dtype == np.int16 and result.hand_index[0, 0] == -1
+    assert np.all(result.hand_index[10:20, 10:40] == 0) and result.hand_index.dtype == np.int16
+    assert result.hand_index[0, 0] == -1 and result.extents == ((10, 10, 39, 19),)
+
+
+def test_each_hand_spans_the_whole_range_on_its_own():
+    """The official preprocessor normalises each hand in its own crop: two hands at different distances each go
+    from 255 to 50 (normalised over both, the near one would be 255…233 and the far one 66…50)."""
+    near = stepped_mesh(2, 10, [0.0, 10.0])
+    far = stepped_mesh(30, 10, [100.0, 120.0])
+    d = render_depth([near, far], 64, 32).depth
+    for x0 in (2, 30):
+        assert np.all(d[10:20, x0:x0 + 10] == 255) and np.all(d[10:20, x0 + 10:x0 + 20] == 50)
+
+
+def test_hand_levels_follow_the_official_arithmetic():
+    rng = np.random.default_rng(0)
+    d = rng.uniform(-40, 90, 500)
+    official = 1.0 - (0.8 * (d - d.min()) / (d.max() - d.min()))
+    official *= 255
+    np.testing.assert_array_equal(hand_levels(d), official.astype(np.uint8))
+    assert hand_levels(np.full(4, 3.0)).tolist() == [255] * 4
 
 
 def test_pixel_centres_decide_coverage():
@@ -41,11 +72,13 @@ def test_pixel_centres_decide_coverage():
 
 
 def test_nearer_surface_wins_where_hands_overlap():
-    far = box_mesh(0, 0, 50, 30, 30, 60)
-    near = box_mesh(10, 10, 0, 20, 20, 10)
+    far = stepped_mesh(0, 0, [50.0, 60.0])
+    near = box_mesh(5, 2, 0, 15, 8, 10)
     result = render_depth([far, near], 32, 32)
-    assert np.all(result.hand_index[10:20, 10:20] == 1) and np.all(result.depth[10:20, 10:20] == 255)
-    assert result.hand_index[5, 5] == 0 and result.depth[5, 5] == 51
+    assert np.all(result.hand_index[2:8, 5:15] == 1) and np.all(result.depth[2:8, 5:15] == 255)
+    assert result.hand_index[5, 2] == 0 and result.depth[5, 2] == 255 and result.depth[5, 17] == 50
+    # Each hand's extent is its own, also where the other one covers it.
+    assert result.extents == ((0, 0, 19, 9), (5, 2, 14, 7))
 
 
 def test_flat_single_surface_is_all_near():
@@ -60,25 +93,50 @@ def test_no_meshes_and_meshes_off_the_image():
     assert not off.depth.any()
     partly = render_depth([box_mesh(-5, -5, 0, 4, 4, 5)], 16, 8)
     assert (partly.depth > 0).sum() == 16
+    # The whole hand, also past the image edge, up to half the image past it (the official canvas): y from -4.
+    assert partly.extents == ((-5, -4, 3, 3),)
 
 
-def test_hand_box_padding_and_clamping():
-    lm = np.array([[100.0, 100.0], [140.0, 120.0]])
-    # Small box: the 30 px minimum wins.
-    assert hand_box(lm, 512, 512) == (70, 70, 171, 151)
+def official_box(landmarks_xy, depth_extent, w, h, padding=30, dynamic_resize=0.15):
+    """get_depth's extrema and get_mask_bounding_box of preprocessor/meshgraphormer.py, written out; returns the
+    inclusive official box as our exclusive one."""
+    x_min, x_max = int(min(landmarks_xy[:, 0])), int(max(landmarks_xy[:, 0]))
+    y_min, y_max = int(min(landmarks_xy[:, 1])), int(max(landmarks_xy[:, 1]))
+    if depth_extent is not None:
+        x_min, x_max = min(depth_extent[0], x_min), max(depth_extent[2], x_max)
+        y_min, y_max = min(depth_extent[1], y_min), max(depth_extent[3], y_max)
+    bb_xpad = max(int((x_max - x_min + 1) * dynamic_resize), padding)
+    bb_ypad = max(int((y_max - y_min + 1) * dynamic_resize), padding)
+    bbx_min, bbx_max = np.max((x_min - bb_xpad, 0)), np.min((x_max + bb_xpad, w - 1))
+    bby_min, bby_max = np.max((y_min - bb_ypad, 0)), np.min((y_max + bb_ypad, h - 1))
+    return int(bbx_min), int(bby_min), int(bbx_max) + 1, int(bby_max) + 1
+
+
+def test_hand_box_is_the_official_rule():
+    lm = np.array([[100.7, 100.2], [140.9, 120.5]])
+    # Small box: the 30 px minimum wins on both axes; keypoints are truncated to whole pixels.
+    assert hand_box(lm, 512, 512) == (70, 70, 171, 151) == official_box(lm, None, 512, 512)
     big = np.array([[100.0, 100.0], [400.0, 200.0]])
-    # 15 % of the longer side (300 px) = 45 px.
-    assert hand_box(big, 512, 512) == (55, 55, 446, 246)
-    assert hand_box(big, 420, 230) == (55, 55, 420, 230)
+    # Per axis: int(301 × 0.15) = 45 px across, the 30 px minimum down (int(101 × 0.15) = 15).
+    assert hand_box(big, 512, 512) == (55, 70, 446, 231) == official_box(big, None, 512, 512)
+    assert hand_box(big, 420, 230) == (55, 70, 420, 230)
     assert hand_box(lm, 512, 512, pad_px=0, pad_ratio=0.0) == (100, 100, 141, 121)
+    # The depth extent is united before padding, so the padding grows with it; past the edge it is clamped.
+    extent = (90, 60, 170, 125)
+    assert hand_box(lm, 512, 512, depth_extent=extent) == (60, 30, 201, 156) == official_box(lm, extent, 512, 512)
+    assert hand_box(lm, 512, 512, depth_extent=(-20, -9, 150, 130)) == (0, 0, 181, 161)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        pts = rng.uniform(-30, 300, (21, 2))
+        lo = rng.integers(-40, 250, 2)
+        extent = (int(lo[0]), int(lo[1]), int(lo[0] + rng.integers(0, 80)), int(lo[1] + rng.integers(0, 80)))
+        w, h = int(rng.integers(200, 400)), int(rng.integers(200, 400))
+        assert hand_box(pts, w, h, depth_extent=extent) == official_box(pts, extent, w, h)
 
 
 def test_box_helpers():
     assert clamp_box((-3.2, 1.5, 10.1, 99), 50, 40) == (0, 1, 11, 40)
     assert union_box((0, 0, 5, 5), (3, 4, 9, 6)) == (0, 0, 9, 6) and union_box((1, 2, 3, 4), None) == (1, 2, 3, 4)
-    pixels = np.zeros((10, 12), bool)
-    pixels[3:5, 7:9] = True
-    assert pixels_box(pixels) == (7, 3, 9, 5) and pixels_box(np.zeros((4, 4), bool)) is None
     assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib_handrefiner.sampler import (InpaintRequest, cfg_denoiser, ddim_inpaint, ddim_schedule, latent_mask,
-                                     sample_inpaint, with_extra_negative, SamplingInterrupted)
+from lib_handrefiner.sampler import (InpaintRequest, SamplingInterrupted, blend_mask, cfg_denoiser, ddim_inpaint,
+                                     ddim_schedule, latent_mask, sample_inpaint, with_extra_negative)
 
 LATENT = (1, 4, 8, 8)
 
@@ -151,11 +151,36 @@ def test_half_precision_models_keep_the_sampler_state_in_float32(tiny_sd, tiny_c
     assert drift.max() < 0.03 and drift.mean() < 0.001
 
 
-def test_latent_mask_keeps_any_hand_pixel():
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[0, 0, 9, 2] = 1
-    m = latent_mask(mask)
-    assert m.shape == (1, 1, 2, 2) and m[0, 0, 1, 0] == 1 and m.sum() == 1
+def test_the_unet_sees_the_official_nearest_mask_and_the_blend_the_max_pooled_one(tiny_sd, monkeypatch):
+    """The official code (inference and training) resizes the mask to latent size with nearest interpolation; the
+    UNet's mask channel must be that (we max-pooled it: up to one cell larger on every edge). The known-region
+    blend alone keeps every cell that holds a hand pixel."""
+    from lib_handrefiner import sampler
+
+    req = _request(size=64, steps=1)
+    req.mask.zero_()
+    req.mask[..., 3:21, 5:28] = 1  # edges off the 8-pixel grid
+    official = torch.nn.functional.interpolate(req.mask, size=(8, 8))  # handrefiner.py: interpolate(mask, (64, 64))
+    pooled = torch.zeros(1, 1, 8, 8)
+    pooled[..., 0:3, 0:4] = 1  # every cell touched by rows 3..20, columns 5..27
+    assert torch.equal(blend_mask(req.mask), pooled) and not torch.equal(official, pooled)
+    assert torch.equal(latent_mask(req.mask), official)
+    seen = {}
+    real_apply, real_inpaint = tiny_sd.apply_unet, sampler.ddim_inpaint
+
+    def apply_unet(x, t, context, c_concat=None):
+        seen["mask_channel"] = c_concat[:, :1]
+        return real_apply(x, t, context, c_concat)
+
+    def ddim_inpaint(denoise, x_T, known, mask, *args):
+        seen["blend"] = mask
+        return real_inpaint(denoise, x_T, known, mask, *args)
+
+    monkeypatch.setattr(tiny_sd, "apply_unet", apply_unet)
+    monkeypatch.setattr(sampler, "ddim_inpaint", ddim_inpaint)
+    sample_inpaint(tiny_sd, None, req, [1.0], seed=1)
+    assert torch.equal(seen["mask_channel"], official.expand_as(seen["mask_channel"]))
+    assert torch.equal(seen["blend"], pooled)
 
 
 def test_extra_negative_joins_user_negative():

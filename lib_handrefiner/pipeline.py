@@ -199,7 +199,8 @@ def _units(perception, args: HandRefinerArgs, base_seed: int, multiple: int) -> 
             for i, hd in enumerate(hands)]
 
 
-def _render_hint(all_meshes: list, region: CropRegion) -> np.ndarray:
+def render_hint(all_meshes: list, region: CropRegion) -> np.ndarray:
+    """The meshes' depth rendered in the crop's camera at the working size (crisp at any zoom)."""
     from lib_handrefiner.depth import render_depth
     from lib_handrefiner.mesh import transform_mesh
 
@@ -207,13 +208,27 @@ def _render_hint(all_meshes: list, region: CropRegion) -> np.ndarray:
     return render_depth(meshes, region.work_width, region.work_height).depth
 
 
+def crop_pixels(image: np.ndarray, mask: np.ndarray, region: CropRegion) -> Tuple[np.ndarray, np.ndarray]:
+    """The region at the working size: the image (edge-padded, Lanczos) and the mask (bilinear, then any
+    coverage is hand), as the refiner sees them; training data is cut the same way."""
+    crop = resize(cut(image, region, "edge"), region.work_width, region.work_height)
+    crop_mask = resize(cut(mask, region, "constant"), region.work_width, region.work_height, Image.BILINEAR)
+    return crop, crop_mask > 0
+
+
+def unit_mask(perception_mask: np.ndarray, boxes: Sequence[Sequence[float]], region: CropRegion,
+              args: HandRefinerArgs) -> np.ndarray:
+    """The mask one sampling pass regenerates: the boxes' part of the perception mask, kept inside the region by
+    the feather (so the feathered edge never reaches beyond the refined pixels)."""
+    return region_mask(perception_mask, boxes, region, args.mask_dilation + 1, args.mask_feather + 1)
+
+
 def _crop_request(image: np.ndarray, mask: np.ndarray, meshes: list, region: CropRegion, args: HandRefinerArgs,
                   prompt: str, negative_prompt: str) -> InpaintRequest:
     """The region at the working size: image, mask, and the depth of the meshes rendered in the crop's camera."""
-    crop = resize(cut(image, region, "edge"), region.work_width, region.work_height)
-    crop_mask = resize(cut(mask, region, "constant"), region.work_width, region.work_height, Image.BILINEAR)
-    depth = _render_hint(meshes, region)
-    return InpaintRequest(image=to_tensor(crop), mask=torch.from_numpy(crop_mask > 0)[None, None].float(),
+    crop, crop_mask = crop_pixels(image, mask, region)
+    depth = render_hint(meshes, region)
+    return InpaintRequest(image=to_tensor(crop), mask=torch.from_numpy(crop_mask)[None, None].float(),
                           hint=torch.from_numpy(depth).float().div(255.0)[None, None].expand(1, 3, -1, -1),
                           prompt=prompt, negative_prompt=negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale,
                           denoising_strength=args.denoising_strength)
@@ -275,8 +290,7 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     for unit in units:
         region = unit.region
         t = time.perf_counter()
-        mask = region_mask(perception.mask, [hd.box for hd in unit.hands], region, args.mask_dilation + 1,
-                           args.mask_feather + 1)
+        mask = unit_mask(perception.mask, [hd.box for hd in unit.hands], region, args)
         if not mask.any():
             continue
         weight = feather(mask, args.mask_feather)

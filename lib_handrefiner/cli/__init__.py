@@ -16,6 +16,8 @@ COMMANDS = {
     "evaluate": ("lib_handrefiner.cli.evaluate", "FID, KID, detection confidence and MPJPE of refined images."),
     "sweep": ("lib_handrefiner.cli.sweep", "Render the control-strength phase-transition grid of one image."),
     "serve": ("lib_handrefiner.cli.serve", "Serve the REST API and the hand-box editor without the WebUI."),
+    "prepare-data": ("lib_handrefiner.cli.prepare_data",
+                     "Turn a hand dataset (RHD, Synthesis AI static gestures, photos) into a training folder."),
 }
 
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "serve": ("lib_handrefiner.cli.serve", "Serve the REST API and the hand-box editor without the WebUI."),
     "prepare-data": ("lib_handrefiner.cli.prepare_data",
                      "Turn a hand dataset (RHD, Synthesis AI static gestures, photos) into a training folder."),
+    "train": ("lib_handrefiner.cli.train", "Fine-tune the hand ControlNet on a prepared dataset (one or many GPUs)."),
 }
 
 

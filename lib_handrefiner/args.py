@@ -11,6 +11,10 @@ from typing import Any, List, Literal, Optional, Tuple
 from pydantic import BaseModel, Field, validator
 
 EXTRA_NEGATIVE_DEFAULT = "fake 3D rendered image"
+# The official negative prompt (handrefiner.py) after its first part, the extra negative above: what the hands are
+# sampled with where no negative prompt is given (command line, API, editor; a WebUI job has its own).
+DEFAULT_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+                           "cropped, worst quality, low quality")
 INFOTEXT_PREFIX = "HandRefiner"
 
 
@@ -31,7 +35,9 @@ class HandRefinerArgs(BaseModel):
     prompt: str = Field("", title="HandRefiner prompt",
                         description="Prompt for the hands; empty uses the job's prompt.")
     negative_prompt: str = Field("", title="HandRefiner negative prompt",
-                                 description="Negative prompt for the hands; empty uses the job's negative prompt.")
+                                 description="Negative prompt for the hands; empty uses the job's negative prompt in "
+                                             "the WebUI, elsewhere the official one (\"longbody, lowres, bad "
+                                             "anatomy, …\").")
     extra_negative: str = Field(EXTRA_NEGATIVE_DEFAULT, title="HandRefiner extra negative",
                                 description="Put before the negative prompt (paper eq. 3).")
     mesh_model: Literal["landmarks", "graphormer"] = Field("landmarks", title="HandRefiner mesh",
@@ -40,7 +46,8 @@ class HandRefinerArgs(BaseModel):
                             description="ControlNet model file name (without extension), from the models folders.")
     inpaint_checkpoint: str = Field("", title="HandRefiner checkpoint",
                                     description="Inpainting checkpoint; empty uses the current model.")
-    steps: int = Field(30, ge=1, le=150, title="HandRefiner steps", description="DDIM steps.")
+    steps: int = Field(50, ge=1, le=150, title="HandRefiner steps",
+                       description="DDIM steps, as ldm counts them (the official 50; 30 runs 31).")
     cfg_scale: float = Field(9.0, ge=1.0, le=30.0, title="HandRefiner CFG scale",
                              description="Classifier-free guidance scale.")
     denoising_strength: float = Field(1.0, ge=0.05, le=1.0, title="HandRefiner denoising strength",

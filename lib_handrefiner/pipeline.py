@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lib_handrefiner.args import HandRefinerArgs
-from lib_handrefiner.sampler import LATENT_SCALE, InpaintRequest, SamplingInterrupted, sample_inpaint, \
-    size_multiple, with_extra_negative
+from lib_handrefiner.args import DEFAULT_NEGATIVE_PROMPT, HandRefinerArgs
+from lib_handrefiner.sampler import LATENT_SCALE, InpaintRequest, SamplingInterrupted, ddim_step_count, \
+    sample_inpaint, size_multiple, with_extra_negative
 from lib_handrefiner.sd_model import SDModel
 
 Box = Tuple[int, int, int, int]
@@ -63,6 +63,7 @@ class RefineResult:
     timings_ms: dict
     message: str
     seed: int = 0
+    negative_prompt: str = ""       # the hands' negative prompt, before the extra negative (resolve_negative)
 
 
 def round_up(n: float, multiple: int = LATENT_SCALE) -> int:
@@ -168,6 +169,14 @@ def format_infotext(entries: dict) -> str:
     return ", ".join(f"{k}: {fmt(v)}" for k, v in entries.items())
 
 
+def resolve_negative(args: HandRefinerArgs, job_negative: Optional[str]) -> str:
+    """The hands' negative prompt (the extra negative goes before it): the setting, else the job's (a WebUI job's,
+    even when empty), else — no job, as on the command line, the API and the editor — the official one."""
+    if args.negative_prompt:
+        return args.negative_prompt
+    return job_negative if job_negative is not None else DEFAULT_NEGATIVE_PROMPT
+
+
 def choose_seed(seed: Optional[int], args: HandRefinerArgs) -> int:
     if seed is not None and seed >= 0:
         return int(seed) % 2 ** 32
@@ -246,11 +255,12 @@ class _StepCounter:
             self.progress(self.done, max(self.total, self.done))
 
 
-def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: str = "", negative_prompt: str = "",
+def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: str = "",
+                 negative_prompt: Optional[str] = None,
                  seed: Optional[int] = None, mesh_model=None, perception=None, progress: Optional[ProgressFn] = None,
                  should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
     """Refines the hands of `image` (any RGB input `imageio.to_rgb` takes). `args.prompt`/`negative_prompt`, when
-    set, override the job's prompts given here. `perception` skips detection (e.g. user-edited boxes).
+    set, override the job's prompts given here; without a job negative (None) the official one is used. `perception` skips detection (e.g. user-edited boxes).
     `progress(done, total)` is called after every sampling step; `should_stop()` is polled before each one and
     ends the run with the hands refined so far."""
     from lib_handrefiner.imageio import to_rgb
@@ -279,13 +289,14 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     if not units:
         _add(timings, "total", started)
         return RefineResult(original.copy(), perception, [], infotext, timings, nothing_to_refine_message(perception, args),
-                            base_seed)
+                            base_seed, resolve_negative(args, negative_prompt))
 
     meshes = [hd.mesh for hd in perception.hands if hd.refinable]
     prompt_used = args.prompt or prompt
-    negative_used = with_extra_negative(args.negative_prompt or negative_prompt, args.extra_negative)
+    negative = resolve_negative(args, negative_prompt)
+    negative_used = with_extra_negative(negative, args.extra_negative)
     passes = 1 if args.mode == "fixed" else math.ceil((1 + len(args.adaptive_strengths)) / args.adaptive_batch)
-    on_step = _StepCounter(progress, max(1, round(args.steps * args.denoising_strength)) * passes * len(units))
+    on_step = _StepCounter(progress, ddim_step_count(args.steps, args.denoising_strength) * passes * len(units))
     out, refined, regions, interrupted = original, [], 0, False
     for unit in units:
         region = unit.region
@@ -327,7 +338,7 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     else:
         message = "the hand masks are empty; image unchanged"
     _add(timings, "total", started)
-    return RefineResult(out, perception, refined, infotext, timings, message, base_seed)
+    return RefineResult(out, perception, refined, infotext, timings, message, base_seed, negative)
 
 
 def _add(timings: dict, key: str, since: float) -> None:

@@ -34,17 +34,32 @@ class DDIMSchedule:
         return len(self.timesteps)
 
 
+def ddim_timesteps(steps: int, total: int = 1000) -> torch.Tensor:
+    """ldm's `make_ddim_timesteps("uniform", steps, total)`, ascending: t = 1, 1 + c, 1 + 2c, … ≤ total with
+    c = total // steps, which the official sampler (cldm/ddim_hacked.py) runs. Where c does not divide total this
+    is one step more than asked (30 → 31 steps from t = 991). Where it reaches t = total (for 1000: steps 3, 9,
+    27, 36, 37 and 101–111), a t that ldm cannot evaluate (ᾱ has no entry there: IndexError), the last valid
+    t = total − 1 is used."""
+    if not 1 <= steps <= total // 2:
+        raise ValueError(f"steps must lie in [1, {total // 2}], got {steps}")
+    return (torch.arange(0, total, total // steps) + 1).clamp(max=total - 1)
+
+
+def ddim_step_count(steps: int, denoising_strength: float = 1.0, total: int = 1000) -> int:
+    """How many UNet steps `ddim_schedule` runs (as ldm counts them); a denoising strength below 1 keeps the last
+    round(n × strength) of the n steps (img2img)."""
+    n = len(ddim_timesteps(steps, total))
+    return max(1, min(n, round(n * denoising_strength)))
+
+
 def ddim_schedule(alphas_cumprod: torch.Tensor, steps: int, denoising_strength: float = 1.0) -> DDIMSchedule:
-    """ldm's "uniform" DDIM discretisation (t = 1, 1+c, 1+2c, …) with exactly `steps` steps; a denoising
-    strength below 1 keeps only the last `round(steps * strength)` steps (img2img)."""
+    """The official DDIM schedule: ldm's uniform timesteps (`ddim_timesteps`), ᾱ at each, and the ᾱ each step
+    moves to, ᾱ_0 after the last (ldm's make_ddim_sampling_parameters: alphas_prev = [ᾱ_0] + ᾱ[t[:-1]])."""
     ac = alphas_cumprod.detach().to("cpu", torch.float64)
-    total = len(ac)
-    if not 1 <= steps <= total:
-        raise ValueError(f"steps must lie in [1, {total}], got {steps}")
-    ascending = torch.arange(steps) * (total // steps) + 1
+    ascending = ddim_timesteps(steps, len(ac))
     alphas = ac[ascending]
     alphas_next = torch.cat([ac[:1], ac[ascending[:-1]]])
-    keep = max(1, min(steps, round(steps * denoising_strength)))
+    keep = ddim_step_count(steps, denoising_strength, len(ac))
     return DDIMSchedule(timesteps=ascending.flip(0)[-keep:], alphas=alphas.flip(0)[-keep:],
                         alphas_next=alphas_next.flip(0)[-keep:])
 
@@ -160,7 +175,7 @@ class InpaintRequest:
     hint: torch.Tensor         # (1,3,H,W) in [0,1]: the depth map
     prompt: str
     negative_prompt: str       # already including the extra negative
-    steps: int = 30
+    steps: int = 50
     cfg_scale: float = 9.0
     denoising_strength: float = 1.0
     eta: float = 0.0

@@ -79,8 +79,7 @@ class StandaloneService:
                            if args.inpaint_checkpoint else self.checkpoint)
         sd = self._load("sd", checkpoint_path, self._load_sd)
         controlnet = self._load("controlnet", controlnet_path, self._load_controlnet)
-        return refine_image(image, sd, controlnet, args, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                            seed=seed, mesh_model=self._mesh_model(args.mesh_model), perception=perception)
+        return refine_image(image, sd, controlnet, args, prompt=args.prompt, seed=seed, mesh_model=self._mesh_model(args.mesh_model), perception=perception)
 
     def _mesh_model(self, name: str) -> Any:
         from .mesh import get_mesh_model

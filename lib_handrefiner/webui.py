@@ -598,16 +598,18 @@ class WebUIRefiner:
         return perceive(image, args, mesh_model=self._mesh_model(args.mesh_model, self.env_factory()))
 
     def refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any = None,
-               prompt: str = "", negative_prompt: str = "", progress: Optional[WebUIProgress] = None) -> Any:
-        """pipeline.refine_image with the WebUI's model (or the chosen checkpoint) on the WebUI's device."""
-        from .pipeline import refine_image
+               prompt: str = "", negative_prompt: Optional[str] = None, progress: Optional[WebUIProgress] = None
+               ) -> Any:
+        """pipeline.refine_image with the WebUI's model (or the chosen checkpoint) on the WebUI's device. A job's
+        negative prompt is used as it is; without a job (the API, the editor: None) the official one."""
+        from .pipeline import refine_image, resolve_negative
         from .sampler import with_extra_negative
 
         env = self.env_factory()
         try:
             mesh_model = self._mesh_model(args.mesh_model, env)
             with self._models_on_device(args, env) as (sd, controlnet):
-                prompts = [args.prompt or prompt, with_extra_negative(args.negative_prompt or negative_prompt,
+                prompts = [args.prompt or prompt, with_extra_negative(resolve_negative(args, negative_prompt),
                                                                       args.extra_negative)]
                 padding = sd.same_context_length(prompts) if isinstance(sd, WebUISDModel) \
                     else contextlib.nullcontext()

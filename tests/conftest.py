@@ -11,6 +11,9 @@ from lib_handrefiner.tiny import TinyModelPaths, ensure_tiny_models
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "examples"
+# handrefiner.py's n_prompt, less its trailing "blue" (README: deliberate differences).
+OFFICIAL_NEGATIVE = ("fake 3D rendered image, longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
+                     "fewer digits, cropped, worst quality, low quality")
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +41,21 @@ def tiny_controlnet(tiny_models):
     from lib_handrefiner.controlnet import load_controlnet
 
     return load_controlnet(tiny_models.controlnet)
+
+
+@pytest.fixture()
+def sampled_negatives(monkeypatch):
+    """The negative prompt of every sampling pass (what the model's unconditional branch encodes), in order."""
+    from lib_handrefiner import pipeline
+
+    seen, real = [], pipeline.sample_inpaint
+
+    def recording(sd, controlnet, request, *args, **kwargs):
+        seen.append(request.negative_prompt)
+        return real(sd, controlnet, request, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "sample_inpaint", recording)
+    return seen
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -21,6 +21,7 @@ from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.models_registry import ModelNameError, build_listing, check_name_safe, resolve_name
 from lib_handrefiner.service import StandaloneService
 
+from conftest import OFFICIAL_NEGATIVE
 from pickles import tiny_lightning_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -386,3 +387,13 @@ def test_a_lightning_ckpt_named_by_a_request_refines_as_its_safetensors(tiny_mod
         assert any(h["refined"] for h in response.json()["hands"])
         images.append(decode_png(response.json()["image"]))
     assert np.array_equal(*images)
+
+
+def test_a_request_without_a_negative_prompt_samples_with_the_official_one(client, sampled_negatives):
+    response = client.post("/handrefiner/refine", json={"image": b64_file(MALFORMED), "steps": 1,
+                                                        "crop_resolution": 64, "seed": 2})
+    assert response.status_code == 200, response.text
+    assert sampled_negatives == [OFFICIAL_NEGATIVE]
+    client.post("/handrefiner/refine", json={"image": b64_file(MALFORMED), "steps": 1, "crop_resolution": 64,
+                                             "negative_prompt": "blurry"})
+    assert sampled_negatives[1] == "fake 3D rendered image, blurry"

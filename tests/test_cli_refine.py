@@ -10,7 +10,7 @@ from PIL import Image
 
 from lib_handrefiner.cli import main
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, OFFICIAL_NEGATIVE
 from pickles import tiny_lightning_checkpoint, write_lightning_checkpoint
 
 
@@ -126,3 +126,15 @@ def test_lightning_ckpt_files_refine_exactly_as_their_safetensors(tiny_models, t
                  "--out", str(tmp_path / "b")]) == 0
     a, b = (np.asarray(Image.open(tmp_path / d / "freihand_sample1.refined.png")) for d in ("a", "b"))
     assert np.array_equal(a, b) and (a != np.asarray(Image.open(image).convert("RGB"))).any()
+
+
+def test_without_negative_the_official_negative_is_used_and_recorded(tiny_models, tmp_path, sampled_negatives):
+    out = tmp_path / "out"
+    image = str(EXAMPLES / "freihand_sample1.jpg")
+    assert main(["refine", image, *_models(tiny_models), "--steps", "1", "--set", "crop_resolution=64",
+                 "--out", str(out)]) == 0
+    assert sampled_negatives == [OFFICIAL_NEGATIVE]
+    lines = Image.open(out / "freihand_sample1.refined.png").text["parameters"].splitlines()
+    assert lines[0] == f"Negative prompt: {OFFICIAL_NEGATIVE[len('fake 3D rendered image, '):]}"
+    data = json.loads((out / "freihand_sample1.refine.json").read_text())
+    assert data["negative_prompt"] == OFFICIAL_NEGATIVE[len("fake 3D rendered image, "):]

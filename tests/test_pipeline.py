@@ -11,7 +11,7 @@ from lib_handrefiner.imageio import load_image
 from lib_handrefiner.pipeline import (CropRegion, composite, cut, format_infotext, hand_crop_region, refine_image,
                                       whole_image_region)
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, OFFICIAL_NEGATIVE
 
 FAST = dict(steps=2, crop_resolution=64, cfg_scale=5.0)
 
@@ -189,3 +189,19 @@ def test_nothing_to_refine_says_why(tiny_sd, tiny_controlnet):
     hand = load_image(EXAMPLES / "freihand_sample1.jpg")
     small = refine_image(hand, tiny_sd, tiny_controlnet, HandRefinerArgs(min_hand_size=4000, **FAST), seed=1)
     assert np.array_equal(small.image, hand) and "smaller than min_hand_size (4000px)" in small.message
+
+
+def test_without_a_negative_prompt_the_official_one_is_used(malformed, perceived, tiny_sd, tiny_controlnet,
+                                                            sampled_negatives):
+    """We sampled with "fake 3D rendered image" alone where no negative was given; the official code uses its
+    whole negative prompt (handrefiner.py's n_prompt, less its trailing "blue": see the README)."""
+    args = HandRefinerArgs(**FAST)
+    result = refine_image(malformed, tiny_sd, tiny_controlnet, args, seed=1, perception=perceived)
+    assert sampled_negatives == [OFFICIAL_NEGATIVE] and result.negative_prompt == OFFICIAL_NEGATIVE[24:]
+    # A job's negative (the WebUI's, even an empty one) is kept; the setting overrides both.
+    refine_image(malformed, tiny_sd, tiny_controlnet, args, negative_prompt="", seed=1, perception=perceived)
+    refine_image(malformed, tiny_sd, tiny_controlnet, args, negative_prompt="blurry", seed=1, perception=perceived)
+    refine_image(malformed, tiny_sd, tiny_controlnet, args.copy(update={"negative_prompt": "cartoon"}),
+                 negative_prompt="blurry", seed=1, perception=perceived)
+    assert sampled_negatives[1:] == ["fake 3D rendered image", "fake 3D rendered image, blurry",
+                                     "fake 3D rendered image, cartoon"]

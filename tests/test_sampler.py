@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.sampler import (InpaintRequest, SamplingInterrupted, blend_mask, cfg_denoiser, ddim_inpaint,
-                                     ddim_schedule, latent_mask, sample_inpaint, with_extra_negative)
+                                     ddim_schedule, ddim_step_count, latent_mask, sample_inpaint, with_extra_negative)
 
 LATENT = (1, 4, 8, 8)
 
@@ -26,21 +27,32 @@ def _inputs(sd, seed=0):
     return known, x_T, mask, c_concat, cond, uncond
 
 
-def test_schedule_is_ldms_uniform_ddim():
+def test_schedule_is_ldms_uniform_ddim_for_every_step_count():
+    """ldm's make_ddim_timesteps / make_ddim_sampling_parameters (the official sampler's) are the oracle. We used
+    to take exactly K steps: at K=30 ldm takes 31 from t=991, we took 30 from t=958."""
     from ldm.modules.diffusionmodules.util import make_ddim_sampling_parameters, make_ddim_timesteps
 
     ac = torch.linspace(0.9991, 0.0047, 1000, dtype=torch.float64)
-    for steps in (4, 10, 50):
+    for steps in range(1, 101):
         with contextlib.redirect_stdout(io.StringIO()):
             ts = make_ddim_timesteps("uniform", steps, 1000)
-            _, alphas, alphas_prev = make_ddim_sampling_parameters(ac.numpy(), ts, 0.0)
         s = ddim_schedule(ac, steps)
-        assert s.timesteps.tolist() == ts[::-1].tolist()
-        np.testing.assert_allclose(s.alphas.numpy(), alphas[::-1])
-        np.testing.assert_allclose(s.alphas_next.numpy(), alphas_prev[::-1])
-    # img2img: denoising strength 0.5 runs the last half
+        assert len(s) == len(ts) == ddim_step_count(steps), steps
+        if ts[-1] == 1000:  # ldm's last t has no ᾱ there (IndexError); we take t = 999
+            assert steps in (3, 9, 27, 36, 37)
+            ts[-1] = 999
+        assert s.timesteps.tolist() == ts[::-1].tolist(), steps
+        with contextlib.redirect_stdout(io.StringIO()):
+            _, alphas, alphas_prev = make_ddim_sampling_parameters(ac.numpy(), ts, 0.0)
+        np.testing.assert_array_equal(s.alphas.numpy(), alphas[::-1])
+        np.testing.assert_array_equal(s.alphas_next.numpy(), alphas_prev[::-1])
+    thirty = ddim_schedule(ac, 30)
+    assert len(thirty) == 31 and thirty.timesteps[0] == 991 and thirty.timesteps[-1] == 1
+    assert float(thirty.alphas_next[-1]) == float(ac[0])  # the last step lands on ᾱ_0, as ldm's alphas_prev[0]
+    assert len(ddim_schedule(ac, 50)) == 50 and HandRefinerArgs().steps == 50  # the official default
+    # img2img: denoising strength 0.5 runs the last half of the steps
     half = ddim_schedule(ac, 10, 0.5)
-    assert half.timesteps.tolist() == ddim_schedule(ac, 10).timesteps[-5:].tolist()
+    assert half.timesteps.tolist() == ddim_schedule(ac, 10).timesteps[-5:].tolist() and ddim_step_count(30, 0.5) == 16
     with pytest.raises(ValueError, match="steps"):
         ddim_schedule(ac, 0)
 
@@ -71,7 +83,7 @@ def _official_masked_ddim(denoise, x_T, z0, m, alphas_cumprod, steps, seed):
     """HandRefiner's ddim_hacked loop written out: before every step, x = m·x + (1−m)·q_sample(z0, t) at that
     step's own t (so also before the first), then the DDIM step; the last step's output is not masked."""
     ac = alphas_cumprod.double()
-    ts = list(range(1, 1000, 1000 // steps))[:steps]
+    ts = [t + 1 for t in range(0, 1000, 1000 // steps)]  # ldm's make_ddim_timesteps("uniform", steps, 1000)
     g = torch.Generator().manual_seed(seed)
     x = x_T
     for k, t in enumerate(reversed(ts)):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, OFFICIAL_NEGATIVE, ROOT
 from lib_handrefiner import webui
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.imageio import load_image
@@ -669,3 +669,11 @@ def test_a_lightning_ckpt_as_the_handrefiner_checkpoint_refines_as_its_weights(w
     finally:
         path.unlink()
         path.with_suffix(".yaml").unlink()
+
+
+def test_a_job_keeps_its_negative_and_the_api_and_editor_get_the_official_one(wui, script, malformed,
+                                                                             sampled_negatives):
+    _, values = ui_values(script, enabled=True, **FAST)
+    run(script, malformed, values)                                   # a txt2img job with negative "blurry"
+    wui.refiner.refine(malformed, HandRefinerArgs(**FAST), seed=1)  # /handrefiner/refine and the editor: no job
+    assert sampled_negatives == ["fake 3D rendered image, blurry", OFFICIAL_NEGATIVE]

@@ -1,10 +1,20 @@
-"""What the command-line commands share: one-line errors for bad settings and unusable output folders."""
+"""What the command-line commands share: the negative-prompt option, one-line errors for bad settings and unusable
+output folders."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Optional
 
 from pydantic import ValidationError
+
+
+def add_negative_argument(parser: argparse.ArgumentParser) -> None:
+    from lib_handrefiner.args import DEFAULT_NEGATIVE_PROMPT, EXTRA_NEGATIVE_DEFAULT
+
+    parser.add_argument("--negative", default=None, metavar="N",
+                        help=f"negative prompt for the hands (default: the official \"{DEFAULT_NEGATIVE_PROMPT}\"); "
+                             f"the extra negative \"{EXTRA_NEGATIVE_DEFAULT}\" always goes before it")
 
 
 def settings_error(error: Exception) -> str:

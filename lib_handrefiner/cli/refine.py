@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from lib_handrefiner.args import HandRefinerArgs, parse_setting
-from lib_handrefiner.cli.common import make_output_folder, settings_error
+from lib_handrefiner.cli.common import add_negative_argument, make_output_folder, settings_error
 
 DEFAULTS = HandRefinerArgs()
 
@@ -27,8 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controlnet", required=True, metavar="CN",
                         help="HandRefiner depth ControlNet (e.g. control_sd15_inpaint_depth_hand_fp16.safetensors)")
     parser.add_argument("--prompt", default="", metavar="P", help="prompt for the hands")
-    parser.add_argument("--negative", default="", metavar="N",
-                        help=f"negative prompt (\"{DEFAULTS.extra_negative}\" is always appended)")
+    add_negative_argument(parser)
     strength = parser.add_mutually_exclusive_group()
     strength.add_argument("--strength", type=float, default=DEFAULTS.strength, metavar="S",
                           help=f"control strength (default {DEFAULTS.strength})")
@@ -79,6 +78,7 @@ def report(image_path: Path, output: Path, result, args: HandRefinerArgs) -> dic
         "image": str(image_path), "output": str(output), "width": p.width, "height": p.height,
         "refined": bool(result.hands), "message": result.message, "seed": result.seed,
         "mode": args.mode, "strength": args.strength if args.mode == "fixed" else None,
+        "negative_prompt": result.negative_prompt,
         "detected": [{"box": [int(v) for v in h.box], "refinable": bool(h.refinable),
                       "handedness": h.hand.handedness if h.hand else None,
                       "score": float(h.hand.score) if h.hand else None} for h in p.hands],
@@ -156,7 +156,7 @@ def run(ns: argparse.Namespace) -> int:
             result = refine_image(rgb, sd, controlnet, args, prompt=ns.prompt, negative_prompt=ns.negative,
                                   progress=progress)
         output = out_dir / f"{path.stem}.refined.png"
-        save_png(output, result.image, parameters_text(ns.prompt, ns.negative, result.infotext))
+        save_png(output, result.image, parameters_text(ns.prompt, result.negative_prompt, result.infotext))
         if ns.save_depth:
             save_png(out_dir / f"{path.stem}.depth.png", result.perception.depth)
         if ns.save_mask:

@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.cli.common import add_negative_argument
 
 DEFAULTS = HandRefinerArgs()
 DEFAULT_STRENGTHS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hand", type=int, default=0, metavar="I",
                         help="which refinable hand, in detection order (default 0)")
     parser.add_argument("--prompt", default="", metavar="P", help="prompt for the hand")
-    parser.add_argument("--negative", default="", metavar="N", help="negative prompt")
+    add_negative_argument(parser)
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, metavar="K",
                         help=f"DDIM steps (default {DEFAULTS.steps})")
     parser.add_argument("--cfg", type=float, default=DEFAULTS.cfg_scale, metavar="W",
@@ -120,7 +121,8 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def sweep(rgb: np.ndarray, sd, controlnet, args: HandRefinerArgs, strengths: Sequence[float], seed: int,
-          hand_index: int = 0, prompt: str = "", negative_prompt: str = "", mesh_model=None) -> List[SweepTile]:
+          hand_index: int = 0, prompt: str = "", negative_prompt: Optional[str] = None, mesh_model=None
+          ) -> List[SweepTile]:
     """The input crop, its depth hint, then one refined crop per strength, all from the same seed; each image
     crop with its MPJPE against the guiding mesh."""
     from lib_handrefiner.adaptive import pose_error

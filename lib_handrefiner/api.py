@@ -230,6 +230,8 @@ def script_args_errors(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "
         parse(args)
     except ValidationError as e:
         return validation_detail(e, prefix)
+    except InputError as e:
+        return [{"loc": [*prefix, *e.loc], "msg": e.message, "type": e.kind}]
     except (TypeError, ValueError) as e:
         return [{"loc": list(prefix), "msg": str(e), "type": "value_error"}]
     return []
@@ -318,10 +320,22 @@ def check_models(args: HandRefinerArgs, listing: ModelListing) -> None:
             resolve_name(args.inpaint_checkpoint, listing.checkpoints, "inpaint_checkpoint")
         except ModelNameError as e:
             raise InputError(["inpaint_checkpoint"], str(e)) from e
+    check_sampling(args, listing.samplers, listing.schedulers)
     status = listing.mesh_status(args.mesh_model)
     if status is not None and not status.available:
         raise InputError(["mesh_model"], f"mesh model {args.mesh_model!r} is not available ({status.reason}); "
                                          "use 'landmarks'")
+
+
+def check_sampling(args: HandRefinerArgs, samplers: Sequence[str], schedulers: Sequence[str]) -> None:
+    """InputError unless the sampler and schedule type are among the available ones (outside the WebUI only the
+    built-in sampler)."""
+    if args.sampler not in samplers:
+        raise InputError(["sampler"], f"sampler {args.sampler!r} is not available here; choose one of: "
+                                      f"{', '.join(samplers)}")
+    if args.scheduler not in schedulers:
+        raise InputError(["scheduler"], f"schedule type {args.scheduler!r} is not available here; choose one of: "
+                                        f"{', '.join(schedulers)}")
 
 
 def check_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> None:
@@ -408,6 +422,8 @@ def listing_json(listing: ModelListing, default_controlnet: Optional[str]) -> di
         "checkpoints": sorted(listing.checkpoints),
         "mesh_models": [{"name": m.name, "available": m.available, "missing": m.missing, "reason": m.reason}
                         for m in listing.mesh_models],
+        "samplers": list(listing.samplers),
+        "schedulers": list(listing.schedulers),
     }
 
 

@@ -15,6 +15,8 @@ EXTRA_NEGATIVE_DEFAULT = "fake 3D rendered image"
 # sampled with where no negative prompt is given (command line, API, editor; a WebUI job has its own).
 DEFAULT_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
                            "cropped, worst quality, low quality")
+BUILTIN_SAMPLER = "DDIM (HandRefiner)"   # the official DDIM loop (sampler.py); any other name is a WebUI sampler
+AUTOMATIC_SCHEDULER = "Automatic"        # the WebUI's "use the sampler's own schedule"
 INFOTEXT_PREFIX = "HandRefiner"
 
 
@@ -85,6 +87,14 @@ class HandRefinerArgs(BaseModel):
     adaptive_batch: int = Field(2, ge=1, le=8, title="HandRefiner adaptive batch",
                                 description="Strengths sampled together in one batch, from the same noise: more is "
                                             "faster where memory allows (a GPU); the same strengths are tried in the same order.")
+    sampler: str = Field(BUILTIN_SAMPLER, min_length=1, title="HandRefiner sampler",
+                         description=f"{BUILTIN_SAMPLER}: the official sampler (DDIM, the known region re-noised and "
+                                     "blended in before every step). In the WebUI also any of its samplers (Euler a, "
+                                     "DPM++ 2M, DDIM, ...): the hands are then sampled by the WebUI's own sampling, "
+                                     "with the same blend.")
+    scheduler: str = Field(AUTOMATIC_SCHEDULER, min_length=1, title="HandRefiner schedule type",
+                           description="The WebUI's schedule type for a WebUI sampler (Automatic: the sampler's own); "
+                                       f"{BUILTIN_SAMPLER} and the WebUI's DDIM/PLMS/UniPC use their own timesteps.")
 
     class Config:
         extra = "forbid"

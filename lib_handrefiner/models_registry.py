@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
+
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
 # Files each mesh model needs (looked for in the mesh folders). "landmarks" is built from MediaPipe's
@@ -42,6 +44,9 @@ class ModelListing:
     controlnets: Dict[str, Path] = field(default_factory=dict)   # name (stem) -> file
     checkpoints: Dict[str, Path] = field(default_factory=dict)
     mesh_models: List[MeshModelStatus] = field(default_factory=list)
+    # What `sampler` and `scheduler` may name: outside the WebUI only the built-in sampler.
+    samplers: List[str] = field(default_factory=lambda: [BUILTIN_SAMPLER])
+    schedulers: List[str] = field(default_factory=lambda: [AUTOMATIC_SCHEDULER])
 
     def mesh_status(self, name: str) -> Optional[MeshModelStatus]:
         return next((m for m in self.mesh_models if m.name == name), None)

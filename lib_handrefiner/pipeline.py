@@ -12,13 +12,13 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from lib_handrefiner.args import DEFAULT_NEGATIVE_PROMPT, HandRefinerArgs
+from lib_handrefiner.args import BUILTIN_SAMPLER, DEFAULT_NEGATIVE_PROMPT, HandRefinerArgs
 from lib_handrefiner.sampler import LATENT_SCALE, InpaintRequest, SamplingInterrupted, ddim_step_count, \
     sample_inpaint, size_multiple, with_extra_negative
 from lib_handrefiner.sd_model import SDModel
@@ -26,6 +26,16 @@ from lib_handrefiner.sd_model import SDModel
 Box = Tuple[int, int, int, int]
 CROP_CONTEXT = 0.5      # a crop's side is the mask box's longest side × (1 + this): room for the arm and background
 ProgressFn = Callable[[int, int], None]
+
+
+class SampleFn(Protocol):
+    """How a crop is inpainted: `sampler.sample_inpaint` (the built-in official DDIM loop) or the WebUI's own
+    sampling (`webui_sampling.WebUISampling`). Returns (len(strengths),3,H,W) in [-1,1], one image per control
+    strength, all from the same noise; raises sampler.SamplingInterrupted when `should_stop()` asks to."""
+
+    def __call__(self, sd: SDModel, controlnet: Any, request: InpaintRequest, strengths: Sequence[float], seed: int,
+                 callback: Optional[ProgressFn] = None, should_stop: Optional[Callable[[], bool]] = None
+                 ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -258,15 +268,20 @@ class _StepCounter:
 def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: str = "",
                  negative_prompt: Optional[str] = None,
                  seed: Optional[int] = None, mesh_model=None, perception=None, progress: Optional[ProgressFn] = None,
-                 should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
+                 should_stop: Optional[Callable[[], bool]] = None, sample_fn: Optional[SampleFn] = None
+                 ) -> RefineResult:
     """Refines the hands of `image` (any RGB input `imageio.to_rgb` takes). `args.prompt`/`negative_prompt`, when
     set, override the job's prompts given here; without a job negative (None) the official one is used. `perception` skips detection (e.g. user-edited boxes).
     `progress(done, total)` is called after every sampling step; `should_stop()` is polled before each one and
-    ends the run with the hands refined so far."""
+    ends the run with the hands refined so far. `sample_fn` inpaints each crop (None: the built-in
+    `sample_inpaint`); crops, masks, the adaptive search and compositing are the same whichever samples."""
     from lib_handrefiner.imageio import to_rgb
     from lib_handrefiner.masking import feather
     from lib_handrefiner.perception import nothing_to_refine_message
 
+    if sample_fn is None and args.sampler != BUILTIN_SAMPLER:
+        raise ValueError(f"sampler {args.sampler!r} is one of the WebUI's samplers, which only the WebUI extension "
+                         f"runs; use {BUILTIN_SAMPLER!r} here")
     started = time.perf_counter()
     timings: dict = {}
     original = to_rgb(image)
@@ -309,7 +324,8 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
         _add(timings, "crop", t)
 
         def sample(strengths: Sequence[float]) -> List[np.ndarray]:
-            return to_uint8(sample_inpaint(sd, controlnet, request, list(strengths), unit.seed, on_step, should_stop))
+            return to_uint8((sample_fn or sample_inpaint)(sd, controlnet, request, list(strengths), unit.seed, on_step,
+                                                          should_stop))
 
         t = time.perf_counter()
         try:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from .args import HandRefinerArgs
+from .args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, HandRefinerArgs
 from .detection import DetectorUnavailable
 from .models_registry import ModelListing, ModelNameError, ModelSlots, build_listing, check_name_safe, resolve_name
 
@@ -40,16 +40,17 @@ DEFAULT_CONTROLNET_URL = "https://huggingface.co/hr16/ControlNet-HandRefiner-pru
 SETTING_FIELDS = ("strength", "mode", "extra_negative", "mesh_model", "controlnet", "inpaint_checkpoint", "steps",
                   "cfg_scale", "denoising_strength", "mask_padding", "mask_feather", "crop_resolution", "max_hands")
 KEEP_LOADED_SETTING = "handrefiner_keep_models_on_device"
-XYZ_FIELDS = ("strength", "mode")
+XYZ_FIELDS = ("strength", "mode", "sampler", "scheduler")
 
-# Where each setting sits in the accordion. The widgets are made in HandRefinerArgs' field order (so positional
-# `alwayson_scripts` args are the fields in order), consecutive fields of one group sharing a row, column or
-# accordion; a field added to HandRefinerArgs later lands in "More" at its place. "enabled" is the accordion.
+# Where each setting sits in the accordion, top to bottom; "enabled" is the accordion. Fields in no group go in
+# "More" at the end. The script still returns the widgets in HandRefinerArgs' field order, so positional
+# `alwayson_scripts` args are the fields in order whatever the layout.
 GROUPS: Dict[str, Tuple[str, ...]] = {
     "row:main": ("strength", "mode"),
     "accordion:Adaptive strength": ("adaptive_strengths", "adaptive_reference", "adaptive_factor"),
     "column:prompts": ("prompt", "negative_prompt", "extra_negative"),
     "row:models": ("mesh_model", "controlnet", "inpaint_checkpoint"),
+    "row:sampler": ("sampler", "scheduler"),
     "row:sampling": ("steps", "cfg_scale", "denoising_strength", "seed"),
     "accordion:Mask, crop and detection": ("mask_padding", "mask_padding_ratio", "mask_dilation", "mask_feather",
                                            "crop", "crop_resolution", "hands_together", "max_hands",
@@ -189,18 +190,40 @@ def xyz_confirm(name: str) -> Callable[[Any, Sequence[Any]], None]:
     return confirm
 
 
-def register_xyz_axes(xyz_module: Any) -> bool:
-    """Adds "[HandRefiner] …" axes to the XYZ-grid script's options (once)."""
+def xyz_confirm_choice(name: str, choices: Callable[[], Sequence[str]]) -> Callable[[Any, Sequence[Any]], None]:
+    """An XYZ-grid `confirm(p, xs)` for a field whose values are the WebUI's names (samplers, schedule types)."""
+
+    def confirm(p: Any, xs: Sequence[Any]) -> None:
+        known = list(choices())
+        for x in xs:
+            if x not in known:
+                raise RuntimeError(f"HandRefiner {field_title(name)}: unknown {x!r}; choose from {', '.join(known)}")
+
+    return confirm
+
+
+def field_title(name: str) -> str:
+    return HandRefinerArgs.__fields__[name].field_info.title.replace("HandRefiner ", "", 1)
+
+
+def register_xyz_axes(xyz_module: Any, samplers: Callable[[], Sequence[str]] = lambda: [BUILTIN_SAMPLER],
+                      schedulers: Callable[[], Sequence[str]] = lambda: [AUTOMATIC_SCHEDULER]) -> bool:
+    """Adds "[HandRefiner] …" axes to the XYZ-grid script's options (once); `samplers()` and `schedulers()` are
+    the names the sampler and schedule-type axes offer (read when the grid's UI asks)."""
     from .ui import field_label
 
     options = xyz_module.axis_options
     if any(str(getattr(o, "label", "")).startswith("[HandRefiner]") for o in options):
         return False
+    named = {"mode": lambda: ["fixed", "adaptive"], "sampler": samplers, "scheduler": schedulers}
     for name in XYZ_FIELDS:
         label = f"[HandRefiner] {field_label(name)}"
         if name == "mode":
             options.append(xyz_module.AxisOption(label, str, xyz_setter(name), confirm=xyz_confirm(name),
-                                                 choices=lambda: ["fixed", "adaptive"]))
+                                                 choices=named[name]))
+        elif name in named:
+            options.append(xyz_module.AxisOption(label, str, xyz_setter(name),
+                                                 confirm=xyz_confirm_choice(name, named[name]), choices=named[name]))
         else:
             options.append(xyz_module.AxisOption(label, float, xyz_setter(name), confirm=xyz_confirm(name)))
     return True
@@ -237,20 +260,23 @@ def paste_field_names() -> List[str]:
 # ---- UI description ----------------------------------------------------------------------------------------
 
 def layout() -> List[Tuple[str, List[str]]]:
-    """(container, fields) in field order; container is "row:…", "column:…" or "accordion:<label>"."""
-    group_of = {name: group for group, names in GROUPS.items() for name in names}
-    out: List[Tuple[str, List[str]]] = []
-    for name in HandRefinerArgs.field_names()[1:]:
-        group = group_of.get(name, OTHER_GROUP)
-        if out and out[-1][0] == group:
-            out[-1][1].append(name)
-        else:
-            out.append((group, [name]))
-    return out
+    """(container, fields) top to bottom; container is "row:…", "column:…" or "accordion:<label>"."""
+    fields = HandRefinerArgs.field_names()[1:]
+    out = [(group, [n for n in names if n in fields]) for group, names in GROUPS.items()]
+    grouped = {n for _, names in out for n in names}
+    out.append((OTHER_GROUP, [n for n in fields if n not in grouped]))
+    return [(group, names) for group, names in out if names]
 
 
 def layout_fields() -> List[str]:
+    """The fields in the order the widgets are made (top to bottom)."""
     return [name for _, names in layout() for name in names]
+
+
+def args_from_named_values(names: Sequence[str], values: Sequence[Any],
+                           defaults: HandRefinerArgs = HandRefinerArgs()) -> HandRefinerArgs:
+    """HandRefinerArgs from some widgets' values, the widgets named by their fields (in any order)."""
+    return args_from_script_args([dict(zip(names, values))], defaults)
 
 
 @dataclass(frozen=True)
@@ -260,9 +286,10 @@ class WidgetSpec:
     choices: Optional[List[str]] = None   # for dropdowns whose choices are model files
 
 
-def widget_specs(defaults: HandRefinerArgs, controlnets: Sequence[str], checkpoints: Sequence[str]
+def widget_specs(defaults: HandRefinerArgs, controlnets: Sequence[str], checkpoints: Sequence[str],
+                 samplers: Sequence[str] = (BUILTIN_SAMPLER,), schedulers: Sequence[str] = (AUTOMATIC_SCHEDULER,)
                  ) -> List[WidgetSpec]:
-    """What each widget after the accordion shows, in field order."""
+    """What each widget after the accordion shows, in layout order."""
     specs = []
     for name in layout_fields():
         value = to_widget(name, getattr(defaults, name))
@@ -271,6 +298,10 @@ def widget_specs(defaults: HandRefinerArgs, controlnets: Sequence[str], checkpoi
             choices = sorted(set(controlnets) | {defaults.controlnet})
         elif name == "inpaint_checkpoint":
             choices = [CURRENT_MODEL] + sorted(set(checkpoints) | ({defaults.inpaint_checkpoint} - {""}))
+        elif name == "sampler":
+            choices = list(samplers) + [n for n in [defaults.sampler] if n not in samplers]
+        elif name == "scheduler":
+            choices = list(schedulers) + [n for n in [defaults.scheduler] if n not in schedulers]
         specs.append(WidgetSpec(name, value, choices))
     return specs
 
@@ -502,6 +533,11 @@ class WebUIProgress:
         images are to come, with "Don't Interrupt in the middle" on) all end the pass before its next step."""
         return bool(self.state.interrupted or self.state.skipped or getattr(self.state, "stopping_generation", False))
 
+    def add_pass(self, steps: int) -> None:
+        """A WebUI sampling pass of `steps` steps is about to run: its sampler moves the bars itself
+        (state.sampling_step, one console update per step); only the console's total needs the steps."""
+        self._add_to_console_total(steps)
+
     def _add_to_console_total(self, steps: int) -> None:
         bar = getattr(self.total_tqdm, "_tqdm", None)
         if bar is not None and bar.total is not None:
@@ -525,6 +561,7 @@ class WebUIEnv:
     offload_to_cpu: bool = False              # --lowvram / --medvram
     devices: Any = None                       # modules.devices (dtype_vae, without_autocast)
     opts: Any = None                          # shared.opts
+    sampling: Any = None                      # webui_sampling.WebUIModules: the WebUI's own samplers (None: none)
 
 
 @dataclass
@@ -534,6 +571,7 @@ class ImageJob:
     prompt: str
     negative_prompt: str
     seed: int
+    p: Any = None                             # the job's StableDiffusionProcessing
 
 
 @dataclass
@@ -557,7 +595,7 @@ def job_for_image(p: Any, image: Any) -> ImageJob:
         seed = all_seeds[min(index, len(all_seeds) - 1)]
     return ImageJob(image=image, prompt=_pick(getattr(p, "prompts", None), i, getattr(p, "prompt", "")),
                     negative_prompt=_pick(getattr(p, "negative_prompts", None), i, getattr(p, "negative_prompt", "")),
-                    seed=int(seed))
+                    seed=int(seed), p=p)
 
 
 def _pick(items: Optional[Sequence[str]], i: int, fallback: Any) -> str:
@@ -581,8 +619,11 @@ class WebUIRefiner:
     # -- HandRefinerService ------------------------------------------------------------------------------
 
     def listing(self) -> ModelListing:
-        folders = self.env_factory().folders
-        return build_listing(folders.controlnet_dirs, folders.checkpoint_dirs, folders.mesh_dirs)
+        env = self.env_factory()
+        folders = env.folders
+        listing = build_listing(folders.controlnet_dirs, folders.checkpoint_dirs, folders.mesh_dirs)
+        listing.samplers, listing.schedulers = sampling_names(env)
+        return listing
 
     def default_controlnet(self) -> Optional[str]:
         names = self.listing().controlnets
@@ -598,17 +639,29 @@ class WebUIRefiner:
         return perceive(image, args, mesh_model=self._mesh_model(args.mesh_model, self.env_factory()))
 
     def refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any = None,
-               prompt: str = "", negative_prompt: Optional[str] = None, progress: Optional[WebUIProgress] = None
-               ) -> Any:
-        """pipeline.refine_image with the WebUI's model (or the chosen checkpoint) on the WebUI's device. A job's
-        negative prompt is used as it is; without a job (the API, the editor: None) the official one."""
+               prompt: str = "", negative_prompt: Optional[str] = None, progress: Optional[WebUIProgress] = None,
+               job: Any = None) -> Any:
+        """pipeline.refine_image with the WebUI's model (or the chosen checkpoint) on the WebUI's device: the
+        built-in sampler, or the WebUI's own sampling for a WebUI sampler (`job`: the job's processing object). A
+        job's negative prompt is used as it is; without a job (the API, the editor: None) the official one."""
         from .pipeline import refine_image, resolve_negative
         from .sampler import with_extra_negative
 
         env = self.env_factory()
         try:
+            engine = self._webui_engine(args, env, job, progress)
             mesh_model = self._mesh_model(args.mesh_model, env)
             with self._models_on_device(args, env) as (sd, controlnet):
+                should_stop = progress.should_stop if progress else None
+                if engine is not None:
+                    # The WebUI's sampling keeps its own precision, prompt handling and progress.
+                    with torch.no_grad():
+                        result = refine_image(image, sd, controlnet, args, prompt=prompt,
+                                              negative_prompt=negative_prompt, seed=seed, mesh_model=mesh_model,
+                                              perception=perception, should_stop=should_stop, sample_fn=engine)
+                    if result.hands:
+                        result.message += f" with the WebUI's {describe_sampler(args)}"
+                    return result
                 prompts = [args.prompt or prompt, with_extra_negative(resolve_negative(args, negative_prompt),
                                                                       args.extra_negative)]
                 padding = sd.same_context_length(prompts) if isinstance(sd, WebUISDModel) \
@@ -616,10 +669,29 @@ class WebUIRefiner:
                 with torch.no_grad(), env.autocast(), padding:
                     return refine_image(image, sd, controlnet, args, prompt=prompt, negative_prompt=negative_prompt,
                                         seed=seed, mesh_model=mesh_model, perception=perception,
-                                        progress=progress.step if progress else None,
-                                        should_stop=progress.should_stop if progress else None)
+                                        progress=progress.step if progress else None, should_stop=should_stop)
         finally:
             self._release(env)
+
+    def _webui_engine(self, args: HandRefinerArgs, env: WebUIEnv, job: Any, progress: Optional[WebUIProgress]
+                      ) -> Any:
+        """webui_sampling.WebUISampling for a WebUI sampler; None for the built-in one."""
+        if args.sampler == BUILTIN_SAMPLER:
+            return None
+        from .webui_sampling import WebUISampling
+
+        if env.sampling is None:
+            raise HandRefinerFailure(f"this WebUI's samplers are not available to HandRefiner; choose the sampler "
+                                     f"{BUILTIN_SAMPLER}")
+        if args.inpaint_checkpoint:
+            raise HandRefinerFailure(f"the WebUI's samplers sample the WebUI's loaded model, not the chosen "
+                                     f"checkpoint {args.inpaint_checkpoint!r}: choose the sampler {BUILTIN_SAMPLER} "
+                                     f"for it, or load it as the WebUI's model and choose {CURRENT_MODEL}")
+        try:
+            return WebUISampling(env.sampling, args.sampler, args.scheduler, job=job,
+                                 on_pass=progress.add_pass if progress else None)
+        except ValueError as e:
+            raise HandRefinerFailure(str(e)) from None
 
     # -- the always-on script ------------------------------------------------------------------------------
 
@@ -638,7 +710,7 @@ class WebUIRefiner:
                 progress.begin()
             seed = args.seed if args.seed >= 0 else job.seed
             result = self.refine(np.asarray(job.image.convert("RGB")), args, seed, prompt=job.prompt,
-                                 negative_prompt=job.negative_prompt, progress=progress)
+                                 negative_prompt=job.negative_prompt, progress=progress, job=job.p)
             outcome = outcome_from_result(job, args, result)
             outcome.infotext = {**infotext, **outcome.infotext}
             log.info("HandRefiner: %s", outcome.message)
@@ -703,6 +775,21 @@ class WebUIRefiner:
 
         folder = next((d for d in env.folders.mesh_dirs if d.is_dir()), None)
         return self._models.get("mesh", (name, folder), lambda: get_mesh_model(name, models_dir=folder))
+
+
+def sampling_names(env: WebUIEnv) -> Tuple[List[str], List[str]]:
+    """(samplers, schedule types) `sampler` and `scheduler` may name: the built-in sampler, and with the WebUI's
+    sampling at hand every sampler and schedule type it lists."""
+    if env.sampling is None:
+        return [BUILTIN_SAMPLER], [AUTOMATIC_SCHEDULER]
+    from .webui_sampling import all_sampler_names, scheduler_choices
+
+    return [BUILTIN_SAMPLER] + all_sampler_names(env.sampling), scheduler_choices(env.sampling)
+
+
+def describe_sampler(args: HandRefinerArgs) -> str:
+    """ "Euler a" or "DPM++ 2M (Karras)": the sampler, and the schedule type when it is not Automatic."""
+    return args.sampler + (f" ({args.scheduler})" if args.scheduler != AUTOMATIC_SCHEDULER else "")
 
 
 def _controlnet_hint(name: Any, folders: ModelFolders) -> str:

@@ -12,9 +12,25 @@ import gradio as gr
 from modules import devices, script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
-from lib_handrefiner import webui
+from lib_handrefiner import webui, webui_sampling
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.ui import field_control, field_label
+
+
+def _sampling_modules() -> webui_sampling.WebUIModules:
+    """The WebUI modules the hand pass drives when a WebUI sampler is chosen."""
+    import k_diffusion.sampling
+
+    from modules import (extra_networks, processing, rng, sd_samplers, sd_samplers_common, sd_samplers_timesteps,
+                         sd_schedulers)
+
+    return webui_sampling.WebUIModules(
+        processing=processing, sd_samplers=sd_samplers, sd_samplers_common=sd_samplers_common,
+        sd_samplers_timesteps=sd_samplers_timesteps, sd_schedulers=sd_schedulers, extra_networks=extra_networks,
+        rng=rng, devices=devices, shared=shared, k_diffusion_sampling=k_diffusion.sampling)
+
+
+SAMPLING = _sampling_modules()
 
 
 def _env() -> webui.WebUIEnv:
@@ -31,7 +47,7 @@ def _env() -> webui.WebUIEnv:
         state=shared.state, total_tqdm=getattr(shared, "total_tqdm", None),
         keep_models_on_device=bool(getattr(shared.opts, webui.KEEP_LOADED_SETTING, False)),
         offload_to_cpu=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", False)),
-        devices=devices, opts=shared.opts)
+        devices=devices, opts=shared.opts, sampling=SAMPLING)
 
 
 refiner = webui.WebUIRefiner(_env)
@@ -74,7 +90,9 @@ class HandRefinerScript(scripts.Script):
     def ui(self, is_img2img):
         listing = refiner.listing()
         defaults = _defaults(listing.controlnets)
-        specs = {s.name: s for s in webui.widget_specs(defaults, listing.controlnets, listing.checkpoints)}
+        specs = {s.name: s for s in webui.widget_specs(defaults, listing.controlnets, listing.checkpoints,
+                                                       webui_sampling.sampler_choices(SAMPLING),
+                                                       webui_sampling.scheduler_choices(SAMPLING))}
         widgets = {}
         with InputAccordion(defaults.enabled, label="HandRefiner", elem_id=self.elem_id("enabled")) as enabled:
             for group, names in webui.layout():
@@ -86,23 +104,24 @@ class HandRefinerScript(scripts.Script):
                             # Settings → HandRefiner holds these defaults; ui-config.json must not override them.
                             widgets[name].do_not_save_to_config = True
                         if name == "boxes" and is_img2img and self.init_image is not None:
-                            self._box_editor([enabled] + [widgets[n] for n in webui.layout_fields()[
-                                :webui.layout_fields().index("boxes") + 1]], defaults)
-        controls = [enabled] + [widgets[name] for name in webui.layout_fields()]
+                            self._box_editor(["enabled", *widgets], [enabled, *widgets.values()], defaults)
+        controls = [enabled] + [widgets[name] for name in HandRefinerArgs.field_names()[1:]]
         # Infotext keys (not functions) as targets, so that "Send to img2img" copies the widgets too;
         # webui.fill_pasted_defaults supplies the keys an infotext leaves out.
         self.paste_field_names = webui.paste_field_names()
         self.infotext_fields = list(zip(controls, self.paste_field_names))
         return controls
 
-    def _box_editor(self, controls, defaults):
-        """Detect / drag / type hand boxes on img2img's input image; edits the boxes widget (the last control)."""
+    def _box_editor(self, names, controls, defaults):
+        """Detect / drag / type hand boxes on img2img's input image with the settings made so far (`controls`,
+        fields `names`); edits the boxes widget (the last control)."""
         from modules.call_queue import queue_lock
 
         from lib_handrefiner.ui import build_editor
 
         build_editor(refiner, self.init_image, settings=controls, lock=queue_lock, prefix=self.elem_id("editor"),
-                     boxes=controls[-1], read_settings=lambda values: webui.args_from_script_args(values, defaults))
+                     boxes=controls[-1],
+                     read_settings=lambda values: webui.args_from_named_values(names, values, defaults))
 
     def postprocess_image_after_composite(self, p, pp, *args):
         # After img2img's original is pasted back over the unmasked area (WebUI 1.8+): hands outside an inpaint
@@ -137,7 +156,8 @@ def on_ui_settings():
 def on_before_ui():
     xyz = webui.find_xyz_module(scripts.scripts_data)
     if xyz is not None:
-        webui.register_xyz_axes(xyz)
+        webui.register_xyz_axes(xyz, samplers=lambda: webui_sampling.sampler_choices(SAMPLING),
+                                schedulers=lambda: webui_sampling.scheduler_choices(SAMPLING))
 
 
 def on_app_started(demo, app):
@@ -147,7 +167,16 @@ def on_app_started(demo, app):
 
     api.mount(app, refiner, lock=queue_lock)
     # txt2img/img2img requests with bad HandRefiner args get a 422 naming the field before anything is generated.
-    api.install_alwayson_validation(app, parse=webui.args_from_script_args)
+    api.install_alwayson_validation(app, parse=_checked_script_args)
+
+
+def _checked_script_args(values):
+    """`alwayson_scripts` args as HandRefinerArgs, with the sampler and schedule type among the WebUI's."""
+    from lib_handrefiner import api
+
+    args = webui.args_from_script_args(values)
+    api.check_sampling(args, *webui.sampling_names(_env()))
+    return args
 
 
 script_callbacks.on_ui_settings(on_ui_settings)

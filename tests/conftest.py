@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random models with the real architectures (built once per test session)."""
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,21 @@ EXAMPLES = ROOT / "examples"
 # handrefiner.py's n_prompt, less its trailing "blue" (README: deliberate differences).
 OFFICIAL_NEGATIVE = ("fake 3D rendered image, longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
                      "fewer digits, cropped, worst quality, low quality")
+WEBUI_STUB = ROOT / "tests" / "webui_stub"
+
+
+@contextlib.contextmanager
+def webui_stand_in():
+    """tests/webui_stub first on sys.path (the stand-in `modules`, `launch`, `k_diffusion`); on exit it and every
+    module imported from it are gone again."""
+    sys.path.insert(0, str(WEBUI_STUB))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(WEBUI_STUB))
+        stand_in = ("modules", "k_diffusion", "latent_diffusion", "launch")
+        for name in [n for n in sys.modules if n.split(".")[0] in stand_in]:
+            del sys.modules[name]
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import EXAMPLES, OFFICIAL_NEGATIVE, ROOT
+from conftest import EXAMPLES, OFFICIAL_NEGATIVE, ROOT, webui_stand_in
 from lib_handrefiner import webui
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.imageio import load_image
 
 from pickles import tiny_lightning_checkpoint
 
-STUB = Path(__file__).resolve().parent / "webui_stub"
 CONTROLNET_NAME = HandRefinerArgs().controlnet
 FAST = dict(steps=2, crop_resolution=64, cfg_scale=5.0)
 
@@ -38,21 +37,18 @@ def wui(tiny_models, tiny_sd, tmp_path_factory):
     for src in (tiny_models.checkpoint, tiny_models.config):
         os.link(src, root / "models" / "Stable-diffusion" / src.name)
     (root / "models" / "Stable-diffusion" / "clip-tiny").symlink_to(tiny_models.checkpoint.parent / "clip-tiny")
-    sys.path.insert(0, str(STUB))
     try:
-        from modules import scripts, shared
-        from latent_diffusion import TinyLatentDiffusion
+        with webui_stand_in():
+            from modules import scripts, shared
+            from latent_diffusion import TinyLatentDiffusion
 
-        shared.sd_model = TinyLatentDiffusion(tiny_sd)
-        spec = importlib.util.spec_from_file_location("handrefiner.py", ROOT / "scripts" / "handrefiner.py")
-        module = importlib.util.module_from_spec(spec)
-        scripts.current_basedir = str(ROOT)
-        spec.loader.exec_module(module)
-        yield module
+            shared.sd_model = TinyLatentDiffusion(tiny_sd)
+            spec = importlib.util.spec_from_file_location("handrefiner.py", ROOT / "scripts" / "handrefiner.py")
+            module = importlib.util.module_from_spec(spec)
+            scripts.current_basedir = str(ROOT)
+            spec.loader.exec_module(module)
+            yield module
     finally:
-        sys.path.remove(str(STUB))
-        for name in [n for n in sys.modules if n == "modules" or n.startswith("modules.") or n == "latent_diffusion"]:
-            del sys.modules[name]
         os.environ.pop("HANDREFINER_STUB_WEBUI_DIR", None)
 
 
@@ -121,7 +117,8 @@ def test_ui_has_one_component_per_field_in_order_and_defaults_map_back(script):
     controls, values = ui_values(script)
     assert len(controls) == len(HandRefinerArgs.field_names()) == len(script.infotext_fields)
     assert isinstance(controls[0], InputAccordion)
-    assert webui.layout_fields() == HandRefinerArgs.field_names()[1:]
+    assert sorted(webui.layout_fields()) == sorted(HandRefinerArgs.field_names()[1:])
+    assert [target for _, target in script.infotext_fields] == webui.paste_field_names()  # in field order
     assert webui.args_from_script_args(values) == HandRefinerArgs()
     by_name = dict(zip(HandRefinerArgs.field_names(), controls))
     assert CONTROLNET_NAME in [c[0] if isinstance(c, tuple) else c for c in by_name["controlnet"].choices]
@@ -132,12 +129,15 @@ def test_ui_has_one_component_per_field_in_order_and_defaults_map_back(script):
     assert "HandRefiner strength" in script.paste_field_names
 
 
-def test_a_field_without_a_group_keeps_its_place(monkeypatch):
+def test_a_field_without_a_group_goes_in_more_at_the_end(monkeypatch):
     groups = dict(webui.GROUPS)
     groups["row:sampling"] = ("steps", "cfg_scale", "denoising_strength")  # as if "seed" were new
     monkeypatch.setattr(webui, "GROUPS", groups)
-    assert webui.layout_fields() == HandRefinerArgs.field_names()[1:]
-    assert ("accordion:More", ["seed"]) in webui.layout()
+    assert sorted(webui.layout_fields()) == sorted(HandRefinerArgs.field_names()[1:])
+    assert webui.layout()[-1] == ("accordion:More", ["seed", "adaptive_batch"])
+    # the sampler and its schedule sit beside the other sampling settings, though they were added last
+    groups_in_order = [group for group, _ in webui.layout()]
+    assert groups_in_order.index("row:sampler") == groups_in_order.index("row:sampling") - 1
 
 
 def test_widget_values_and_api_values_map_to_the_fields():
@@ -534,7 +534,7 @@ def test_infotext_comes_back_into_the_widgets(wui, script):
     assert [target for _, target in script.infotext_fields] == script.paste_field_names
 
 
-def test_xyz_grid_axes_override_strength_and_mode(wui, script, malformed):
+def test_xyz_grid_axes_override_strength_mode_sampler_and_schedule(wui, script, malformed):
     from modules import script_callbacks, scripts
 
     class AxisOption:
@@ -554,11 +554,19 @@ def test_xyz_grid_axes_override_strength_and_mode(wui, script, malformed):
         script_callbacks.before_ui_callback()  # registering twice adds nothing
     finally:
         scripts.scripts_data.pop()
-    strength, mode = xyz.axis_options
-    assert [strength.label, mode.label] == ["[HandRefiner] Strength", "[HandRefiner] Mode"]
+    strength, mode, sampler, scheduler = xyz.axis_options
+    assert [o.label for o in xyz.axis_options] == ["[HandRefiner] Strength", "[HandRefiner] Mode",
+                                                   "[HandRefiner] Sampler", "[HandRefiner] Schedule type"]
     assert mode.choices() == ["fixed", "adaptive"]
+    assert sampler.choices() == ["DDIM (HandRefiner)", "DPM++ 2M", "Euler a", "Euler", "Heun", "DDIM"]
+    assert scheduler.choices() == ["Automatic", "Uniform", "Karras", "Exponential"]
     with pytest.raises(Exception):
         strength.confirm(None, [0.5, 5.0])
+    sampler.confirm(None, ["Euler a", "DDIM (HandRefiner)"])
+    with pytest.raises(RuntimeError, match="unknown 'Euler b'"):
+        sampler.confirm(None, ["Euler a", "Euler b"])
+    with pytest.raises(RuntimeError, match="unknown 'karras'"):
+        scheduler.confirm(None, ["karras"])
     p = make_p()
     cell_a, cell_b = copy.copy(p), copy.copy(p)
     strength.apply(cell_a, 0.3, [0.3, 0.6])
@@ -677,3 +685,101 @@ def test_a_job_keeps_its_negative_and_the_api_and_editor_get_the_official_one(wu
     run(script, malformed, values)                                   # a txt2img job with negative "blurry"
     wui.refiner.refine(malformed, HandRefinerArgs(**FAST), seed=1)  # /handrefiner/refine and the editor: no job
     assert sampled_negatives == ["fake 3D rendered image, blurry", OFFICIAL_NEGATIVE]
+
+
+# ---- a WebUI sampler for the hands ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler, scheduler", [("Euler a", "Automatic"), ("DPM++ 2M", "Karras")])
+def test_a_webui_sampler_refines_the_hand_and_says_so(wui, script, malformed, sampler, scheduler):
+    """The hands sampled by the WebUI's own sampler: only the hand changes, the infotext names the sampler (and it
+    pastes back), the job counts one more job, and the job's sampler is as it was."""
+    from modules import sd_samplers, shared
+    from modules.infotext_utils import paste_values, quote
+
+    from lib_handrefiner.perception import perceive
+
+    controls, values = ui_values(script, enabled=True, sampler=sampler, scheduler=scheduler, **FAST)
+    by_name = dict(zip(HandRefinerArgs.field_names(), controls))
+    assert sampler in by_name["sampler"].choices and scheduler in by_name["scheduler"].choices
+    p = make_p()
+    p.sampler = job_sampler = sd_samplers.create_sampler("Euler", shared.sd_model)
+    job_no, job_count = shared.state.job_no, shared.state.job_count
+    p, pp = run(script, malformed, values, p)
+
+    params = p.extra_generation_params
+    assert params["HandRefiner sampler"] == sampler
+    assert params.get("HandRefiner schedule type", "Automatic") == scheduler
+    assert params[webui.RESULT_KEY] == ("refined 1 hand(s) in 1 region(s) with the WebUI's "
+                                        + webui.describe_sampler(HandRefinerArgs(sampler=sampler,
+                                                                                 scheduler=scheduler)))
+    out = np.asarray(pp.image)
+    changed = (out != malformed).any(-1)
+    args = HandRefinerArgs(enabled=True, **FAST)
+    assert changed.sum() > 1000
+    assert not (changed & ~allowed_change(perceive(malformed, args).mask, args.mask_feather)).any()
+    assert shared.state.job_count == job_count + 1 and shared.state.job_no == job_no + 1
+    assert p.sampler is job_sampler and "forward" not in job_sampler.model_wrap_cfg.__dict__
+
+    line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if k.startswith("HandRefiner"))
+    pasted = webui.args_from_script_args(paste_values(script.infotext_fields, f"a prompt\n{line}"))
+    assert (pasted.sampler, pasted.scheduler) == (sampler, scheduler)
+
+
+def test_the_builtin_and_a_webui_sampler_differ_but_share_crops_and_masks(wui, script, malformed):
+    """Same crop and mask for both engines: the WebUI's DDIM changes the same pixels, with other values."""
+    _, builtin = ui_values(script, enabled=True, **FAST)
+    _, webui_ddim = ui_values(script, enabled=True, sampler="DDIM", **FAST)
+    a = np.asarray(run(script, malformed, builtin)[1].image)
+    b = np.asarray(run(script, malformed, webui_ddim)[1].image)
+    changed_a, changed_b = (a != malformed).any(-1), (b != malformed).any(-1)
+    assert (changed_a ^ changed_b).sum() < 0.02 * changed_a.sum() and (a != b).any()
+
+
+@pytest.mark.parametrize("problem", ["unknown sampler", "with a chosen checkpoint"])
+def test_a_webui_sampler_that_cannot_run_keeps_the_image_and_says_why(wui, script, malformed, problem):
+    changes = dict(sampler="Euler b") if problem == "unknown sampler" else dict(sampler="Euler a",
+                                                                                 inpaint_checkpoint="tiny-inpaint")
+    p, pp = run(script, malformed, [{"enabled": True, **changes, **FAST}])
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    assert np.array_equal(np.asarray(pp.image), malformed)
+    expected = {"unknown sampler": "sampler 'Euler b' is not one of the WebUI's samplers; choose one of: "
+                                   "DDIM (HandRefiner), DPM++ 2M, Euler a",
+                "with a chosen checkpoint": "the WebUI's samplers sample the WebUI's loaded model"}[problem]
+    assert result.startswith("failed: ") and expected in result
+
+
+def test_webui_samplers_in_the_api(wui, malformed):
+    """/handrefiner/models lists the WebUI's samplers; /handrefiner/refine samples with one; alwayson args with an
+    unknown one get a 422 naming `sampler` before anything is generated."""
+    import base64
+    import io
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from modules import script_callbacks
+
+    app = FastAPI()
+    script_callbacks.app_started_callback(None, app)
+
+    @app.post("/sdapi/v1/txt2img")
+    def txt2img(body: dict) -> dict:
+        return {"images": []}
+
+    client = TestClient(app)
+    models = client.get("/handrefiner/models").json()
+    assert models["samplers"][:3] == ["DDIM (HandRefiner)", "DPM++ 2M", "Euler a"]
+    assert "Karras" in models["schedulers"]
+    buffer = io.BytesIO()
+    Image.fromarray(malformed).save(buffer, "PNG")
+    refined = client.post("/handrefiner/refine", json={"image": base64.b64encode(buffer.getvalue()).decode(),
+                                                       "sampler": "Euler a", "seed": 5, **FAST})
+    assert refined.status_code == 200, refined.text
+    assert refined.json()["message"].endswith("with the WebUI's Euler a")
+    assert "HandRefiner sampler: Euler a" in refined.json()["infotext"]
+    bad = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "alwayson_scripts": {"HandRefiner": {
+        "args": [{"enabled": True, "sampler": "Euler b"}]}}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "sampler"
+    assert "choose one of: DDIM (HandRefiner), DPM++ 2M" in bad.json()["detail"][0]["msg"]
+    unknown = client.post("/handrefiner/refine", json={"image": base64.b64encode(buffer.getvalue()).decode(),
+                                                       "scheduler": "karras"})
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "scheduler"]

@@ -1,8 +1,10 @@
 """The tiny test checkpoint in the shape of the WebUI's `shared.sd_model` (an ldm LatentDiffusion), as far as
 HandRefiner uses it: `model.diffusion_model` (the UNet), `apply_model(x, t, cond)` with ldm's cond dict,
 `get_learned_conditioning`, `encode_first_stage` (a DiagonalGaussianDistribution), `get_first_stage_encoding`,
-`decode_first_stage`, `alphas_cumprod`, `scale_factor`. The networks are lib_handrefiner.sd_model's real ldm ones;
-the VAE decodes to NaNs in float16 (the SD 1.x VAE's half-precision overflow, always here).
+`decode_first_stage`, `alphas_cumprod`, `scale_factor`, and the attributes the WebUI's samplers and processing
+read (`cond_stage_key`, `parameterization`, `is_sdxl_inpaint`, `dtype`, `first_stage_model.dtype`). The networks
+are lib_handrefiner.sd_model's real ldm ones; the VAE decodes to NaNs in float16 (the SD 1.x VAE's half-precision
+overflow, always here).
 """
 from __future__ import annotations
 
@@ -40,6 +42,10 @@ class FirstStage(nn.Module):
             return torch.full((z.shape[0], 3, z.shape[2] * 8, z.shape[3] * 8), float("nan"), dtype=torch.float16)
         return self.decoder(self.post_quant_conv(z))
 
+    @property
+    def dtype(self):
+        return next(self.parameters()).dtype
+
 
 class TinyLatentDiffusion(nn.Module):
     """Wraps a lib_handrefiner.sd_model.LdmSDModel (loaded from the tiny checkpoint)."""
@@ -52,11 +58,18 @@ class TinyLatentDiffusion(nn.Module):
         self.scale_factor = sd.scale_factor
         self.register_buffer("alphas_cumprod", sd.alphas_cumprod.to(torch.float32))
         self.is_sdxl = False
+        self.is_sdxl_inpaint = False
+        self.cond_stage_key = "txt"
+        self.parameterization = "eps"
         self.conditioning_calls = []   # the batches of prompts encoded
 
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.model.parameters()).dtype
 
     def get_learned_conditioning(self, c):
         self.conditioning_calls.append(list(c))

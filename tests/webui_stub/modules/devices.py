@@ -13,6 +13,20 @@ unet_needs_upcast = False
 gc_calls = 0
 
 
+class NansException(Exception):
+    pass
+
+
+def cond_cast_float(input):
+    return input.float() if unet_needs_upcast else input
+
+
+def test_for_nans(x, where):
+    if not torch.isnan(x[(0, ) * len(x.shape)]):
+        return
+    raise NansException(f"A tensor with NaNs was produced in {'Unet' if where == 'unet' else 'VAE'}.")
+
+
 def torch_gc() -> None:
     global gc_calls
     gc_calls += 1

@@ -2,7 +2,23 @@ from __future__ import annotations
 
 import os
 
+from PIL import Image
+
 saved = []   # paths written
+
+
+def resize_image(resize_mode, im, width, height, upscaler_name=None):
+    """resize_mode 0 ("Just resize") only, with no upscaler: Lanczos to the size."""
+    assert resize_mode == 0, "the stand-in only has 'Just resize'"
+    return im if im.size == (width, height) else im.resize((width, height), resample=Image.LANCZOS)
+
+
+def flatten(img, bgcolor):
+    if img.mode == "RGBA":
+        background = Image.new('RGBA', img.size, bgcolor)
+        background.paste(img, mask=img)
+        img = background
+    return img.convert('RGB')
 
 
 def save_image(image, path, basename, seed=None, prompt=None, extension='png', info=None, short_filename=False,

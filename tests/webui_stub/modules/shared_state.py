@@ -11,6 +11,7 @@ class State:
     sampling_step = 0
     sampling_steps = 0
     textinfo = None
+    current_latent = None
 
     def skip(self) -> None:
         self.skipped = True

@@ -4,6 +4,12 @@ One orthographic ray per pixel centre (u + 0.5, v + 0.5) along +z (the image cam
 Each hand is rendered whole and on its own, and normalised on its own, as the official preprocessor
 (preprocessor/meshgraphormer.py) renders each hand in its own crop: its nearest surface 255, its farthest 50
 (`hand_levels`). Where hands overlap, the nearer surface shows. Background is 0.
+
+A mesh with a `PerspectiveView` (Mesh Graphormer) is rendered as the official preprocessor renders it: its
+camera's rays through the pixel centres of its crop window, the first hit discarded when it is on a back face
+(the official `face_normals · ray ≤ 0` rule), normalised over the hits in that window. Such hands are pasted in
+decreasing `view.order` (MediaPipe's depth of the middle knuckle), each over the others wherever it has depth, as
+the official code pastes its crops.
 """
 from __future__ import annotations
 
@@ -47,15 +53,21 @@ def render_depth(meshes: Sequence[HandMesh], width: int, height: int) -> DepthRe
     depth = np.zeros((height, width), dtype=np.uint8)
     hand_index = np.full((height, width), -1, dtype=np.int16)
     nearest = np.full((height, width), np.inf)
+    renders = [_render_alone(mesh, width, height) for mesh in meshes]
     extents = []
-    for i, mesh in enumerate(meshes):
-        rendered = _render_alone(mesh, width, height)
+    for rendered in renders:
         if rendered is None:
             extents.append(None)
             continue
-        (x0, y0), z, levels = rendered
+        (x0, y0), z, _ = rendered
         hit_y, hit_x = np.nonzero(np.isfinite(z))
         extents.append((x0 + int(hit_x.min()), y0 + int(hit_y.min()), x0 + int(hit_x.max()), y0 + int(hit_y.max())))
+    pasted = any(m.view is not None for m in meshes)
+    for i in _paste_order(meshes) if pasted else range(len(meshes)):
+        rendered = renders[i]
+        if rendered is None:
+            continue
+        (x0, y0), z, levels = rendered
         # The part of the hand's window on the image, where this hand is nearer than those drawn so far.
         ix0, iy0 = max(x0, 0), max(y0, 0)
         ix1, iy1 = min(x0 + z.shape[1], width), min(y0 + z.shape[0], height)
@@ -63,11 +75,18 @@ def render_depth(meshes: Sequence[HandMesh], width: int, height: int) -> DepthRe
             continue
         part = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
         on_image = (slice(iy0, iy1), slice(ix0, ix1))
-        wins = z[part] < nearest[on_image]
+        # Perspective hands live in cameras of their own: their depths do not compare, the later pasted wins.
+        wins = np.isfinite(z[part]) if pasted else z[part] < nearest[on_image]
         nearest[on_image][wins] = z[part][wins]
         depth[on_image][wins] = levels[part][wins]
         hand_index[on_image][wins] = i
     return DepthResult(depth, hand_index, tuple(extents))
+
+
+def _paste_order(meshes: Sequence[HandMesh]) -> list:
+    """Farther hands first (the official sort by the middle knuckle's MediaPipe z, largest first)."""
+    key = [m.view.order if m.view is not None else float(m.joints[9, 2]) for m in meshes]
+    return sorted(range(len(meshes)), key=lambda i: -key[i])
 
 
 def _render_alone(mesh: HandMesh, width: int, height: int
@@ -75,7 +94,9 @@ def _render_alone(mesh: HandMesh, width: int, height: int
     """The hand's whole projection, ray cast with no other hand in the scene: (window origin x0, y0), the hit's
     z per pixel (inf where a ray misses) and the hand's own depth levels (0 where it misses). The window may
     extend half the image past each edge, as the official code's canvas does (and no further: a runaway mesh
-    cannot ask for unbounded rays)."""
+    cannot ask for unbounded rays). A perspective hand: its view's window and its own depth."""
+    if mesh.view is not None:
+        return _render_perspective(mesh, width, height)
     xy = mesh.vertices[:, :2]
     if len(xy) == 0 or width <= 0 or height <= 0:
         return None
@@ -110,3 +131,38 @@ def _cast(mesh: HandMesh, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     rays[..., 5] = 1.0
     t_hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy().astype(np.float64)
     return np.where(np.isfinite(t_hit), z_start + t_hit, np.inf)
+
+
+def _render_perspective(mesh: HandMesh, width: int, height: int
+                        ) -> Optional[Tuple[Tuple[int, int], np.ndarray, np.ndarray]]:
+    """The view's window ray cast with its camera: (window origin), depth per pixel (inf where nothing, or a back
+    face, is hit first) and the hand's depth levels. The depth is the official `(hit + camera position)_z`."""
+    import open3d as o3d
+
+    view = mesh.view
+    x0, y0, x1, y1 = view.window
+    # The same bound as for orthographic hands: half an image past each edge (the official padded canvas).
+    x0, y0 = max(x0, -(width // 2)), max(y0, -(height // 2))
+    x1, y1 = min(x1, width + width // 2), min(y1, height + height // 2)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    v, u = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    directions = np.stack([(u + 0.5 - view.principal[0]) / view.focal, (v + 0.5 - view.principal[1]) / view.focal,
+                           np.ones_like(u)], axis=-1)
+    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+    rays = np.concatenate([np.broadcast_to(view.origin, directions.shape), directions], axis=-1)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(np.ascontiguousarray(view.vertices, dtype=np.float32)),
+                        o3d.core.Tensor(np.ascontiguousarray(mesh.faces, dtype=np.uint32)))
+    answer = scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))
+    t_hit = answer["t_hit"].numpy().astype(np.float64)
+    normals = answer["primitive_normals"].numpy().astype(np.float64)
+    hit = np.isfinite(t_hit) & (np.einsum("...i,...i->...", normals, directions) <= 0)
+    if not hit.any():
+        return None
+    points_z = view.origin[2] + t_hit[hit] * directions[..., 2][hit]
+    z = np.full(t_hit.shape, np.inf)
+    z[hit] = points_z + view.origin[2]
+    levels = np.zeros(z.shape, dtype=np.uint8)
+    levels[hit] = hand_levels(z[hit])
+    return (x0, y0), z, levels

@@ -17,10 +17,11 @@ from .args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
 # Files each mesh model needs (looked for in the mesh folders). "landmarks" is built from MediaPipe's
-# landmarks and needs none; MeshGraphormer needs its weights, its HRNet backbone and the MANO hand model.
+# landmarks and needs none; Mesh Graphormer needs its network (backbone included), the MANO hand model and
+# MANO's mesh sampling (mesh/graphormer/files.py says what each is and where to get it).
 MESH_MODEL_FILES: Dict[str, Sequence[str]] = {
     "landmarks": (),
-    "graphormer": ("graphormer_hand_state_dict.bin", "hrnetv2_w64_imagenet_pretrained.pth", "MANO_RIGHT.pkl"),
+    "graphormer": ("graphormer_hand_state_dict.bin", "MANO_RIGHT.pkl", "mano_downsampling.npz"),
 }
 
 # The WebUI (and sd-webui-controlnet) show model names as "name [hash]"; the hash is not part of the file name.

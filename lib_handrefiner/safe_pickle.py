@@ -30,6 +30,9 @@ Pass your own allow-list, built from the ones here::
   Python-2 pickles of ``scipy.sparse`` matrices and chumpy objects are ``copyreg._reconstructor(cls, object,
   None)`` followed by BUILD with the object's ``__dict__``: with the class left out,
   ``Placeholder.state`` is that dict (e.g. ``data``, ``indices``, ``indptr``, ``_shape`` of a csc_matrix).
+- scipy.sparse and chumpy objects need no constructor: `plain_data` turns their placeholders into scipy
+  matrices and arrays after loading, and `load_npz` reads .npz archives of pickled objects (numpy's object
+  arrays) this way, where `np.load` would need allow_pickle=True.
 - ``unknown="refuse"`` makes any global that is not in the allow-list an `UnpicklingError` naming it: use it for
   files whose whole content you know.
 - Names are matched after Python 2's renames (``__builtin__`` → ``builtins``, ``copy_reg`` → ``copyreg``), so
@@ -181,6 +184,119 @@ NUMPY_GLOBALS: Dict[Tuple[str, str], Any] = {
     **{(core, name): getattr(np.core.multiarray, name)
        for core in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")},
 }
+
+
+# ---- scientific pickles: scipy.sparse, chumpy, npz archives -----------------------------------------------------
+# Pickles from the research world (MANO_RIGHT.pkl, mano_downsampling.npz) hold scipy.sparse matrices and chumpy
+# arrays. Neither class is allowed: both arrive as placeholders whose `state` is the object's __dict__, and the
+# functions here turn such a placeholder into plain data, checking every field (nothing is imported or called on
+# the pickle's say: the scipy class is chosen by us from the placeholder's name).
+
+_SPARSE_FORMATS = ("csc", "csr", "coo")
+
+
+def _field_array(state: Mapping, key: str, what: str) -> np.ndarray:
+    value = state.get(key)
+    if not isinstance(value, np.ndarray) or value.dtype == object or value.ndim != 1:
+        raise UnpicklingError(f"{what}: field {key!r} is not a 1-D numeric array")
+    return value
+
+
+def is_sparse_placeholder(obj: Any) -> bool:
+    cls = type(obj)
+    return (isinstance(obj, Placeholder) and cls.pickled_module.startswith("scipy.sparse")
+            and cls.pickled_name.split("_")[0] in _SPARSE_FORMATS)
+
+
+def sparse_matrix(obj: Any):
+    """The scipy.sparse matrix (csc, csr or coo) a pickled one stood for, from its placeholder's __dict__ state
+    (`data`, `indices`, `indptr` or `row`, `col`, and `_shape`, or `shape` in older scipy)."""
+    import scipy.sparse
+
+    what = f"a pickled {type(obj).pickled_module}.{type(obj).pickled_name}" if isinstance(obj, Placeholder) else "?"
+    if not is_sparse_placeholder(obj) or not isinstance(obj.state, dict):
+        raise UnpicklingError(f"{what} is not a scipy.sparse matrix with its fields as state")
+    state = obj.state
+    shape = state.get("_shape", state.get("shape"))
+    if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise UnpicklingError(f"{what}: its shape {shape!r:.60} is not two non-negative integers")
+    kind = type(obj).pickled_name.split("_")[0]
+    data = _field_array(state, "data", what)
+    try:
+        if kind == "coo":
+            return scipy.sparse.coo_matrix((data, (_field_array(state, "row", what), _field_array(state, "col", what))),
+                                           shape=shape)
+        build = scipy.sparse.csc_matrix if kind == "csc" else scipy.sparse.csr_matrix
+        matrix = build((data, _field_array(state, "indices", what), _field_array(state, "indptr", what)), shape=shape)
+        matrix.check_format(full_check=True)
+        return matrix
+    except (ValueError, TypeError, IndexError) as e:
+        raise UnpicklingError(f"{what} is inconsistent ({e})") from None
+
+
+def chumpy_array(obj: Any) -> np.ndarray:
+    """The array of a pickled chumpy `Ch` (Ch.__getstate__ pickles its __dict__, the value under "x")."""
+    if not (isinstance(obj, Placeholder) and type(obj).pickled_module.startswith("chumpy")
+            and isinstance(obj.state, dict)):
+        raise UnpicklingError(f"{obj!r:.80} is not a pickled chumpy array")
+    value = obj.state.get("x")
+    if not isinstance(value, np.ndarray) or value.dtype == object:
+        raise UnpicklingError(f"a pickled chumpy {type(obj).pickled_name} without a numeric array under 'x'")
+    return value
+
+
+def plain_data(obj: Any) -> Any:
+    """`obj` with scipy.sparse and chumpy placeholders replaced by scipy matrices and arrays, inside dicts,
+    lists, tuples and object arrays; other placeholders are left as they are."""
+    if is_sparse_placeholder(obj):
+        return sparse_matrix(obj)
+    if isinstance(obj, Placeholder) and type(obj).pickled_module.startswith("chumpy"):
+        return chumpy_array(obj)
+    if isinstance(obj, dict):
+        return {k: plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_data(v) for v in obj)
+    if isinstance(obj, np.ndarray) and obj.dtype == object:
+        out = np.empty(obj.shape, dtype=object)
+        out.ravel()[:] = [plain_data(v) for v in obj.ravel()]
+        return out
+    return obj
+
+
+def load_npz(path: Union[str, Path], allowed: Globals = NUMPY_GLOBALS, *, encoding: str = "latin1"
+             ) -> Dict[str, Any]:
+    """The members of an .npz archive by name, as `np.load(path, allow_pickle=True)` gives them but without
+    running anything: numeric members through numpy's own reader (no pickles), object members (numpy pickles
+    them) through the restricted unpickler, then `plain_data`. latin1 reads Python 2's pickles."""
+    out: Dict[str, Any] = {}
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise UnpicklingError("not an .npz archive (not a zip file)") from None
+    with archive:
+        for name in archive.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with archive.open(name) as member:
+                out[name[:-4]] = _read_npy(member, allowed, encoding, name)
+    return out
+
+
+def _read_npy(f: BinaryIO, allowed: Globals, encoding: str, name: str) -> Any:
+    f = io.BytesIO(f.read())
+    try:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                 else np.lib.format.read_array_header_2_0(f))
+    except ValueError as e:
+        raise UnpicklingError(f"{name} is not a .npy array ({e})") from None
+    if dtype != object:
+        f.seek(0)
+        return np.lib.format.read_array(f, allow_pickle=False)
+    array = RestrictedUnpickler(f, allowed, encoding=encoding).load()
+    if not isinstance(array, np.ndarray) or array.shape != tuple(shape):
+        raise UnpicklingError(f"{name}: the pickle holds {type(array).__name__}, not its {shape} array")
+    return plain_data(array)
 
 
 # ---- safe constructors: torch ---------------------------------------------------------------------------------

@@ -79,3 +79,31 @@ def sampled_negatives(monkeypatch):
 def _few_threads():
     # Several engineers and CI jobs share the cores; tiny models do not gain from more threads.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def graphormer_folder(tmp_path_factory) -> Path:
+    """A models folder with Mesh Graphormer's three files, as a user would have them: the network with seeded
+    random weights in the released layout (~855 MB, legacy torch.save; heads set so that the mesh lands in its
+    crop, see graphormer_fixtures.mesh_shaped_heads), a synthetic MANO_RIGHT.pkl and mano_downsampling.npz."""
+    import numpy as np
+
+    import graphormer_fixtures
+    import mano_files
+
+    folder = tmp_path_factory.mktemp("graphormer-models")
+    arrays = mano_files.write_synthetic_mano(folder / "MANO_RIGHT.pkl")
+    sampling = mano_files.write_synthetic_downsampling(folder / "mano_downsampling.npz", arrays["f"])
+    upsampling = sampling["U"][0].toarray()
+    upsampling /= np.maximum(upsampling.sum(axis=1, keepdims=True), 1e-12)
+    state = graphormer_fixtures.seeded_state_dict(graphormer_fixtures.manifest_entries())
+    graphormer_fixtures.mesh_shaped_heads(state, torch.from_numpy(upsampling).float())
+    graphormer_fixtures.write_released_layout(folder / "graphormer_hand_state_dict.bin", state)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def graphormer_model(graphormer_folder):
+    from lib_handrefiner.mesh.graphormer.model import load_graphormer
+
+    return load_graphormer(graphormer_folder)

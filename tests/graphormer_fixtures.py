@@ -9,10 +9,14 @@ tests/data/README.md): the same rules must give the same numbers there and here.
 """
 from __future__ import annotations
 
+import json
 import zlib
-from typing import Dict, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Sequence
 
 import torch
+
+MANIFEST = Path(__file__).parent / "data" / "graphormer_manifest.json"
 
 SEED = 20240601
 # Chosen by measuring activations of HRNet-W64 on fixed_input(): feature maps stay between ~0.1 and ~6 in
@@ -22,6 +26,13 @@ GAIN = 1.4                        # weights: N(0, GAIN² / fan_in)
 SCALE_LOW, SCALE_HIGH = 0.4, 0.7  # BatchNorm / LayerNorm scales: uniform in this range
 SHIFT = 0.02                      # biases and running means: N(0, SHIFT²)
 VAR_LOW, VAR_HIGH = 0.75, 1.25    # BatchNorm running variances: uniform in this range (positive)
+
+
+def manifest_entries() -> List[Dict]:
+    """The released keys as {"key", "shape", "dtype"} records (the shared manifest's form), from the trimmed copy."""
+    keys = json.loads(MANIFEST.read_text())["keys"]
+    return [{"key": k, "shape": s, "dtype": "int64" if k.endswith(".num_batches_tracked") else "float32"}
+            for k, s in keys.items()]
 
 
 def seeded_tensor(key: str, shape: Sequence[int], dtype: str = "float32", seed: int = SEED) -> torch.Tensor:
@@ -52,3 +63,36 @@ def fixed_input(seed: int = SEED) -> torch.Tensor:
     coarse = torch.randn(1, 3, 14, 14, generator=g)
     smooth = torch.nn.functional.interpolate(coarse, size=(224, 224), mode="bilinear", align_corners=False)
     return smooth + 0.3 * torch.randn(1, 3, 224, 224, generator=g)
+
+
+# ---- the released files, with random weights -----------------------------------------------------------------
+
+def mesh_shaped_heads(state: Dict[str, torch.Tensor], upsampling: torch.Tensor, scale: float = 8.0) -> None:
+    """Makes the seeded random network's output land in its crop like a trained one's (in place): each encoder's
+    shortcut carries the template's xyz through (its first three outputs = its first three inputs) while the
+    encoder's own contribution is scaled down 1000×; the learned 195 → 778 upsampling is `upsampling` (e.g. the
+    sampling file's U); the camera head predicts (scale, 0, 0). Everything else stays random, so the image still
+    changes the mesh (by millimetres)."""
+    for i in range(3):
+        state[f"trans_encoder.{i}.cls_head.weight"].mul_(1e-3)
+        state[f"trans_encoder.{i}.cls_head.bias"].mul_(1e-3)
+        residual = state[f"trans_encoder.{i}.residual.weight"]
+        residual[:3] = 0.0
+        residual[:3, :3] = torch.eye(3)
+        state[f"trans_encoder.{i}.residual.bias"][:3] = 0.0
+    state["upsampling.weight"].copy_(upsampling)
+    state["upsampling.bias"].zero_()
+    state["cam_param_fc3.weight"].mul_(1e-3)
+    state["cam_param_fc3.bias"].copy_(torch.tensor([scale, 0.0, 0.0]))
+
+
+def write_released_layout(path, state: Dict[str, torch.Tensor]) -> None:
+    """`state` as MeshGraphormer's release stores it: torch.save of the hand network's state_dict() (an OrderedDict
+    with its module metadata) in the legacy, non-zip format. (The real file is 3,447 bytes longer: its module
+    tree has more parameterless modules, each with a metadata entry.)"""
+    from lib_handrefiner.mesh.graphormer.network import GraphormerHandNetwork
+
+    with torch.device("meta"):
+        network = GraphormerHandNetwork()
+    network.load_state_dict(state, strict=True, assign=True)
+    torch.save(network.state_dict(), path, _use_new_zipfile_serialization=False)

@@ -18,19 +18,13 @@ import torch
 import graphormer_fixtures
 import mano_files
 from lib_handrefiner.mesh.graphormer import mano
+from graphormer_fixtures import manifest_entries
 from lib_handrefiner.mesh.graphormer.network import GraphormerHandNetwork
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_MANIFEST = SHARED / "fixtures" / "checkpoints" / "graphormer_hand_network.json"
 OUTPUTS = ("cam", "joints", "vertices_sub", "vertices")
-
-
-def manifest_entries():
-    """The trimmed manifest's keys as the shared manifest's {"key", "shape", "dtype"} records."""
-    keys = json.loads((DATA / "graphormer_manifest.json").read_text())["keys"]
-    return [{"key": k, "shape": s, "dtype": "int64" if k.endswith(".num_batches_tracked") else "float32"}
-            for k, s in keys.items()]
 
 
 def test_state_dict_matches_the_released_manifest_key_for_key():

@@ -3,19 +3,39 @@
 A mesh model turns a detected `Hand` (and the image, for models that look at pixels) into a `HandMesh` in the
 image camera (orthographic pixels, z away from the viewer; see dev/ARCHITECTURE.md "Coordinates"), so a mesh's
 2D projection is `vertices[:, :2]`. Models are looked up by name with `get_mesh_model`; `landmarks` (built from
-the 21 MediaPipe landmarks, no weights) is the default. Another model registers itself with
+the 21 MediaPipe landmarks, no weights) needs no files; `graphormer` (Mesh Graphormer, the paper's model) needs
+three the user supplies (mesh/graphormer/files.py). Another model registers itself with
 `register_mesh_model(name, factory)`, where `factory(models_dir)` returns the model.
+
+A mesh may carry a `PerspectiveView`: the pinhole camera the official HandRefiner preprocessor renders Mesh
+Graphormer's hands with. depth.py then casts that camera's rays (one per pixel centre of its crop window) instead
+of the image camera's orthographic ones, so the depth is the official depth.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional, Protocol, Tuple, Union
+from typing import Callable, Dict, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
 from lib_handrefiner.detection import Hand
+
+
+@dataclass(frozen=True)
+class PerspectiveView:
+    """A pinhole camera at `origin` looking along +z at `vertices` (the mesh in the model's own frame, with the
+    same faces as the HandMesh). The ray of image pixel (u, v) has direction ((u + 0.5 − cx)/f, (v + 0.5 − cy)/f,
+    1); only the pixels of `window` [x0, x1) × [y0, y1) are rendered (it may reach past the image). `order`
+    decides which hand is drawn over which: hands are pasted in decreasing `order`, each over the earlier ones
+    wherever it has depth."""
+    vertices: np.ndarray              # (N, 3) float64
+    origin: np.ndarray                # (3,) float64
+    focal: float                      # pixels
+    principal: Tuple[float, float]    # (cx, cy), image pixels
+    window: Tuple[int, int, int, int]
+    order: float
 
 
 @dataclass(frozen=True)
@@ -24,6 +44,7 @@ class HandMesh:
     faces: np.ndarray     # (F, 3) int32, counter-clockwise seen from outside (outward normals)
     joints: np.ndarray    # (21, 3) float32, MediaPipe landmark order, image camera pixels
     model: str            # name of the mesh model that made it
+    view: Optional[PerspectiveView] = None  # set: render with this camera (see PerspectiveView)
 
 
 class MeshModel(Protocol):
@@ -36,11 +57,14 @@ class MeshModelError(ValueError):
     """A mesh model is unknown or cannot be loaded; the message says which ones exist or what file is missing."""
 
 
-MeshFactory = Callable[[Optional[Path]], MeshModel]
+ModelsDir = Union[None, str, Path, Sequence[Union[str, Path]]]
+# A factory takes the models folder(s) (None, a folder, or a list of folders; see graphormer.files.search_folders).
+MeshFactory = Callable[[ModelsDir], MeshModel]
 
 # name -> "module:attribute" of a factory taking models_dir (imported on first use), or the factory itself.
 _REGISTRY: Dict[str, Union[str, MeshFactory]] = {
     "landmarks": "lib_handrefiner.mesh.landmarks:LandmarkMeshModel",
+    "graphormer": "lib_handrefiner.mesh.graphormer.model:load_graphormer",
 }
 
 
@@ -52,20 +76,29 @@ def mesh_model_names() -> Tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get_mesh_model(name: str = "landmarks", models_dir: Optional[Union[str, Path]] = None) -> MeshModel:
+def get_mesh_model(name: str = "landmarks", models_dir: ModelsDir = None) -> MeshModel:
     if name not in _REGISTRY:
         raise MeshModelError(f"unknown mesh model {name!r}; available: {', '.join(_REGISTRY)}")
     factory = _REGISTRY[name]
     if isinstance(factory, str):
         module_name, attribute = factory.split(":")
         factory = getattr(importlib.import_module(module_name), attribute)
-    return factory(Path(models_dir) if models_dir is not None else None)
+    return factory(models_dir)
 
 
 def transform_mesh(mesh: HandMesh, scale: float, offset_xy: Tuple[float, float]) -> HandMesh:
     """The mesh in the camera of a crop cut at `offset_xy` and resized by `scale`: v' = (v - [ox, oy, 0]) * scale
     (z scales like x, so the orthographic camera stays in pixels)."""
     offset = np.array([offset_xy[0], offset_xy[1], 0.0], dtype=np.float32)
+    view = mesh.view
+    if view is not None:
+        # The same rays through the crop's pixels: principal point and focal length in the crop's pixels.
+        ox, oy = offset_xy
+        x0, y0, x1, y1 = view.window
+        view = replace(view, focal=view.focal * scale,
+                       principal=((view.principal[0] - ox) * scale, (view.principal[1] - oy) * scale),
+                       window=(round((x0 - ox) * scale), round((y0 - oy) * scale), round((x1 - ox) * scale),
+                               round((y1 - oy) * scale)))
     return HandMesh(vertices=((mesh.vertices - offset) * np.float32(scale)).astype(np.float32),
                     faces=mesh.faces, joints=((mesh.joints - offset) * np.float32(scale)).astype(np.float32),
-                    model=mesh.model)
+                    model=mesh.model, view=view)

@@ -433,6 +433,11 @@ def load_sd_checkpoint(path, config_path=None, device="cpu", dtype: torch.dtype 
     use_fast_attention(model.unet)
     if "alphas_cumprod" in state:  # the checkpoint's own schedule wins over the config's
         model.alphas_cumprod = state["alphas_cumprod"].to(torch.float64)
+    return place(model, device, dtype)
+
+
+def place(model: LdmSDModel, device, dtype: torch.dtype) -> LdmSDModel:
+    """The model on `device`: UNet and text encoder in `dtype`, the VAE in float32."""
     model.to(device=device, dtype=dtype)
     model.unet.dtype = dtype  # ldm's UNet casts its input to this attribute
     for vae_part in (model.encoder, model.decoder, model.quant_conv, model.post_quant_conv):

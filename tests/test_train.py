@@ -258,3 +258,15 @@ def test_train_command_reports_a_bad_checkpoint(data, tmp_path, capsys):
     assert main(["train", "--data", str(data), "--checkpoint", str(bad), "--controlnet", str(bad), "--out",
                  str(tmp_path / "out"), "--steps", "1", "--no-progress", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.startswith("error: --checkpoint:")
+
+
+def test_training_benchmark_reports_speed_and_memory(capsys):
+    from lib_handrefiner.bench.train import main
+
+    assert main(["--batch", "1", "--grad-accum", "2", "--steps", "1", "--warmup", "0", "--checkpointing", "on",
+                 "--device", "cpu"]) == 0
+    line = capsys.readouterr().out
+    assert "gradient checkpointing on" in line and "steps/s" in line and "MiB" in line
+    if not torch.cuda.is_available():
+        assert main(["--arch", "sd15", "--device", "cpu"]) == 2
+        assert "not measured" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def test_rhd_depth_is_two_8_bit_channels_over_5_metres():
 
 
 def test_rhd_samples_kept_and_dropped_by_reason(rhd_prepared):
-    report = json.loads((rhd_prepared / "prepare.json").read_text())
+    report = json.loads((rhd_prepared / "prepare.json").read_text())["runs"][-1]
     kept = {case for case, _ in RHD_SAMPLES} - set(report["dropped"])
     assert kept == {"one_hand", "two_hands", "one_good_one_small"}
     assert report["dropped"] == {r: 1 for r in ("no_hand", "keypoints_off_mask", "too_small", "hidden",
@@ -205,7 +205,22 @@ def test_photos_need_a_mesh_hint(tmp_path, capsys):
 
 def test_existing_training_folder_is_not_overwritten_without_force(rhd, rhd_prepared, capsys):
     assert main(["prepare-data", "rhd", str(rhd), str(rhd_prepared), "--no-progress"]) == 2
-    assert "--force" in capsys.readouterr().err
+    assert "--append" in capsys.readouterr().err
+
+
+def test_append_mixes_datasets_in_one_folder(rhd, tmp_path):
+    write_static_gestures(tmp_path / "sai", count=2)
+    dst = tmp_path / "mixed"
+    assert main(["prepare-data", "rhd", str(rhd), str(dst), "--resolution", "128", "--no-progress"]) == 0
+    assert main(["prepare-data", "static-gestures", str(tmp_path / "sai"), str(dst), "--resolution", "128",
+                 "--append", "--no-progress"]) == 0
+    assert main(["prepare-data", "static-gestures", str(tmp_path / "sai"), str(dst), "--resolution", "128",
+                 "--append", "--no-progress"]) == 0                      # again: replaces, does not duplicate
+    names = [e.name for e in list_folder(dst)]
+    assert len(names) == len(set(names)) == 5 and sum(n.startswith("sai_") for n in names) == 2
+    report = json.loads((dst / "prepare.json").read_text())
+    assert report["samples"] == 5
+    assert [r["source"] for r in report["runs"]] == ["rhd", "static-gestures", "static-gestures"]
 
 
 def test_folder_errors_name_the_file(tmp_path):
@@ -219,3 +234,25 @@ def test_folder_errors_name_the_file(tmp_path):
     (tmp_path / "prompt.json").write_text('{"jpg": "a.png", "txt": "x"}\n')
     with pytest.raises(DatasetFolderError, match=r"missing, e\.g\. .*image/a\.png"):
         list_folder(tmp_path)
+
+
+def test_readme_training_section_names_only_real_flags():
+    """The flags "Train your own hand ControlNet" names exist in prepare-data, train or torchrun."""
+    import argparse
+    import importlib
+    import re
+
+    from lib_handrefiner.cli import COMMANDS
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Train your own hand ControlNet"):text.index("## Measured")]
+    known = {"--nproc_per_node"}  # torchrun's
+    for command in ("prepare-data", "train", "controlnet"):
+        parser = argparse.ArgumentParser()
+        importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
+        parsers = [parser] + [p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                              for p in a.choices.values()]
+        known |= {s for p in parsers for a in p._actions for s in a.option_strings}
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]+", section))
+    assert named and not named - known, sorted(named - known)

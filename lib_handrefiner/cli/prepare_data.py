@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=Path, metavar="DIR",
                         help="folder of the mesh models' files (--hint graphormer)")
     parser.add_argument("--limit", type=int, help="prepare only the first N samples (a quick look)")
+    parser.add_argument("--append", action="store_true",
+                        help="add these samples to the training folder DST already holds (several datasets in one "
+                             "folder, as the official training mixes RHD and Synthesis AI)")
     parser.add_argument("--force", action="store_true",
                         help="write into a DST that already holds a training folder (its prompt.json is rewritten)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,9 +62,9 @@ def run(ns: argparse.Namespace) -> int:
     from lib_handrefiner.train.prepare import caption_lookup, prepare
     from lib_handrefiner.train.sources import SourceError, open_source
 
-    if (ns.dst / CAPTIONS_FILE).exists() and not ns.force:
-        print(f"error: {ns.dst} already holds a training folder ({CAPTIONS_FILE}); pass --force to replace its "
-              "samples or choose another DST", file=sys.stderr)
+    if (ns.dst / CAPTIONS_FILE).exists() and not (ns.force or ns.append):
+        print(f"error: {ns.dst} already holds a training folder ({CAPTIONS_FILE}); pass --append to add these "
+              "samples to it, --force to replace its list, or choose another DST", file=sys.stderr)
         return 2
     if ns.dst.resolve() == ns.src.resolve():
         print(f"error: DST {ns.dst} is the source folder itself; write the training folder elsewhere", file=sys.stderr)
@@ -72,7 +75,7 @@ def run(ns: argparse.Namespace) -> int:
     try:
         captions = caption_lookup(read_captions(ns.captions)) if ns.captions else None
         source = open_source(ns.source, ns.src, ns.split, segments)
-        report = prepare(source, ns.dst, options, captions, ns.limit, progress=not ns.no_progress)
+        report = prepare(source, ns.dst, options, captions, ns.limit, progress=not ns.no_progress, append=ns.append)
     except (SourceError, DatasetFolderError, MeshModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

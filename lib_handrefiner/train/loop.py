@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from lib_handrefiner.train import distributed
 from lib_handrefiner.train.dataset import (PROMPT_DROPOUT, SampleOrder, StepBatches, StreamLayout, TrainingSet,
                                            collate, split_validation)
 from lib_handrefiner.train.folder import list_folder, read_sample_images
-from lib_handrefiner.train.objective import TrainBatch, draw_noise, training_loss
+from lib_handrefiner.train.objective import SampleNoise, TrainBatch, draw_noise, training_loss
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METRICS_FILE = "metrics.jsonl"
@@ -185,6 +185,25 @@ class ControlNetObjective(nn.Module):
         return training_loss(self.frozen[0], self.controlnet, batch, noise, self.masked)
 
 
+def train_step(objective: nn.Module, micro_batches: Sequence[Tuple[TrainBatch, SampleNoise]],
+               optimizer: torch.optim.Optimizer, scaler: Any, autocast: Any, distributed: bool) -> torch.Tensor:
+    """One optimizer step over a step's micro-batches (the gradient of the mean over all of them; DDP averages
+    over processes and synchronises on the last micro-batch only). Returns the sum of the per-sample losses."""
+    total: Optional[torch.Tensor] = None  # kept on the device: no wait for the GPU between micro-batches
+    for k, (batch, noise) in enumerate(micro_batches):
+        last = k == len(micro_batches) - 1
+        with contextlib.nullcontext() if last or not distributed else objective.no_sync():
+            with autocast:
+                per_sample = objective(batch, noise)
+            scaler.scale(per_sample.mean() / len(micro_batches)).backward()
+        summed = per_sample.detach().double().sum()
+        total = summed if total is None else total + summed
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
 # ---- the run ---------------------------------------------------------------------------------------------------
 
 def stream_settings(config: TrainConfig, layout: StreamLayout, train_samples: int) -> Dict[str, Any]:
@@ -335,20 +354,11 @@ def _train(config: TrainConfig, processes, entries, on_step, models) -> TrainRes
     started = time.perf_counter()
     try:
         for step in range(start_step, config.steps):
-            total = torch.zeros((), device=device, dtype=torch.float64)
-            for k in range(layout.grad_accum):
+            micro_batches = []
+            for _ in range(layout.grad_accum):
                 batch: TrainBatch = next(micro)
-                noise = draw_noise(config.seed, batch.keys, latent_shape, num_timesteps)
-                last = k == layout.grad_accum - 1
-                sync = contextlib.nullcontext() if last or not processes.distributed else objective.no_sync()
-                with sync:
-                    with autocast:
-                        per_sample = objective(batch, noise)
-                    scaler.scale(per_sample.mean() / layout.grad_accum).backward()
-                total += per_sample.detach().double().sum()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+                micro_batches.append((batch, draw_noise(config.seed, batch.keys, latent_shape, num_timesteps)))
+            total = train_step(objective, micro_batches, optimizer, scaler, autocast, processes.distributed)
             loss = float(distributed.sum_over_processes(total, processes)) / layout.effective_batch
             if not math.isfinite(loss):
                 raise TrainError(f"step {step + 1}: the loss is {loss}; lower --lr, use --precision bf16 or fp32, "

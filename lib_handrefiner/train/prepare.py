@@ -30,6 +30,7 @@ from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.train.sources import SourceHand, SourceSample
 
 HINTS = ("dataset", "landmarks", "graphormer")
+PREPARE_FILE = "prepare.json"
 MASKS = ("auto", "segmentation", "inference")
 
 DROP_REASONS = {
@@ -300,13 +301,15 @@ def caption_lookup(entries) -> Dict[str, str]:
 
 
 def prepare(source, dst: Path, options: PrepareOptions, captions: Optional[Dict[str, str]] = None,
-            limit: Optional[int] = None, progress: bool = True) -> PrepareReport:
-    """Writes the training folder `dst` from `source` (a sources.Source); returns what was written and dropped."""
+            limit: Optional[int] = None, progress: bool = True, append: bool = False) -> PrepareReport:
+    """Writes the training folder `dst` from `source` (a sources.Source); returns what was written and dropped.
+    `append` adds the samples to those `dst` already lists (several datasets in one folder, as the official
+    training mixes RHD and Synthesis AI); DST/prepare.json records every run."""
     import json
 
     from tqdm import tqdm
 
-    from lib_handrefiner.train.folder import CAPTIONS_FILE, FolderEntry, write_captions, write_sample
+    from lib_handrefiner.train.folder import CAPTIONS_FILE, FolderEntry, read_captions, write_captions, write_sample
     from lib_handrefiner.train.sources import SourceError
 
     if options.hint not in HINTS:
@@ -324,6 +327,12 @@ def prepare(source, dst: Path, options: PrepareOptions, captions: Optional[Dict[
     dst.mkdir(parents=True, exist_ok=True)
     report = PrepareReport()
     entries: List[FolderEntry] = []
+    runs: List[dict] = []
+    if append and (dst / CAPTIONS_FILE).is_file():
+        entries = read_captions(dst / CAPTIONS_FILE)
+        if (dst / PREPARE_FILE).is_file():
+            runs = json.loads((dst / PREPARE_FILE).read_text()).get("runs", [])
+    kept = {e.name: i for i, e in enumerate(entries)}
     count = len(source) if limit is None else min(limit, len(source))
     for i in tqdm(range(count), unit="sample", disable=not progress, dynamic_ncols=True):
         try:
@@ -344,11 +353,15 @@ def prepare(source, dst: Path, options: PrepareOptions, captions: Optional[Dict[
             caption = captions.get(sample.source_file, captions.get(Path(sample.source_file).stem))
             report.uncaptioned += caption is None
             caption = caption or ""
-        entries.append(FolderEntry(name, caption))
+        if name in kept:  # the same source sample again: its new version replaces the old
+            entries[kept[name]] = FolderEntry(name, caption)
+        else:
+            kept[name] = len(entries)
+            entries.append(FolderEntry(name, caption))
         report.written += 1
     write_captions(dst / CAPTIONS_FILE, entries)
-    (dst / "prepare.json").write_text(json.dumps({
-        "source": source.kind, "source_folder": str(source.root), "hint": options.hint,
-        "mask": options.mask_kind(source.kind != "images"), "resolution": options.resolution,
-        "written": report.written, "dropped": dict(report.dropped), "examples": report.examples}, indent=1))
+    runs.append({"source": source.kind, "source_folder": str(source.root), "hint": options.hint,
+                 "mask": options.mask_kind(source.kind != "images"), "resolution": options.resolution,
+                 "written": report.written, "dropped": dict(report.dropped), "examples": report.examples})
+    (dst / PREPARE_FILE).write_text(json.dumps({"samples": len(entries), "runs": runs}, indent=1))
     return report

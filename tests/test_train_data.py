@@ -171,14 +171,10 @@ def test_photo_folder_with_landmark_hints_matches_what_the_refiner_samples(tmp_p
         seen.append(request)
         return torch.zeros(len(strengths), 3, *request.image.shape[-2:])
 
-    args = HandRefinerArgs(hands_together=True, crop_resolution=128)
-    original, pipeline.sample_inpaint = pipeline.sample_inpaint, capture
-    try:
-        from lib_handrefiner.imageio import load_image
+    from lib_handrefiner.imageio import load_image
 
-        pipeline.refine_image(load_image(photos / "malformed_1.jpg"), tiny_sd, None, args, seed=0)
-    finally:
-        pipeline.sample_inpaint = original
+    args = HandRefinerArgs(hands_together=True, crop_resolution=128)
+    pipeline.refine_image(load_image(photos / "malformed_1.jpg"), tiny_sd, None, args, seed=0, sample_fn=capture)
     _, mask, hint = read_sample_images(tmp_path / "out", "img_malformed_1.png")
     assert len(seen) == 1
     assert np.array_equal(seen[0].mask[0, 0].numpy() > 0.5, mask)

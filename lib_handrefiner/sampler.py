@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -115,23 +115,55 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
 
 
+@dataclass(frozen=True)
+class PromptConditioning:
+    """The text conditioning of one sampling pass: the prompt's parts (one; several where the WebUI's AND joins
+    prompts, each with its weight) and the negative prompt, all of one token length."""
+    cond: torch.Tensor                     # (N, T, C)
+    uncond: torch.Tensor                   # (1, T, C)
+    weights: Tuple[float, ...] = (1.0,)    # one per part
+
+    @property
+    def single(self) -> bool:
+        return self.weights == (1.0,)
+
+
+def encode_prompts(sd: SDModel, prompt: str, negative_prompt: str) -> PromptConditioning:
+    """The model's own prompt handling when it has one (`sd.encode_prompts(prompt, negative)`: the WebUI's, see
+    webui_prompts), else each prompt through `sd.encode_text`."""
+    encode = getattr(sd, "encode_prompts", None)
+    if encode is not None:
+        return encode(prompt, negative_prompt)
+    return PromptConditioning(sd.encode_text([prompt]), sd.encode_text([negative_prompt]))
+
+
+def guidance_branches(conditioning: PromptConditioning, cfg_scale: float) -> int:
+    """UNet batches per sample: the negative and each prompt part; a lone prompt at CFG 1 needs only itself."""
+    return 1 if cfg_scale == 1.0 and conditioning.single else 1 + len(conditioning.weights)
+
+
 def cfg_denoiser(sd: SDModel, cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float,
-                 c_concat: Optional[torch.Tensor] = None) -> DenoiseFn:
+                 c_concat: Optional[torch.Tensor] = None, weights: Sequence[float] = (1.0,)) -> DenoiseFn:
     """Paper eq. 3: ε = ε(x, ∅') + w (ε(x, c) − ε(x, ∅')), where ∅' is the negative prompt with the extra
-    "fake 3D rendered image". Both branches run as one batch [uncond × B, cond × B]; the ControlNet hooks see
-    that batch, so control applies to both. The UNet gets x in the model's dtype; ε comes back in x's dtype."""
+    "fake 3D rendered image". The branches run as one batch [uncond × B, cond × B]; the ControlNet hooks see
+    that batch, so control applies to both. A prompt of several weighted parts (cond (N,T,C), the WebUI's AND)
+    sums their guidance, ε(x, ∅') + w Σ_i weight_i (ε(x, c_i) − ε(x, ∅')), as the WebUI's CFG does. The UNet
+    gets x in the model's dtype; ε comes back in x's dtype."""
+    conditioning = PromptConditioning(cond, uncond, tuple(weights))
+    branches = guidance_branches(conditioning, cfg_scale)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         x_in = x.to(sd.dtype)
         concat = None if c_concat is None else c_concat.expand(b, -1, -1, -1)
-        if cfg_scale == 1.0:
+        if branches == 1:
             return sd.apply_unet(x_in, t, cond.expand(b, -1, -1), concat).to(x.dtype)
-        context = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)])
-        concat = None if concat is None else torch.cat([concat, concat])
-        eps = sd.apply_unet(torch.cat([x_in, x_in]), torch.cat([t, t]), context, concat).to(x.dtype)
-        eps_uncond, eps_cond = eps.chunk(2)
-        return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+        contexts = [uncond.expand(b, -1, -1)] + [part[None].expand(b, -1, -1) for part in cond]
+        concat = None if concat is None else torch.cat([concat] * branches)
+        eps = sd.apply_unet(torch.cat([x_in] * branches), torch.cat([t] * branches), torch.cat(contexts),
+                            concat).to(x.dtype)
+        eps_uncond, *eps_conds = eps.chunk(branches)
+        return eps_uncond + cfg_scale * sum(w * (e - eps_uncond) for w, e in zip(weights, eps_conds))
 
     return denoise
 
@@ -198,15 +230,15 @@ def sample_inpaint(sd: SDModel, controlnet, request: InpaintRequest, strengths: 
     c_concat = None
     if sd.in_channels == 9:  # inpainting UNet: it also sees where the hole is and what surrounds it
         c_concat = torch.cat([latent_mask(mask).to(dtype), sd.encode_image(image * (1.0 - mask)).to(dtype)], dim=1)
-    cond = sd.encode_text([request.prompt])
-    uncond = sd.encode_text([request.negative_prompt])
+    conditioning = encode_prompts(sd, request.prompt, request.negative_prompt)
+    cond, uncond = (c.to(device, dtype) for c in (conditioning.cond, conditioning.uncond))
     schedule = ddim_schedule(sd.alphas_cumprod, request.steps, request.denoising_strength)
     generator = torch.Generator().manual_seed(int(seed))
     noise = _randn_like(known, generator)
     x_T = noise if request.denoising_strength >= 1.0 else noise_to_level(known, noise, float(schedule.alphas[0]))
     x_T = x_T.expand(len(strengths), -1, -1, -1)
-    denoise = cfg_denoiser(sd, cond, uncond, request.cfg_scale, c_concat)
-    branches = 1 if request.cfg_scale == 1.0 else 2
+    denoise = cfg_denoiser(sd, cond, uncond, request.cfg_scale, c_concat, conditioning.weights)
+    branches = guidance_branches(conditioning, request.cfg_scale)
     strength = torch.tensor(list(strengths) * branches, device=device, dtype=dtype)
     control = nullcontext()
     if controlnet is not None:

@@ -225,6 +225,24 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
                               "again, or use its .safetensors release") from None
 
 
+def looks_like_sd1_inpainting(path: Path) -> bool:
+    """Whether a checkpoint file is an SD 1.x inpainting model, without loading it: a .safetensors header with a
+    9-channel UNet input and SD 1.x's CLIP text encoder. Other formats cannot be read cheaply and count as one
+    (loading checks them)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return True
+    from safetensors import safe_open
+
+    key = UNET_PREFIX + "input_blocks.0.0.weight"
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+            channels = f.get_slice(key).get_shape()[1] if key in keys else None
+    except Exception:  # a truncated or foreign file: not a candidate
+        return False
+    return channels == 9 and any(k.startswith(TEXT_PREFIX) for k in keys)
+
+
 def check_layout(state: Mapping[str, torch.Tensor], path: Path) -> None:
     keys = list(state)
     if any(k.startswith(("control_model.", "input_hint_block.")) for k in keys):

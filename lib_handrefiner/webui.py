@@ -30,6 +30,7 @@ log = logging.getLogger("handrefiner")
 
 SCRIPT_TITLE = "HandRefiner"                  # the script's title: the `alwayson_scripts` key
 RESULT_KEY = "HandRefiner result"             # infotext entry with what happened to the image
+MODEL_USED_KEY = "HandRefiner model used"     # infotext entry: the inpainting checkpoint HandRefiner chose itself
 CURRENT_MODEL = "Current model"               # the checkpoint dropdown's entry for "the WebUI's loaded model"
 SETTINGS_SECTION = ("handrefiner", "HandRefiner")
 XYZ_ATTRIBUTE = "handrefiner_xyz"             # p.<this>: {field: value} set by the XYZ-grid axes
@@ -365,8 +366,8 @@ class UnsupportedModelError(HandRefinerFailure):
 
 class WebUISDModel:
     """The WebUI's LatentDiffusion (`shared.sd_model`) behind the `SDModel` protocol, through its own methods
-    (get_learned_conditioning, apply_model, encode/decode_first_stage), so its prompt-emphasis handling, VAE
-    choice, precision casts and --lowvram/--medvram module offloading all apply."""
+    (get_learned_conditioning, apply_model, encode/decode_first_stage), so its VAE choice, precision casts and
+    --lowvram/--medvram module offloading all apply. Its prompts go through webui_prompts.WebUIPromptEncoder."""
 
     def __init__(self, ldm: Any, device: Any, dtype: torch.dtype, vae_dtype: Optional[torch.dtype] = None,
                  devices: Any = None, opts: Any = None) -> None:
@@ -382,7 +383,6 @@ class WebUISDModel:
         self._vae_dtype = vae_dtype or dtype
         self._devices = devices   # modules.devices: dtype_vae, without_autocast (None: neither)
         self._opts = opts         # shared.opts: the VAE precision fallback settings
-        self._peers: List[str] = []
 
     @property
     def device(self) -> torch.device:
@@ -392,22 +392,11 @@ class WebUISDModel:
     def dtype(self) -> torch.dtype:
         return self._dtype
 
-    @contextlib.contextmanager
-    def same_context_length(self, prompts: Sequence[str]) -> Iterator[None]:
-        """The WebUI's text encoder makes long prompts longer than 77 tokens (75-token chunks); the sampler batches
-        positive and negative together, so inside this context every prompt is encoded in one batch with
-        `prompts`, which the encoder pads to the same number of chunks."""
-        self._peers = list(prompts)
-        try:
-            yield
-        finally:
-            self._peers = []
-
     @torch.no_grad()
     def encode_text(self, prompts: List[str]) -> torch.Tensor:
-        texts = list(prompts)
-        cond = self.ldm.get_learned_conditioning(texts + [p for p in self._peers if p not in texts])
-        return cond[:len(texts)].to(self._device, self._dtype)
+        """The prompts through the WebUI's conditioning as one batch (the sampler uses webui_prompts' encoders,
+        which encode each prompt alone)."""
+        return self.ldm.get_learned_conditioning(list(prompts)).to(self._device, self._dtype)
 
     @property
     def vae_dtype(self) -> torch.dtype:
@@ -488,16 +477,67 @@ def upcast_vae_after_nans(ldm: Any, devices: Any, opts: Any, what: str = "decodi
     return dtype
 
 
-def check_sd1_model(ldm: Any) -> None:
+def inpainting_checkpoints(listing: ModelListing) -> List[str]:
+    """The checkpoints of the models folders that are SD 1.x inpainting models by name ("inpaint" in it) and, for
+    .safetensors, by their header (sd_model.looks_like_sd1_inpainting), sorted."""
+    from .sd_model import looks_like_sd1_inpainting
+
+    return sorted(name for name, path in listing.checkpoints.items()
+                  if "inpaint" in name.lower() and looks_like_sd1_inpainting(path))
+
+
+def sd1_problem(ldm: Any) -> Optional[str]:
+    """Why the WebUI's loaded model cannot run (and encode prompts for) HandRefiner's SD 1.x pass; None when it
+    can."""
     if ldm is None:
-        raise UnsupportedModelError("no Stable Diffusion model is loaded; load an SD 1.5 checkpoint")
-    if getattr(ldm, "is_sdxl", False) or getattr(ldm, "is_sd3", False) or getattr(ldm, "is_sd2", False):
-        raise UnsupportedModelError("HandRefiner's ControlNet is for SD 1.5; the loaded model is SD 2/SDXL/SD3. "
-                                    "Choose an SD 1.5 inpainting checkpoint in HandRefiner's checkpoint menu")
+        return "no Stable Diffusion model is loaded"
+    for flag, name in (("is_sdxl", "SDXL"), ("is_sd3", "SD3"), ("is_sd2", "SD 2.x")):
+        if getattr(ldm, flag, False):
+            return f"the loaded model is {name}; HandRefiner's ControlNet is for SD 1.5"
     unet = getattr(getattr(ldm, "model", None), "diffusion_model", None)
-    if unet is None or not hasattr(unet, "input_blocks"):
-        raise UnsupportedModelError(f"the loaded model ({type(ldm).__name__}) is not an ldm LatentDiffusion; choose "
-                                    "an SD 1.5 inpainting checkpoint in HandRefiner's checkpoint menu")
+    if unet is None or not hasattr(unet, "input_blocks") or not hasattr(ldm, "get_learned_conditioning"):
+        return f"the loaded model ({type(ldm).__name__}) is not an ldm LatentDiffusion"
+    return None
+
+
+def check_sd1_model(ldm: Any) -> None:
+    problem = sd1_problem(ldm)
+    if problem is not None:
+        raise UnsupportedModelError(f"{problem}; load an SD 1.5 checkpoint or choose an SD 1.5 inpainting "
+                                    "checkpoint in HandRefiner's checkpoint menu")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What refines the hands: `checkpoint` (a name from the models folders; "" = the WebUI's loaded model),
+    whether the prompts go through the WebUI's model, and `note`, said in the result when the choice is not the
+    plain one the user made (HandRefiner chose the checkpoint, or the model is weaker at this)."""
+    checkpoint: str
+    webui_prompts: bool
+    note: str = ""
+    chosen_by_handrefiner: bool = False
+
+
+def choose_model(inpaint_checkpoint: str, ldm: Any, inpainting_checkpoints: Callable[[], Sequence[str]],
+                 webui_model_only: bool = False) -> ModelChoice:
+    """The checkpoint the user chose; else the WebUI's model when it is an SD 1.x inpainting model; else (a
+    regular 4-channel SD 1.x model, or SDXL/SD 2/SD 3) the first SD 1.x inpainting checkpoint of the models
+    folders (`inpainting_checkpoints()`, sorted); else a regular SD 1.x model inpaints by blending only (said);
+    else UnsupportedModelError. Prompts go through the WebUI's model whenever it is SD 1.x. `webui_model_only`
+    (the WebUI's samplers sample its loaded model): no checkpoint is chosen."""
+    problem = sd1_problem(ldm)
+    if inpaint_checkpoint:
+        return ModelChoice(inpaint_checkpoint, problem is None)
+    if problem is None and int(ldm.model.diffusion_model.in_channels) == 9:
+        return ModelChoice("", True)
+    found = [] if webui_model_only else list(inpainting_checkpoints())
+    if found:
+        why = "the current model is not an inpainting model" if problem is None else problem
+        return ModelChoice(found[0], problem is None, f"{why}; used the inpainting checkpoint {found[0]}", True)
+    if problem is None:
+        return ModelChoice("", True, "regular model: blend-only inpainting, results are weaker")
+    raise UnsupportedModelError(f"{problem}; put an SD 1.5 inpainting checkpoint (a file name with 'inpainting' "
+                                "in it) in models/Stable-diffusion or choose one in HandRefiner's checkpoint menu")
 
 
 # ---- progress, interrupt, skip -------------------------------------------------------------------------------
@@ -562,6 +602,8 @@ class WebUIEnv:
     devices: Any = None                       # modules.devices (dtype_vae, without_autocast)
     opts: Any = None                          # shared.opts
     sampling: Any = None                      # webui_sampling.WebUIModules: the WebUI's own samplers (None: none)
+    prompt_parser: Any = None                 # modules.prompt_parser
+    extra_networks: Any = None                # modules.extra_networks (parse_prompt)
 
 
 @dataclass
@@ -641,17 +683,22 @@ class WebUIRefiner:
     def refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any = None,
                prompt: str = "", negative_prompt: Optional[str] = None, progress: Optional[WebUIProgress] = None,
                job: Any = None) -> Any:
-        """pipeline.refine_image with the WebUI's model (or the chosen checkpoint) on the WebUI's device: the
+        """pipeline.refine_image with the WebUI's model (or a checkpoint: choose_model) on the WebUI's device: the
         built-in sampler, or the WebUI's own sampling for a WebUI sampler (`job`: the job's processing object). A
         job's negative prompt is used as it is; without a job (the API, the editor: None) the official one."""
-        from .pipeline import refine_image, resolve_negative
-        from .sampler import with_extra_negative
+        return self._refine(image, args, seed, perception, prompt, negative_prompt, progress, job)[0]
+
+    def _refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any, prompt: str,
+                negative_prompt: Optional[str], progress: Optional[WebUIProgress], job: Any
+                ) -> Tuple[Any, ModelChoice]:
+        """refine(), and the model choice; a choice's note is added to the message of a result that refined."""
+        from .pipeline import refine_image
 
         env = self.env_factory()
         try:
             engine = self._webui_engine(args, env, job, progress)
             mesh_model = self._mesh_model(args.mesh_model, env)
-            with self._models_on_device(args, env) as (sd, controlnet):
+            with self._models_on_device(args, env, webui_model_only=engine is not None) as (sd, controlnet, choice):
                 should_stop = progress.should_stop if progress else None
                 if engine is not None:
                     # The WebUI's sampling keeps its own precision, prompt handling and progress.
@@ -661,15 +708,15 @@ class WebUIRefiner:
                                               perception=perception, should_stop=should_stop, sample_fn=engine)
                     if result.hands:
                         result.message += f" with the WebUI's {describe_sampler(args)}"
-                    return result
-                prompts = [args.prompt or prompt, with_extra_negative(resolve_negative(args, negative_prompt),
-                                                                      args.extra_negative)]
-                padding = sd.same_context_length(prompts) if isinstance(sd, WebUISDModel) \
-                    else contextlib.nullcontext()
-                with torch.no_grad(), env.autocast(), padding:
-                    return refine_image(image, sd, controlnet, args, prompt=prompt, negative_prompt=negative_prompt,
-                                        seed=seed, mesh_model=mesh_model, perception=perception,
-                                        progress=progress.step if progress else None, should_stop=should_stop)
+                else:
+                    with torch.no_grad(), env.autocast():
+                        result = refine_image(image, sd, controlnet, args, prompt=prompt,
+                                              negative_prompt=negative_prompt, seed=seed, mesh_model=mesh_model,
+                                              perception=perception, progress=progress.step if progress else None,
+                                              should_stop=should_stop)
+            if choice.note and result.hands:
+                result.message = f"{result.message} ({choice.note})"
+            return result, choice
         finally:
             self._release(env)
 
@@ -709,9 +756,11 @@ class WebUIRefiner:
             if progress is not None:
                 progress.begin()
             seed = args.seed if args.seed >= 0 else job.seed
-            result = self.refine(np.asarray(job.image.convert("RGB")), args, seed, prompt=job.prompt,
-                                 negative_prompt=job.negative_prompt, progress=progress, job=job.p)
+            result, choice = self._refine(np.asarray(job.image.convert("RGB")), args, seed, None, job.prompt,
+                                          job.negative_prompt, progress, job.p)
             outcome = outcome_from_result(job, args, result)
+            if choice.chosen_by_handrefiner and result.hands:
+                outcome.infotext[MODEL_USED_KEY] = choice.checkpoint
             outcome.infotext = {**infotext, **outcome.infotext}
             log.info("HandRefiner: %s", outcome.message)
             return outcome
@@ -730,17 +779,28 @@ class WebUIRefiner:
     # -- models ------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _models_on_device(self, args: HandRefinerArgs, env: WebUIEnv) -> Iterator[Tuple[Any, Any]]:
+    def _models_on_device(self, args: HandRefinerArgs, env: WebUIEnv, webui_model_only: bool = False
+                          ) -> Iterator[Tuple[Any, Any, ModelChoice]]:
+        """The SD model (its prompts through webui_prompts' encoders), the ControlNet, and the model choice
+        (choose_model; `webui_model_only` for the WebUI's samplers)."""
+        from .webui_prompts import OwnPromptEncoder, WebUIPromptEncoder, WithPromptEncoder
+
         listing = self.listing()
         controlnet = self._controlnet(args.controlnet, listing, env)
-        if args.inpaint_checkpoint:
-            sd = self._checkpoint(args.inpaint_checkpoint, listing, env)
-            sd.to(env.device)
+        ldm = env.sd_model()
+        choice = choose_model(args.inpaint_checkpoint, ldm, lambda: inpainting_checkpoints(listing), webui_model_only)
+        scheduling = dict(steps=args.steps, use_old_scheduling=bool(getattr(env.opts, "use_old_scheduling", False)))
+        if choice.checkpoint:
+            model = self._checkpoint(choice.checkpoint, listing, env)
+            model.to(env.device)
+            encoder = WebUIPromptEncoder(ldm, env.prompt_parser, env.extra_networks, **scheduling) \
+                if choice.webui_prompts else OwnPromptEncoder(model, env.prompt_parser, env.extra_networks, **scheduling)
         else:
-            sd = WebUISDModel(env.sd_model(), env.device, env.dtype, env.vae_dtype, env.devices, env.opts)
+            model = WebUISDModel(ldm, env.device, env.dtype, env.vae_dtype, env.devices, env.opts)
+            encoder = WebUIPromptEncoder(ldm, env.prompt_parser, env.extra_networks, **scheduling)
         controlnet.to(env.device)
-        with _without_controlnet_extension_hook(sd.unet):
-            yield sd, controlnet
+        with _without_controlnet_extension_hook(model.unet):
+            yield WithPromptEncoder(model, encoder), controlnet, choice
 
     def _release(self, env: WebUIEnv) -> None:
         """After each image: HandRefiner's own models back to the CPU (unless kept), the device's cache freed."""

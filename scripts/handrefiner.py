@@ -9,7 +9,7 @@ import functools
 
 import gradio as gr
 
-from modules import devices, script_callbacks, scripts, shared
+from modules import devices, extra_networks, prompt_parser, script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
 from lib_handrefiner import webui, webui_sampling
@@ -47,7 +47,8 @@ def _env() -> webui.WebUIEnv:
         state=shared.state, total_tqdm=getattr(shared, "total_tqdm", None),
         keep_models_on_device=bool(getattr(shared.opts, webui.KEEP_LOADED_SETTING, False)),
         offload_to_cpu=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", False)),
-        devices=devices, opts=shared.opts, sampling=SAMPLING)
+        devices=devices, opts=shared.opts, sampling=SAMPLING, prompt_parser=prompt_parser,
+        extra_networks=extra_networks)
 
 
 refiner = webui.WebUIRefiner(_env)

@@ -250,3 +250,25 @@ def test_sample_inpaint_stops_and_rejects_odd_sizes(tiny_sd):
         sample_inpaint(tiny_sd, None, _request(), [1.0], seed=1, should_stop=lambda: True)
     with pytest.raises(ValueError, match="multiple of 16"):  # tiny UNet: 8 (VAE) × 2 (one downsampling)
         sample_inpaint(tiny_sd, None, _request(size=56), [1.0], seed=1)
+
+
+def test_weighted_prompt_parts_sum_their_guidance_as_the_webuis_and(tiny_sd):
+    """cond (2,T,C) with weights (0.7, 0.3): ε_u + w Σ weight_i (ε_i − ε_u), each ε from its own UNet call."""
+    from lib_handrefiner.sampler import PromptConditioning, guidance_branches
+
+    sd = tiny_sd
+    cond = torch.cat([sd.encode_text(["a photo of a hand"]), sd.encode_text(["a glove"])])
+    uncond = sd.encode_text(["blurry"])
+    g = torch.Generator().manual_seed(0)
+    x, c_concat = torch.randn(2, 4, 8, 8, generator=g), torch.randn(1, 5, 8, 8, generator=g)
+    t = torch.tensor([500, 500])
+    eps = cfg_denoiser(sd, cond, uncond, 6.0, c_concat, weights=(0.7, 0.3))(x, t)
+
+    def single(context):
+        return sd.apply_unet(x, t, context.expand(2, -1, -1), c_concat.expand(2, -1, -1, -1))
+
+    e_u, e_1, e_2 = single(uncond), single(cond[:1]), single(cond[1:])
+    torch.testing.assert_close(eps, e_u + 6.0 * (0.7 * (e_1 - e_u) + 0.3 * (e_2 - e_u)), atol=1e-4, rtol=1e-4)
+    assert guidance_branches(PromptConditioning(cond, uncond, (0.7, 0.3)), 1.0) == 3
+    assert guidance_branches(PromptConditioning(cond[:1], uncond), 1.0) == 1
+    assert guidance_branches(PromptConditioning(cond[:1], uncond), 7.0) == 2

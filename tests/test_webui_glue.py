@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.util
 import os
@@ -608,16 +609,12 @@ def test_app_started_mounts_the_api_on_the_webui_app(wui):
 
 # ---- the adapter -------------------------------------------------------------------------------------------
 
-def test_adapter_pads_positive_and_negative_together_and_rejects_other_models(wui, tiny_sd):
+def test_adapter_runs_the_webui_model_and_rejects_other_models(wui, tiny_sd):
     from latent_diffusion import TinyLatentDiffusion
 
     ldm = TinyLatentDiffusion(tiny_sd)
     sd = webui.WebUISDModel(ldm, "cpu", torch.float32)
     assert sd.in_channels == 9 and sd.unet is tiny_sd.unet and sd.alphas_cumprod.dtype == torch.float64
-    with sd.same_context_length(["a hand", "blurry, fake 3D rendered image"]):
-        cond = sd.encode_text(["a hand"])
-    assert ldm.conditioning_calls[-1] == ["a hand", "blurry, fake 3D rendered image"]
-    assert torch.equal(cond, tiny_sd.encode_text(["a hand"]))
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     assert torch.allclose(sd.encode_image(x), tiny_sd.encode_image(x), atol=1e-5)
     ldm.is_sdxl = True
@@ -625,6 +622,132 @@ def test_adapter_pads_positive_and_negative_together_and_rejects_other_models(wu
         webui.WebUISDModel(ldm, "cpu", torch.float32)
     with pytest.raises(webui.UnsupportedModelError, match="no Stable Diffusion model"):
         webui.WebUISDModel(None, "cpu", torch.float32)
+
+
+# ---- which model refines, and whose prompt machinery --------------------------------------------------------
+
+EMPHASIS_PROMPT = "a (hand:1.3) with five fingers, hrtestemb"
+
+
+@pytest.fixture()
+def webui_model(wui, tiny_sd):
+    """shared.sd_model set by the test (restored after); a textual-inversion embedding loaded in the WebUI."""
+    from modules import shared
+
+    saved = shared.sd_model
+    yield lambda model: setattr(shared, "sd_model", model) or model
+    shared.sd_model = saved
+
+
+def _with_embedding(ldm):
+    ldm.embeddings["hrtestemb"] = torch.randn(2, 64, generator=torch.Generator().manual_seed(3))
+    return ldm
+
+
+@contextlib.contextmanager
+def _without_the_inpainting_checkpoint():
+    from modules import shared
+
+    folder = Path(shared.models_path) / "Stable-diffusion"
+    hidden = folder.parent / "hidden-checkpoint"
+    hidden.mkdir(exist_ok=True)
+    os.rename(folder / "tiny-inpaint.safetensors", hidden / "tiny-inpaint.safetensors")
+    try:
+        yield
+    finally:
+        os.rename(hidden / "tiny-inpaint.safetensors", folder / "tiny-inpaint.safetensors")
+
+
+def test_a_chosen_checkpoint_takes_its_prompts_through_the_webuis_conditioning(wui, script, malformed, tiny_sd,
+                                                                               webui_model):
+    """"HandRefiner checkpoint" set with an SD 1.x model loaded: emphasis and embeddings work as with the current
+    model (here the same weights: the same pixels), and the WebUI model encoded the prompts."""
+    from latent_diffusion import TinyLatentDiffusion
+
+    ldm = webui_model(_with_embedding(TinyLatentDiffusion(tiny_sd)))
+    _, current = ui_values(script, enabled=True, prompt=EMPHASIS_PROMPT, **FAST)
+    _, chosen = ui_values(script, enabled=True, prompt=EMPHASIS_PROMPT, inpaint_checkpoint="tiny-inpaint", **FAST)
+    p_current, pp_current = run(script, malformed, current)
+    ldm.conditioning_calls.clear()
+    p_chosen, pp_chosen = run(script, malformed, chosen)
+    assert [EMPHASIS_PROMPT] in ldm.conditioning_calls
+    assert p_chosen.extra_generation_params[webui.RESULT_KEY].startswith("refined 1 ")
+    assert webui.MODEL_USED_KEY not in p_chosen.extra_generation_params   # the user's own choice
+    assert np.abs(np.asarray(pp_chosen.image).astype(int) - np.asarray(pp_current.image).astype(int)).max() <= 1
+    # the embedding reached the pass: without it, another hand
+    ldm.embeddings.clear()
+    _, pp_plain = run(script, malformed, chosen)
+    assert np.abs(np.asarray(pp_plain.image).astype(int) - np.asarray(pp_chosen.image).astype(int)).max() > 8
+
+
+def test_a_prompt_with_and_refines_with_the_controlnet_on_every_branch(wui, script, malformed):
+    """AND gives the pass three guidance branches (negative and two parts): the ControlNet's batch follows."""
+    _, plain = ui_values(script, enabled=True, prompt="a hand", **FAST)
+    _, joined = ui_values(script, enabled=True, prompt="a hand AND a glove:0.5", **FAST)
+    _, pp_plain = run(script, malformed, plain)
+    p, pp = run(script, malformed, joined)
+    assert p.extra_generation_params[webui.RESULT_KEY].startswith("refined 1 ")
+    assert not np.array_equal(np.asarray(pp.image), np.asarray(pp_plain.image))
+
+
+def test_a_regular_current_model_hands_the_pass_to_an_inpainting_checkpoint(wui, script, malformed,
+                                                                          tiny_sd_regular, webui_model):
+    """A 4-channel SD 1.x model: the SD 1.x inpainting checkpoint of the models folder refines (named in the
+    infotext), with the prompts through the WebUI model; without one the model blends only, and says so."""
+    from latent_diffusion import TinyLatentDiffusion
+
+    ldm = webui_model(TinyLatentDiffusion(tiny_sd_regular))
+    _, values = ui_values(script, enabled=True, **FAST)
+    p, pp = run(script, malformed, values)
+    params = p.extra_generation_params
+    assert params[webui.MODEL_USED_KEY] == "tiny-inpaint"
+    assert params[webui.RESULT_KEY].startswith("refined 1 ") and "not an inpainting model" in params[webui.RESULT_KEY]
+    assert ldm.conditioning_calls and "HandRefiner model used: tiny-inpaint" in pp.image.info["parameters"]
+
+    with _without_the_inpainting_checkpoint():
+        p, pp = run(script, malformed, values)
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    assert result.startswith("refined 1 ") and "regular model: blend-only inpainting, results are weaker" in result
+    assert webui.MODEL_USED_KEY not in p.extra_generation_params
+    assert not np.array_equal(np.asarray(pp.image), malformed)
+
+
+def test_inpainting_candidates_are_sd1_inpainting_models_by_name_and_header(wui, tiny_models, tmp_path):
+    from lib_handrefiner.models_registry import build_listing
+
+    for name, src in (("a-inpainting", tiny_models.checkpoint), ("b-inpaint-really-regular", tiny_models.regular_checkpoint),
+                      ("c-plain", tiny_models.checkpoint)):
+        os.link(src, tmp_path / f"{name}.safetensors")
+    (tmp_path / "d-inpainting.ckpt").write_bytes(b"not read until loaded")
+    assert webui.inpainting_checkpoints(build_listing(checkpoint_dirs=[tmp_path])) == ["a-inpainting", "d-inpainting"]
+
+
+def test_an_sdxl_current_model_refines_with_an_sd15_inpainting_checkpoint_and_its_own_clip(wui, script, malformed,
+                                                                                           webui_model):
+    """SDXL cannot run or encode for an SD 1.x UNet: the inpainting checkpoint refines, its own CLIP encodes the
+    prompts (the WebUI's prompt syntax resolved); nothing of the SDXL model runs."""
+    from latent_diffusion import TinySDXL
+
+    sdxl = webui_model(TinySDXL())
+    _, values = ui_values(script, enabled=True, prompt="a [cat:hand:0.5] (open:1.2) <lora:x:1>", **FAST)
+    p, pp = run(script, malformed, values)
+    params = p.extra_generation_params
+    assert params[webui.RESULT_KEY].startswith("refined 1 ") and "SDXL" in params[webui.RESULT_KEY]
+    assert params[webui.MODEL_USED_KEY] == "tiny-inpaint" and sdxl.used == []
+    assert not np.array_equal(np.asarray(pp.image), malformed)
+
+
+def test_an_sdxl_current_model_without_an_inpainting_checkpoint_keeps_the_image_and_says_what_to_do(
+        wui, script, malformed, webui_model):
+    from latent_diffusion import TinySDXL
+
+    webui_model(TinySDXL())
+    _, values = ui_values(script, enabled=True, **FAST)
+    with _without_the_inpainting_checkpoint():
+        p, pp = run(script, malformed, values)
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    assert "SDXL" in result and "inpainting checkpoint" in result and "models/Stable-diffusion" in result
+    assert np.array_equal(np.asarray(pp.image), malformed)
 
 
 # ---- img2img: the box editor on the input image ----------------------------------------------------------

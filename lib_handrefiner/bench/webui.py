@@ -46,6 +46,7 @@ def main(argv: List[str]) -> int:
 
     sys.path.insert(0, str(STUB))
     from latent_diffusion import TinyLatentDiffusion
+    from modules import extra_networks, prompt_parser, shared
     from modules.shared_state import State
 
     torch.set_num_threads(1)
@@ -59,7 +60,7 @@ def main(argv: List[str]) -> int:
     state = State()
     env = webui.WebUIEnv(sd_model=lambda: ldm, device="cpu", dtype=torch.float32, vae_dtype=torch.float32,
                          autocast=contextlib.nullcontext, torch_gc=lambda: None, folders=webui.model_folders(models),
-                         state=state)
+                         state=state, opts=shared.opts, prompt_parser=prompt_parser, extra_networks=extra_networks)
     refiner = webui.WebUIRefiner(lambda: env)
     image = load_image(ROOT / "examples" / "malformed_1.jpg")
     pil = Image.fromarray(image)

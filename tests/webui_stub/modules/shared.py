@@ -18,7 +18,7 @@ _OPTION_DEFAULTS = dict(
     img2img_background_color="#ffffff", sd_vae_encode_method="Full", sd_vae_decode_method="Full",
     batch_cond_uncond=True, persistent_cond_cache=True, live_preview_content="Prompt", use_old_scheduling=False,
     CLIP_stop_at_last_layers=1, hide_samplers=[], auto_vae_precision=True, auto_vae_precision_bfloat16=False,
-    overlay_inpaint=True)
+    overlay_inpaint=True, emphasis="Original")
 opts = options.Options({key: options.OptionInfo(value, key) for key, value in _OPTION_DEFAULTS.items()})
 device = devices.device
 state = shared_state.State()

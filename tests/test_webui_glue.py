@@ -103,6 +103,25 @@ def run(script, image, values, p=None):
     return p, PostprocessImageArgs(final)
 
 
+def run_with_unet_hook(script, image, values, hook):
+    """run() with `hook(n)` called before the n-th UNet call (1, 2, …) of the WebUI's model; also returns n."""
+    from modules import shared
+
+    model, calls = shared.sd_model, []
+
+    def apply_model(*args, **kwargs):
+        calls.append(1)
+        hook(len(calls))
+        return model.apply_model(*args, **kwargs)
+
+    shared.sd_model = copy.copy(model)
+    shared.sd_model.apply_model = apply_model
+    try:
+        return (*run(script, image, values), len(calls))
+    finally:
+        shared.sd_model = model
+
+
 def allowed_change(mask: np.ndarray, feather: int) -> np.ndarray:
     from scipy.ndimage import binary_dilation
 
@@ -402,22 +421,13 @@ def test_interrupt_skip_and_stop_generating_stop_between_steps_and_keep_the_imag
     from modules import shared
 
     _, values = ui_values(script, enabled=True, **dict(FAST, steps=4))
-    model = shared.sd_model
-    calls = []
 
-    def apply_model(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
+    def request(call):
+        if call == 1:
             getattr(shared.state, request_name)()
-        return model.apply_model(*args, **kwargs)
 
-    shared.sd_model = copy.copy(model)
-    shared.sd_model.apply_model = apply_model
-    try:
-        p, pp = run(script, malformed, values)
-    finally:
-        shared.sd_model = model
-    assert len(calls) == 1   # one step of four, then stopped
+    p, pp, calls = run_with_unet_hook(script, malformed, values, request)
+    assert calls == 1   # one step of four, then stopped
     assert np.array_equal(np.asarray(pp.image), malformed)
     assert p.extra_generation_params[webui.RESULT_KEY].startswith("interrupted")
 
@@ -463,26 +473,18 @@ def test_a_vae_that_makes_nans_in_half_precision_is_upcast_as_the_webui_does(wui
 
 def test_reentry_is_refused(wui, script, malformed):
     """A pass that reaches the script again (as an inner processing pass would) must not refine recursively."""
-    from modules import shared
     from modules.scripts import PostprocessImageArgs
 
     _, values = ui_values(script, enabled=True, **FAST)
-    model = shared.sd_model
     inner = []
 
-    def apply_model(*args, **kwargs):
-        if not inner:
+    def reenter(call):
+        if call == 1:
             p2, pp2 = make_p(), PostprocessImageArgs(Image.fromarray(malformed))
             script.postprocess_image_after_composite(p2, pp2, *values)
             inner.append((p2, pp2))
-        return model.apply_model(*args, **kwargs)
 
-    shared.sd_model = copy.copy(model)
-    shared.sd_model.apply_model = apply_model
-    try:
-        p, pp = run(script, malformed, values)
-    finally:
-        shared.sd_model = model
+    p, pp, _ = run_with_unet_hook(script, malformed, values, reenter)
     (p2, pp2), = inner
     assert "re-entry" in p2.extra_generation_params[webui.RESULT_KEY]
     assert np.array_equal(np.asarray(pp2.image), malformed)

@@ -32,6 +32,7 @@ from .args import HandRefinerArgs
 from .detection import DetectorUnavailable
 from .models_registry import ModelListing, ModelNameError, resolve_name
 from .perception import nothing_to_refine_message
+from .pipeline import tried_entries
 from .service import HandRefinerService, ModelLoadError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -192,6 +193,11 @@ def _check_numbers(value: Any, what: str, length: Optional[int] = None) -> Any:
     return value
 
 
+class TriedStrength(BaseModel):
+    strength: float
+    mpjpe: Optional[float] = Field(None, description="2D MPJPE (px); null when no hand was found in the sample.")
+
+
 class HandInfo(BaseModel):
     box: Tuple[int, int, int, int] = Field(..., description="Mask box [x0, y0, x1, y1] in pixels, x1/y1 exclusive.")
     handedness: Optional[str] = Field(None, description="'left' / 'right' (the person's own); None: no hand found "
@@ -200,7 +206,8 @@ class HandInfo(BaseModel):
     refined: bool
     strength: Optional[float] = Field(None, description="Control strength kept.")
     mpjpe: Optional[float] = Field(None, description="2D MPJPE (px) of the kept sample (adaptive mode).")
-    tried: List[Tuple[float, Optional[float]]] = Field([], description="(strength, MPJPE) in the order sampled.")
+    tried: List[TriedStrength] = Field([], description="The strengths sampled (adaptive mode), in order, each with "
+                                                       "its MPJPE.")
 
 
 class RefineResponse(BaseModel):
@@ -473,20 +480,16 @@ def hand_infos(perceived: Sequence[Any], refined: Sequence[Any]) -> List[HandInf
             match = remaining[0]
         if match is not None:
             remaining.remove(match)
-        tried = [(float(s), finite_or_none(e)) for s, e in (match.tried if match is not None else [])]
+        tried = tried_entries(match.tried) if match is not None else []
         kept = float(match.strength) if match is not None else None
         infos.append(HandInfo(
             box=tuple(int(v) for v in p.box),
             handedness=p.hand.handedness if p.hand is not None else None,
             score=float(p.hand.score) if p.hand is not None else None,
             refined=match is not None, strength=kept,
-            mpjpe=next((e for s, e in tried if s == kept), None), tried=tried))
+            mpjpe=next((t["mpjpe"] for t in tried if t["strength"] == kept), None),
+            tried=[TriedStrength(**t) for t in tried]))
     return infos
-
-
-def finite_or_none(value: Any) -> Optional[float]:
-    # JSON has no inf/NaN (an MPJPE is inf when the refined hand is not re-detected).
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def ms(start: float, end: float) -> float:

@@ -95,6 +95,11 @@ class HandRefinerArgs(BaseModel):
     scheduler: str = Field(AUTOMATIC_SCHEDULER, min_length=1, title="HandRefiner schedule type",
                            description="The WebUI's schedule type for a WebUI sampler (Automatic: the sampler's own); "
                                        f"{BUILTIN_SAMPLER} and the WebUI's DDIM/PLMS/UniPC use their own timesteps.")
+    crop_min_side: int = Field(0, ge=0, le=4096, title="HandRefiner crop min side",
+                               description="Smallest side (px) of a hand crop before it is resized to the crop "
+                                           "resolution; 0: the crop resolution, so an image of that size is refined "
+                                           "whole at scale 1 (as the official code does) and larger images at "
+                                           "native scale. Lower it to zoom into small hands.")
 
     class Config:
         extra = "forbid"

@@ -76,14 +76,17 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def feather(mask: np.ndarray, radius: int) -> np.ndarray:
-    """float32 H×W weights for compositing: 1 on the mask, easing to exactly 0 at `radius` px outside it (and
-    beyond), so the refined pixels blend in without a seam and nothing outside the grown mask changes."""
+    """float32 H×W weights for compositing, feathered inward: 1 from `radius` px inside the mask's edge, easing
+    towards 0 at the edge, exactly 0 outside the mask. So the mask that is shown (saved, returned, previewed) bounds
+    every change: a pixel where it is 0 keeps the original's bytes. A mask edge on the image border is not
+    feathered (nothing lies beyond it)."""
     inside = np.asarray(mask) > 0
     if radius <= 0:
         return inside.astype(np.float32)
     import cv2
 
-    # Distance of each outside pixel to the nearest mask pixel (0 on the mask).
-    distance = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    t = np.clip(1.0 - distance / float(radius), 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep: no visible edge at either end
+    # Distance of each mask pixel to the nearest pixel outside it (1 on the edge; pixels past the border do not
+    # count as outside).
+    distance = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    t = np.clip(distance / float(radius + 1), 0.0, 1.0)
+    return np.where(inside, t * t * (3.0 - 2.0 * t), 0.0).astype(np.float32)  # smoothstep: no visible edge

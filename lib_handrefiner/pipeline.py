@@ -1,10 +1,11 @@
 """Image → perception → per-hand crops → refine → composite.
 
-Each refinable hand (or all hands at once, `hands_together`) gets a square crop around its mask box, resized to
-the working resolution, so small hands are refined at full resolution. The mesh is moved into the crop and its
-depth rendered there (crisp at any zoom); the refined crop is resized back and composited through the feathered
-mask: pixels outside it are the original's, byte for byte. Crops may hang over the image edge (edge-padded), so
-any image size or aspect works.
+Each refinable hand (or all hands at once, `hands_together`) gets a square crop around its mask box of at least
+the working resolution (`hand_crop_region`), so an image of that size is refined whole at scale 1 as the official
+code does, and larger ones at native scale. The mesh is moved into the crop and its depth rendered there (crisp at
+any zoom); the refined crop is resized back and composited through the mask feathered inward: pixels outside the
+mask are the original's, byte for byte. Crops may hang over the image edge (edge-padded), so any image size or
+aspect works.
 """
 from __future__ import annotations
 
@@ -62,6 +63,32 @@ class RefinedHand:
     tried: List[Tuple[float, float]] = field(default_factory=list)  # (strength, mpjpe px) in adaptive mode
     seed: int = 0
     crop: Optional[Box] = None      # x0, y0, x1, y1 of the crop region (may extend past the image)
+    crop_scale: float = 1.0         # working pixels per image pixel (1: native scale; above 1: zoomed in)
+
+    def report(self) -> dict:
+        """The hand as the refine JSON gives it (strict JSON: an MPJPE without a re-detected hand is null)."""
+        return {"box": list(self.box), "handedness": self.handedness, "score": self.score, "strength": self.strength,
+                "tried": tried_entries(self.tried), "seed": self.seed,
+                "crop": list(self.crop) if self.crop else None, "crop_scale": self.crop_scale}
+
+
+TRIED_KEY = "HandRefiner tried"  # infotext: per refined hand, the strengths tried in adaptive mode
+
+
+def tried_entries(tried: Sequence[Tuple[float, float]]) -> List[dict]:
+    """[{"strength": 0.4, "mpjpe": 7.3}, …] in the order sampled; mpjpe null where no hand was found again."""
+    from lib_handrefiner.strict_json import finite_or_none
+
+    return [{"strength": float(s), "mpjpe": finite_or_none(e)} for s, e in tried]
+
+
+def tried_infotext(hands: Sequence[RefinedHand]) -> dict:
+    """{TRIED_KEY: JSON list with one `tried_entries` list per refined hand} when any hand tried strengths."""
+    from lib_handrefiner.strict_json import dumps
+
+    if not any(h.tried for h in hands):
+        return {}
+    return {TRIED_KEY: dumps([tried_entries(h.tried) for h in hands], separators=(",", ":"))}
 
 
 @dataclass
@@ -81,16 +108,22 @@ def round_up(n: float, multiple: int = LATENT_SCALE) -> int:
 
 
 def hand_crop_region(box: Sequence[float], image_w: int, image_h: int, resolution: int,
-                     multiple: int = LATENT_SCALE) -> CropRegion:
-    """A square around `box` with CROP_CONTEXT margin, moved inside the image where it fits, centred on the
-    image where it is larger (then edge-padded)."""
+                     multiple: int = LATENT_SCALE, min_side: int = 0) -> CropRegion:
+    """A square around `box` with CROP_CONTEXT margin and at least `min_side` px (0: the working resolution), but
+    no larger than the image's shorter side unless the box itself is; moved inside the image where it fits,
+    centred on the image where it is larger (then edge-padded). It is resized to the working resolution, so a
+    hand in an image of that size is refined on the whole image at scale 1, as the official code does, and in a
+    larger image at its native scale (downscaled only when the hand with its margin is larger than the working
+    size); a `min_side` below the working resolution zooms into hands smaller than it."""
     x0, y0, x1, y1 = box
-    side = max(8, int(math.ceil(max(x1 - x0, y1 - y0) * (1.0 + CROP_CONTEXT))))
     resolution = round_up(resolution, multiple)
+    extent = max(x1 - x0, y1 - y0)
+    wanted = max(int(math.ceil(extent * (1.0 + CROP_CONTEXT))), min_side or resolution)
+    side = max(8, int(math.ceil(extent)), min(wanted, min(image_w, image_h)))
 
-    def place(center: float, extent: int) -> int:
+    def place(center: float, size: int) -> int:
         start = int(round(center - side / 2))
-        return min(max(start, 0), extent - side) if side <= extent else (extent - side) // 2
+        return min(max(start, 0), size - side) if side <= size else (size - side) // 2
 
     return CropRegion(place((x0 + x1) / 2, image_w), place((y0 + y1) / 2, image_h), side, side, resolution,
                       resolution)
@@ -134,22 +167,18 @@ def grow_box(box: Sequence[float], by: int, w: int, h: int) -> Box:
             min(w, int(math.ceil(x1)) + by), min(h, int(math.ceil(y1)) + by))
 
 
-def region_mask(mask: np.ndarray, boxes: Sequence[Sequence[float]], region: CropRegion, dilation: int,
-                margin: int) -> np.ndarray:
-    """The part of the perception mask that belongs to `boxes` (grown by the mask dilation), kept `margin` px
-    inside the crop region so the feathered edge never reaches beyond the refined pixels."""
+def region_mask(mask: np.ndarray, boxes: Sequence[Sequence[float]], region: CropRegion, dilation: int
+                ) -> np.ndarray:
+    """The part of the perception mask inside the crop region that belongs to `boxes` (grown by the mask
+    dilation)."""
     h, w = mask.shape
     keep = np.zeros_like(mask, dtype=bool)
     for box in boxes:
         x0, y0, x1, y1 = grow_box(box, dilation, w, h)
         keep[y0:y1, x0:x1] = True
-    # Only region edges inside the image need the margin; at the image border there is nothing to bleed into.
-    x0 = region.x0 + margin if region.x0 > 0 else 0
-    y0 = region.y0 + margin if region.y0 > 0 else 0
-    x1 = region.x0 + region.width - margin if region.x0 + region.width < w else w
-    y1 = region.y0 + region.height - margin if region.y0 + region.height < h else h
     inside = np.zeros_like(keep)
-    inside[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = True
+    x1, y1 = region.x0 + region.width, region.y0 + region.height
+    inside[max(0, region.y0):max(0, y1), max(0, region.x0):max(0, x1)] = True
     return np.where(keep & inside & (mask > 0), 255, 0).astype(np.uint8)
 
 
@@ -213,9 +242,10 @@ def _units(perception, args: HandRefinerArgs, base_seed: int, multiple: int) -> 
     if args.hands_together:
         boxes = np.array([hd.box for hd in hands], dtype=float)
         union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
-        return [_Unit(hands, hand_crop_region(union, w, h, args.crop_resolution, multiple), base_seed)]
-    return [_Unit([hd], hand_crop_region(hd.box, w, h, args.crop_resolution, multiple), (base_seed + i) % 2 ** 32)
-            for i, hd in enumerate(hands)]
+        return [_Unit(hands, hand_crop_region(union, w, h, args.crop_resolution, multiple, args.crop_min_side),
+                      base_seed)]
+    return [_Unit([hd], hand_crop_region(hd.box, w, h, args.crop_resolution, multiple, args.crop_min_side),
+                  (base_seed + i) % 2 ** 32) for i, hd in enumerate(hands)]
 
 
 def render_hint(all_meshes: list, region: CropRegion) -> np.ndarray:
@@ -237,9 +267,9 @@ def crop_pixels(image: np.ndarray, mask: np.ndarray, region: CropRegion) -> Tupl
 
 def unit_mask(perception_mask: np.ndarray, boxes: Sequence[Sequence[float]], region: CropRegion,
               args: HandRefinerArgs) -> np.ndarray:
-    """The mask one sampling pass regenerates: the boxes' part of the perception mask, kept inside the region by
-    the feather (so the feathered edge never reaches beyond the refined pixels)."""
-    return region_mask(perception_mask, boxes, region, args.mask_dilation + 1, args.mask_feather + 1)
+    """The mask one sampling pass regenerates and composites (feathered inward): the boxes' part of the perception
+    mask inside the region."""
+    return region_mask(perception_mask, boxes, region, args.mask_dilation + 1)
 
 
 def _crop_request(image: np.ndarray, mask: np.ndarray, meshes: list, region: CropRegion, args: HandRefinerArgs,
@@ -299,7 +329,8 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
         raise ValueError(f"the perception is for a {perception.width}x{perception.height} image but the image is "
                          f"{original.shape[1]}x{original.shape[0]}; run perceive on this image")
     base_seed = choose_seed(seed, args)
-    infotext = format_infotext(args.copy(update={"enabled": True, "seed": base_seed}).infotext())
+    entries = args.copy(update={"enabled": True, "seed": base_seed}).infotext()
+    infotext = format_infotext(entries)
     units = _units(perception, args, base_seed, size_multiple(sd.unet))
     if not units:
         _add(timings, "total", started)
@@ -346,7 +377,8 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
         refined += [RefinedHand(box=tuple(int(v) for v in hd.box),
                                 handedness=hd.hand.handedness if hd.hand else "unknown",
                                 score=float(hd.hand.score) if hd.hand else 0.0, strength=float(strength),
-                                tried=tried, seed=unit.seed, crop=crop_box) for hd in unit.hands]
+                                tried=tried, seed=unit.seed, crop=crop_box, crop_scale=region.scale)
+                    for hd in unit.hands]
     if interrupted:
         message = f"interrupted: refined {regions} of {len(units)} region(s)"
     elif regions:
@@ -354,6 +386,7 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     else:
         message = "the hand masks are empty; image unchanged"
     _add(timings, "total", started)
+    infotext = format_infotext({**entries, **tried_infotext(refined)})
     return RefineResult(out, perception, refined, infotext, timings, message, base_seed, negative)
 
 

@@ -33,7 +33,7 @@ Box = Tuple[float, float, float, float]
 
 # The settings the standalone page shows (the WebUI accordion shows its own, from the same model).
 STANDALONE_FIELDS = ("prompt", "negative_prompt", "strength", "mode", "steps", "cfg_scale", "seed",
-                     "crop_resolution", "mask_padding", "mask_feather", "max_hands", "detection_confidence",
+                     "crop_resolution", "crop_min_side", "mask_padding", "mask_feather", "max_hands", "detection_confidence",
                      "controlnet")
 
 

@@ -884,6 +884,8 @@ def _without_controlnet_extension_hook(unet: Any) -> Iterator[None]:
 def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> ImageOutcome:
     from PIL import Image
 
+    from .pipeline import tried_infotext
+
     refined = bool(result.hands)
     strengths = sorted({f"{h.strength:g}" for h in result.hands})
     summary = result.message + (f" (strength {', '.join(strengths)})" if strengths and args.mode == "adaptive" else "")
@@ -893,7 +895,7 @@ def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> Im
     if args.save_mask and refined:
         previews.append(("-handrefiner-mask", Image.fromarray(result.perception.mask).convert("RGB")))
     image = Image.fromarray(result.image) if refined else job.image
-    return ImageOutcome(image, summary, refined, {RESULT_KEY: summary}, previews)
+    return ImageOutcome(image, summary, refined, {RESULT_KEY: summary, **tried_infotext(result.hands)}, previews)
 
 
 def failure_message(error: BaseException) -> str:

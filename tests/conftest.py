@@ -60,6 +60,28 @@ def tiny_controlnet(tiny_models):
     return load_controlnet(tiny_models.controlnet)
 
 
+def strict_loads(text: str):
+    """json.loads as parsers outside Python read JSON: NaN, Infinity and -Infinity are errors."""
+    import json
+
+    def reject(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def infotext_value(infotext: str, key: str):
+    """The text of `key`'s value in an A1111 "Key: value, …" line (a JSON-quoted value unquoted, as the WebUI's
+    infotext parser does), None when absent."""
+    import re
+
+    match = re.search(rf'(?:^|, ){re.escape(key)}: ("(?:[^"\\]|\\.)*"|[^,]*)', infotext)
+    if match is None:
+        return None
+    value = match.group(1)
+    return strict_loads(value) if value.startswith('"') else value
+
+
 @pytest.fixture()
 def sampled_negatives(monkeypatch):
     """The negative prompt of every sampling pass (what the model's unconditional branch encodes), in order."""

@@ -10,7 +10,7 @@ from PIL import Image
 
 from lib_handrefiner.cli import main
 
-from conftest import EXAMPLES, OFFICIAL_NEGATIVE
+from conftest import EXAMPLES, OFFICIAL_NEGATIVE, infotext_value, strict_loads
 from pickles import tiny_lightning_checkpoint, write_lightning_checkpoint
 
 
@@ -138,3 +138,28 @@ def test_without_negative_the_official_negative_is_used_and_recorded(tiny_models
     assert lines[0] == f"Negative prompt: {OFFICIAL_NEGATIVE[len('fake 3D rendered image, '):]}"
     data = json.loads((out / "freihand_sample1.refine.json").read_text())
     assert data["negative_prompt"] == OFFICIAL_NEGATIVE[len("fake 3D rendered image, "):]
+
+
+def test_refine_json_is_strict_reports_crops_and_tries_and_the_mask_bounds_every_change(tiny_models, tmp_path):
+    """A hand that is not re-detected has an infinite MPJPE: the JSON said Infinity, which parsers outside Python
+    reject; now null, and `tried` says what each number is. Compositing feathered 8 px past the saved mask; now
+    every pixel where the saved mask is 0 keeps the input's bytes."""
+    out = tmp_path / "out"
+    image = EXAMPLES / "malformed_1.jpg"
+    assert main(["refine", str(image), *_models(tiny_models), "--adaptive", "--steps", "1", "--seed", "4",
+                 "--save-mask", "--set", "crop_resolution=64", "--set", "adaptive_strengths=0.4;0.6",
+                 "--out", str(out)]) == 0
+    data = strict_loads((out / "malformed_1.refine.json").read_text())
+    (hand,) = data["hands"]
+    assert [t["strength"] for t in hand["tried"]] == [1.0, 0.4, 0.6]
+    assert all(set(t) == {"strength", "mpjpe"} and (t["mpjpe"] is None or t["mpjpe"] >= 0) for t in hand["tried"])
+    assert None in [t["mpjpe"] for t in hand["tried"]]  # the tiny model paints no hand: the case that was Infinity
+    x0, y0, x1, y1 = hand["crop"]
+    assert x1 - x0 == y1 - y0 and hand["crop_scale"] == pytest.approx(64 / (x1 - x0))
+    parameters = Image.open(out / "malformed_1.refined.png").text["parameters"]
+    assert strict_loads(infotext_value(parameters.splitlines()[-1], "HandRefiner tried")) == [hand["tried"]]
+    mask = np.asarray(Image.open(out / "malformed_1.mask.png"))
+    refined = np.asarray(Image.open(out / "malformed_1.refined.png"))
+    original = np.asarray(Image.open(image).convert("RGB"))
+    assert (mask == 0).sum() > 0 and np.array_equal(refined[mask == 0], original[mask == 0])
+    assert (refined[mask > 0] != original[mask > 0]).any()

@@ -151,14 +151,19 @@ def test_build_mask_is_boxes_union_depth_pixels():
     assert grown[2, 10] == 255 and grown[1, 10] == 0 and np.all(grown[mask > 0] == 255)
 
 
-def test_feather_is_one_inside_and_exactly_zero_beyond_its_radius():
+def test_feather_is_inward_exactly_zero_outside_the_mask():
+    """Compositing used to feather 8 px outward, so pixels outside the shown mask changed; now the weight is 0
+    wherever the mask is, 1 from `radius` px inside it."""
     mask = np.zeros((60, 60), np.uint8)
     mask[20:40, 20:40] = 255
     soft = feather(mask, 8)
     assert soft.dtype == np.float32
-    assert np.all(soft[mask > 0] == 1.0)
-    grown = dilate(mask, 8) > 0
-    assert np.all(soft[~grown] == 0.0)
-    row = soft[30, 40:50]
-    assert np.all(np.diff(row) <= 0) and 0 < row[3] < 1 and row[-1] == 0
+    assert np.all(soft[mask == 0] == 0.0)
+    assert np.all(soft[29:31, 29:31] == 1.0) and np.all(soft[29:31, 29] == 1.0)
+    row = soft[30, 20:30]
+    assert np.all(np.diff(row) >= 0) and 0 < row[0] < 0.05 and row[-1] == 1.0
     np.testing.assert_array_equal(feather(mask, 0), (mask > 0).astype(np.float32))
+    # A mask edge on the image border is not feathered.
+    edge = np.zeros((20, 20), np.uint8)
+    edge[:, :10] = 255
+    assert np.all(feather(edge, 4)[:, 0] == 1.0) and np.all(feather(edge, 4)[:, 10:] == 0.0)

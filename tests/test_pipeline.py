@@ -30,21 +30,24 @@ def perceived(malformed):
     return result
 
 
-def _allowed_change(mask: np.ndarray, feather: int) -> np.ndarray:
-    """Pixels within `feather` px (plus one for rounding) of the mask: the only ones refining may touch."""
-    from scipy.ndimage import binary_dilation
-
-    r = feather + 1
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return binary_dilation(mask > 0, structure=(xx ** 2 + yy ** 2) <= r * r)
-
-
-def test_crop_region_is_square_inside_the_image_and_holds_the_box():
-    r = hand_crop_region((100, 10, 180, 130), 512, 512, 500)
-    assert r.width == r.height == 180 and (r.work_width, r.work_height) == (504, 504)
-    assert r.x0 <= 100 and r.x0 + r.width >= 180 and r.y0 == 0  # moved down into the image
-    small = hand_crop_region((10, 10, 200, 60), 300, 120, 64)  # wider than the image is tall: overhangs
-    assert small.height == 285 and small.y0 == (120 - 285) // 2 and small.x0 == 0
+def test_crop_geometry_refines_a_512_image_whole_at_scale_1_and_larger_ones_at_native_scale():
+    """The official code inpaints the whole 512² image at scale 1; we used to zoom a 1.5× box crop up to 512
+    (1.5–1.9× on the shipped malformed images)."""
+    for box in [(100, 10, 180, 130), (300, 200, 480, 420), (0, 0, 512, 512), (282, 124, 512, 365)]:
+        r = hand_crop_region(box, 512, 512, 512)
+        assert (r.x0, r.y0, r.width, r.height, r.work_width, r.scale) == (0, 0, 512, 512, 512, 1.0), box
+    small = hand_crop_region((600, 300, 700, 420), 1024, 1024, 512)  # a small hand in a large image: native
+    assert small.width == 512 and small.scale == 1.0 and small.x0 <= 600 and small.x0 + 512 >= 700
+    big = hand_crop_region((100, 100, 700, 500), 1024, 1024, 512)    # hand + margin beyond 512: downscaled
+    assert big.width == 900 and big.scale == pytest.approx(512 / 900)
+    zoom = hand_crop_region((600, 300, 700, 420), 1024, 1024, 512, min_side=256)  # crop_min_side zooms
+    assert zoom.width == 256 and zoom.scale == 2.0
+    portrait = hand_crop_region((50, 600, 150, 700), 512, 768, 512)  # the shorter side bounds the crop
+    assert (portrait.x0, portrait.width) == (0, 512) and portrait.y0 <= 600 and portrait.y0 + 512 >= 700
+    tiny_image = hand_crop_region((20, 30, 120, 150), 224, 224, 512)  # smaller than the working size: whole
+    assert (tiny_image.x0, tiny_image.y0, tiny_image.width) == (0, 0, 224)
+    wide = hand_crop_region((10, 10, 200, 60), 300, 120, 64)  # the box itself is wider than the image is tall
+    assert wide.height == 190 and wide.y0 == (120 - 190) // 2 and wide.x0 == 10
     whole = whole_image_region(333, 517, 64)
     assert (whole.work_width, whole.work_height, whole.scale) == (384, 576, 1.0)
     assert hand_crop_region((0, 0, 10, 10), 100, 100, 500, 64).work_width == 512
@@ -91,7 +94,7 @@ def test_refine_is_seeded_and_changes_only_the_hand(malformed, perceived, tiny_s
     assert np.array_equal(a.image, b.image) and not np.array_equal(a.image, c.image)
     changed = (a.image != malformed).any(-1)
     assert changed.sum() > 1000  # the hand was actually redrawn
-    assert not (changed & ~_allowed_change(perceived.mask, args.mask_feather)).any()
+    assert not (changed & ~(perceived.mask > 0)).any()
     n = sum(h.refinable for h in perceived.hands)
     assert len(a.hands) == n and a.hands[0].strength == 0.55 and a.hands[0].seed == 5
     assert steps[-1] == (2 * n, 2 * n)
@@ -117,7 +120,7 @@ def test_regular_4_channel_checkpoint_and_whole_image_mode(tiny_sd_regular, tiny
     args = HandRefinerArgs(crop=False, **FAST)
     r = refine_image(image, tiny_sd_regular, tiny_controlnet, args, seed=2, perception=perception)
     changed = (r.image != image).any(-1)
-    assert changed.sum() > 500 and not (changed & ~_allowed_change(perception.mask, args.mask_feather)).any()
+    assert changed.sum() > 500 and not (changed & ~(perception.mask > 0)).any()
     assert r.hands[0].crop == (0, 0, 224, 224)
 
 
@@ -133,7 +136,7 @@ def test_any_size_and_aspect(size, tiny_sd, tiny_controlnet):
         assert r.image.shape == canvas.shape
         assert r.hands, r.message
         changed = (r.image != canvas).any(-1)
-        assert changed.any() and not (changed & ~_allowed_change(r.perception.mask, args.mask_feather)).any()
+        assert changed.any() and not (changed & ~(r.perception.mask > 0)).any()
 
 
 def test_adaptive_mode_batches_strengths(malformed, perceived, tiny_sd, tiny_controlnet):
@@ -177,7 +180,7 @@ def test_two_hands_one_after_another_or_together(malformed, tiny_sd, tiny_contro
     assert all(x0 <= h.box[0] and h.box[2] <= x1 and y0 <= h.box[1] and h.box[3] <= y1 for h in together.hands)
     for r in (one_by_one, together):
         changed = (r.image != pair).any(-1)
-        assert not (changed & ~_allowed_change(perception.mask, 8)).any()
+        assert not (changed & ~(perception.mask > 0)).any()
     with pytest.raises(ValueError, match="perceive on this image"):
         refine_image(malformed, tiny_sd, tiny_controlnet, HandRefinerArgs(**FAST), perception=perception)
 
@@ -205,3 +208,25 @@ def test_without_a_negative_prompt_the_official_one_is_used(malformed, perceived
                  negative_prompt="blurry", seed=1, perception=perceived)
     assert sampled_negatives[1:] == ["fake 3D rendered image", "fake 3D rendered image, blurry",
                                      "fake 3D rendered image, cartoon"]
+
+
+def test_a_512_image_is_refined_whole_at_scale_1_as_the_official_code_does(malformed, perceived, tiny_sd,
+                                                                          tiny_controlnet, monkeypatch):
+    """What the networks see for a 512² image: the whole image, its mask and its depth map, unresized (we used to
+    zoom a crop around the hand 1.5–1.9× on the shipped images)."""
+    import torch
+
+    from lib_handrefiner import pipeline
+
+    requests, real = [], pipeline.sample_inpaint
+    monkeypatch.setattr(pipeline, "sample_inpaint", lambda sd, cn, request, *a, **k: (requests.append(request),
+                                                                                      real(sd, cn, request, *a, **k))[1])
+    assert malformed.shape[:2] == (512, 512)
+    result = refine_image(malformed, tiny_sd, tiny_controlnet, HandRefinerArgs(steps=1, cfg_scale=5.0), seed=1,
+                          perception=perceived)
+    (request,) = requests
+    assert torch.equal(request.image, pipeline.to_tensor(malformed))
+    assert torch.equal(request.mask[0, 0] > 0, torch.from_numpy(perceived.mask > 0))
+    assert np.array_equal((request.hint[0, 0] * 255).round().to(torch.uint8).numpy(), perceived.depth)
+    (hand,) = result.hands
+    assert hand.crop == (0, 0, 512, 512) and hand.crop_scale == 1.0

@@ -14,7 +14,6 @@ Writes `evaluation.md` and `evaluation.json` (with per-image details) to `--out`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.cli.common import make_output_folder
 
@@ -116,7 +116,7 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     table = markdown_table(evaluation)
     (out / "evaluation.md").write_text(table)
-    (out / "evaluation.json").write_text(json.dumps(to_json(evaluation), indent=2))
+    (out / "evaluation.json").write_text(strict_json.dumps(to_json(evaluation), indent=2))
     print(table, end="")
     print(f"wrote {out / 'evaluation.md'} and {out / 'evaluation.json'}")
     return 0
@@ -301,13 +301,4 @@ def markdown_table(evaluation: Evaluation) -> str:
 
 
 def to_json(evaluation: Evaluation) -> dict:
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None  # JSON has no inf/NaN: a lost hand's MPJPE is null
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        return value
-
-    return clean(asdict(evaluation))
+    return strict_json.clean(asdict(evaluation))  # a lost hand's MPJPE (inf) is null

@@ -1,18 +1,17 @@
 """`python -m lib_handrefiner refine IMAGE... --checkpoint CKPT --controlnet CN`: refine the hands of images.
 
 Writes `<stem>.refined.png` (the generation parameters in its PNG text under `parameters`, with a line starting
-`HandRefiner:`) and `<stem>.refine.json` (hands, boxes, strengths, seed, timings) for each image. An image without
+`HandRefiner:`) and `<stem>.refine.json` (hands, boxes, crops, strengths tried and kept, seed, timings; strict
+JSON) for each image. An image without
 refinable hands is written unchanged and its JSON says so.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-
+from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs, parse_setting
 from lib_handrefiner.cli.common import add_negative_argument, make_output_folder, settings_error
 
@@ -82,7 +81,7 @@ def report(image_path: Path, output: Path, result, args: HandRefinerArgs) -> dic
         "detected": [{"box": [int(v) for v in h.box], "refinable": bool(h.refinable),
                       "handedness": h.hand.handedness if h.hand else None,
                       "score": float(h.hand.score) if h.hand else None} for h in p.hands],
-        "hands": [asdict(h) for h in result.hands],
+        "hands": [h.report() for h in result.hands],
         "infotext": result.infotext,
         "timings_ms": {k: round(v, 1) for k, v in {**p.timings_ms, **result.timings_ms}.items()},
     }
@@ -162,6 +161,6 @@ def run(ns: argparse.Namespace) -> int:
         if ns.save_mask:
             save_png(out_dir / f"{path.stem}.mask.png", result.perception.mask)
         data = report(path, output, result, args)
-        (out_dir / f"{path.stem}.refine.json").write_text(json.dumps(data, indent=2))
+        (out_dir / f"{path.stem}.refine.json").write_text(strict_json.dumps(data, indent=2))
         print(f"{path.name}: {result.message} -> {output}")
     return 1 if failures else 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.cli.common import add_negative_argument
 
@@ -109,10 +109,10 @@ def run(ns: argparse.Namespace) -> int:
     from PIL import Image
 
     Image.fromarray(grid_image(tiles, ns.tile, ns.columns)).save(out)
-    numbers = [{"strength": t.strength, "mpjpe_px": _finite(t.mpjpe_px)} for t in tiles if t.strength is not None]
-    out.with_suffix(".json").write_text(json.dumps({"image": str(ns.image), "seed": seed, "hand": ns.hand,
-                                                    "input_mpjpe_px": _finite(tiles[0].mpjpe_px),
-                                                    "strengths": numbers}, indent=2))
+    numbers = [{"strength": t.strength, "mpjpe_px": t.mpjpe_px} for t in tiles if t.strength is not None]
+    out.with_suffix(".json").write_text(strict_json.dumps({"image": str(ns.image), "seed": seed, "hand": ns.hand,
+                                                           "input_mpjpe_px": tiles[0].mpjpe_px,
+                                                           "strengths": numbers}, indent=2))  # no hand: null
     for t in tiles:
         if t.strength is not None:
             print(f"strength {t.strength:g}: {_mpjpe_text(t.mpjpe_px)}")
@@ -139,7 +139,8 @@ def sweep(rgb: np.ndarray, sd, controlnet, args: HandRefinerArgs, strengths: Seq
     chosen = refinable[hand_index]
     # Only the chosen hand is refined, so every tile differs from the input in that hand alone.
     single = dataclasses.replace(perception, hands=[chosen])
-    region = hand_crop_region(chosen.box, perception.width, perception.height, args.crop_resolution)
+    region = hand_crop_region(chosen.box, perception.width, perception.height, args.crop_resolution,
+                              min_side=args.crop_min_side)
     target = chosen.mesh.joints[:, :2] - np.array([region.x0, region.y0])
     original = cut(rgb, region, "edge")
     # The input's own error is the detector's noise floor: what an unchanged hand scores.
@@ -151,10 +152,6 @@ def sweep(rgb: np.ndarray, sd, controlnet, args: HandRefinerArgs, strengths: Seq
         crop = cut(result.image, region, "edge")
         tiles.append(SweepTile(f"{strength:g}", strength, pose_error(crop, target, mesh_model, args), crop))
     return tiles
-
-
-def _finite(value: Optional[float]) -> Optional[float]:
-    return value if value is not None and math.isfinite(value) else None  # JSON null: no hand found
 
 
 def _mpjpe_text(value: Optional[float]) -> str:

@@ -63,7 +63,8 @@ class HandRefinerArgs(BaseModel):
                                                   "of this and mask_padding is used.")
     mask_dilation: int = Field(0, ge=0, le=256, title="HandRefiner mask dilation", description="Grow the mask (px).")
     mask_feather: int = Field(8, ge=0, le=256, title="HandRefiner mask feather",
-                              description="Blur the mask edge when compositing (px).")
+                              description="Feather the mask's edge inward when compositing (px): nothing outside the mask "
+                                          "changes.")
     crop: bool = Field(True, title="HandRefiner crop",
                        description="Crop each hand, refine it at the working resolution and paste it back.")
     crop_resolution: int = Field(512, ge=64, le=2048, title="HandRefiner crop resolution",

@@ -54,7 +54,7 @@ GROUPS: Dict[str, Tuple[str, ...]] = {
     "row:sampler": ("sampler", "scheduler"),
     "row:sampling": ("steps", "cfg_scale", "denoising_strength", "seed"),
     "accordion:Mask, crop and detection": ("mask_padding", "mask_padding_ratio", "mask_dilation", "mask_feather",
-                                           "crop", "crop_resolution", "hands_together", "max_hands",
+                                           "crop", "crop_resolution", "crop_min_side", "hands_together", "max_hands",
                                            "detection_confidence", "presence_confidence", "min_hand_size",
                                            "boxes", "boxes_mode"),
     "row:previews": ("save_depth", "save_mask"),

@@ -270,3 +270,20 @@ def test_training_benchmark_reports_speed_and_memory(capsys):
     if not torch.cuda.is_available():
         assert main(["--arch", "sd15", "--device", "cpu"]) == 2
         assert "not measured" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_step_keeps_float32_weights(tiny_sd, unet_state, data, dtype):
+    """The autocast and loss-scaling path of a CUDA run, here under the CPU's autocast."""
+    from lib_handrefiner.train.loop import ControlNetObjective, train_step
+
+    controlnet = controlnet_from_unet(unet_state, random_zero_convs=True).train().requires_grad_(True)
+    objective = ControlNetObjective(tiny_sd, controlnet, masked=True)
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+    batch = fixed_batch(data, keys=(0,))
+    micro = [(batch, draw_noise(0, batch.keys, (4, 8, 8), 1000))]
+    losses = [float(train_step(objective, micro, optimizer, scaler, torch.autocast("cpu", dtype=dtype), False))
+              for _ in range(2)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert {p.dtype for p in controlnet.parameters()} == {torch.float32}

@@ -188,7 +188,8 @@ def test_graphormer_hint_without_its_files_is_a_clear_error(tmp_path, capsys):
     assert main(["prepare-data", "images", str(photos), str(tmp_path / "out"), "--hint", "graphormer",
                  "--models-dir", str(tmp_path / "empty"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "graphormer" in err
+    assert err.startswith("error: ") and "graphormer_hand_state_dict.bin" in err and "MANO_RIGHT.pkl" in err
+    assert not (tmp_path / "out" / "prompt.json").exists()
 
 
 def test_photos_need_a_mesh_hint(tmp_path, capsys):
@@ -252,3 +253,30 @@ def test_readme_training_section_names_only_real_flags():
         known |= {s for p in parsers for a in p._actions for s in a.option_strings}
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]+", section))
     assert named and not named - known, sorted(named - known)
+
+
+def test_mesh_hint_keeps_only_detections_on_the_segmented_hands(tiny_sd):
+    """rhd/static-gestures with --hint landmarks: a detection must be one of the dataset's hands; --mask
+    segmentation then masks those hands' pixels (and the mesh's depth lies on them)."""
+    from lib_handrefiner.imageio import load_image
+    from lib_handrefiner.mesh import get_mesh_model
+    from lib_handrefiner.perception import perceive
+    from lib_handrefiner.train.prepare import Dropped, prepare_sample
+    from lib_handrefiner.train.sources import SourceHand, SourceSample
+
+    rgb = load_image(EXAMPLES / "malformed_1.jpg")
+    hand = perceive(rgb).hands[0]
+    x0, y0, x1, y1 = hand.box
+    on_hand = np.zeros(rgb.shape[:2], bool)
+    on_hand[y0:y1, x0:x1] = True
+    elsewhere = np.zeros(rgb.shape[:2], bool)
+    elsewhere[:40, :40] = True
+    model = get_mesh_model("landmarks")
+    options = PrepareOptions(resolution=128, hint="landmarks", mask="segmentation")
+    off = prepare_sample(SourceSample("s", "s.jpg", rgb, [SourceHand(elsewhere)]), options, model)
+    assert isinstance(off, Dropped) and off.reason == "detection_off_mask"
+    kept = prepare_sample(SourceSample("s", "s.jpg", rgb, [SourceHand(on_hand), SourceHand(elsewhere)]), options,
+                          model)
+    assert not isinstance(kept, Dropped)
+    assert kept.hint.any() and not kept.hint[kept.mask == 0].any()
+    assert kept.mask.mean() < 0.9 * 255  # the box of the hand, not the undetected corner's pixels as well

@@ -187,6 +187,8 @@ def test_resume_continues_at_its_step_with_the_same_losses(tiny_sd, unet_state, 
     with pytest.raises(TrainError, match="effective_batch"):
         train(config(data, tmp_path / "split", steps=6, effective_batch=2, batch_size=1, resume="latest"),
               models=(tiny_sd, fresh_controlnet(unet_state)))
+    with pytest.raises(TrainError, match="earlier run.*--resume"):
+        train(config(data, tmp_path / "whole", steps=4), models=(tiny_sd, fresh_controlnet(unet_state)))
     with pytest.raises(TrainError, match="nothing to train"):
         train(config(data, tmp_path / "split", steps=4, resume="latest"), models=(tiny_sd, fresh_controlnet(unet_state)))
 

@@ -19,7 +19,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -129,8 +129,3 @@ def load_checkpoint(saved: SavedState, controlnet: ControlNet, optimizer: torch.
     optimizer.load_state_dict(torch.load(saved.path / "optimizer.pt", map_location="cpu", weights_only=True))
     scaler.load_state_dict(torch.load(saved.path / "scaler.pt", map_location="cpu", weights_only=True))
     _set_rng_state(torch.load(saved.path / "rng.pt", map_location="cpu", weights_only=True))
-
-
-def latest_step(out: Path) -> Optional[int]:
-    found = saved_checkpoints(out)
-    return read_checkpoint_state(found[-1]).step if found else None

@@ -306,6 +306,9 @@ def _train(config: TrainConfig, processes, entries, on_step, models) -> TrainRes
             ckpt.check_resumable(saved, settings)
         except ValueError as e:
             raise TrainError(str(e)) from None
+    elif ckpt.saved_checkpoints(out):
+        raise TrainError(f"--out {out} holds checkpoints of an earlier run ({ckpt.saved_checkpoints(out)[-1].name}): "
+                         "pass --resume to continue it, or choose a new --out")
     start_step = saved.step if saved else 0
     if start_step >= config.steps:
         raise TrainError(f"--resume: the checkpoint is at step {start_step}, --steps is {config.steps}: nothing to "

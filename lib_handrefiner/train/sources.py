@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -241,8 +241,3 @@ def open_source(kind: str, src: Path, split: str = "training",
     if kind == "images":
         return open_images(src)
     raise SourceError(f"unknown source {kind!r}; one of {', '.join(SOURCES)}")
-
-
-def iterate(source: Source) -> Iterator[SourceSample]:
-    for i in range(len(source)):
-        yield source.read(i)

@@ -2,8 +2,8 @@
 
 Each sample goes through the refiner's own sampling stage (`sampler.sample_inpaint`, the call `refine_image`
 makes for every crop: DDIM with the known region re-noised and blended back, CFG with the extra negative, the
-strengths as one batch from one noise) with the sample's own mask and hint, and is composited through the
-feathered mask as the pipeline composites. The sample's hint is used rather than a re-detected mesh's, so the grid
+strengths as one batch from one noise, the refiner's default negative prompt) with the sample's own mask and
+hint, and is composited through the feathered mask as the pipeline composites. The sample's hint is used rather than a re-detected mesh's, so the grid
 shows what the ControlNet makes of the hints it is trained on.
 """
 from __future__ import annotations
@@ -33,14 +33,14 @@ def refine_sample(sd, controlnet, sample: ValidationSample, args: HandRefinerArg
                   seed: int) -> List[np.ndarray]:
     """The sample refined once per strength (one batch, one noise), composited into the sample's image."""
     from lib_handrefiner.masking import feather
-    from lib_handrefiner.pipeline import composite, to_tensor, to_uint8, whole_image_region
+    from lib_handrefiner.pipeline import composite, resolve_negative, to_tensor, to_uint8, whole_image_region
     from lib_handrefiner.sampler import InpaintRequest, sample_inpaint, with_extra_negative
 
     h, w = sample.mask.shape
     request = InpaintRequest(image=to_tensor(sample.rgb), mask=torch.from_numpy(sample.mask)[None, None].float(),
                              hint=torch.from_numpy(np.array(sample.hint)).permute(2, 0, 1)[None].float() / 255.0,
                              prompt=args.prompt or sample.caption,
-                             negative_prompt=with_extra_negative(args.negative_prompt, args.extra_negative),
+                             negative_prompt=with_extra_negative(resolve_negative(args, None), args.extra_negative),
                              steps=args.steps, cfg_scale=args.cfg_scale, denoising_strength=args.denoising_strength)
     refined = to_uint8(sample_inpaint(sd, controlnet, request, list(strengths), seed))
     weight = feather(np.where(sample.mask, 255, 0).astype(np.uint8), args.mask_feather)

@@ -234,7 +234,8 @@ def prepare_from_dataset(sample: SourceSample, options: PrepareOptions) -> Union
     mask = (_segmentation_mask(usable, options.mask_dilation) if options.mask_kind(True) == "segmentation"
             else _inference_mask_of_segments(usable, options.args))
     x0, y0, x1, y1 = pixel_extent(mask > 0)
-    region = hand_crop_region((x0, y0, x1 + 1, y1 + 1), width, height, options.resolution)
+    region = hand_crop_region((x0, y0, x1 + 1, y1 + 1), width, height, options.resolution,
+                              min_side=options.args.crop_min_side)
     rgb_crop, mask_crop = crop_pixels(sample.rgb, mask, region)
     levels = depth_levels(sample.depth, [h.pixels for h in usable])
     hint_crop = resize(cut(levels, region, "constant"), region.work_width, region.work_height, Image.NEAREST)
@@ -268,7 +269,8 @@ def prepare_from_mesh(sample: SourceSample, options: PrepareOptions, mesh_model)
         if not refinable:
             return Dropped("detection_off_mask")
     boxes = [h.box for h in refinable]
-    region = hand_crop_region(_union_of(boxes), width, height, options.resolution)
+    region = hand_crop_region(_union_of(boxes), width, height, options.resolution,
+                              min_side=options.args.crop_min_side)
     if options.mask_kind(bool(segments)) == "segmentation":
         if not segments:
             raise ValueError("--mask segmentation: this source has no segmentation; use --mask inference")

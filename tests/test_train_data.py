@@ -36,6 +36,16 @@ def rhd_prepared(rhd, tmp_path_factory):
     return dst
 
 
+def test_worker_processes_write_the_same_folder(rhd, rhd_prepared, tmp_path):
+    assert main(["prepare-data", "rhd", str(rhd), str(tmp_path / "out"), "--resolution", "128", "--workers", "2",
+                 "--no-progress"]) == 0
+    files = sorted(p.relative_to(rhd_prepared) for p in rhd_prepared.rglob("*.png"))
+    assert files == sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*.png"))
+    assert all((rhd_prepared / f).read_bytes() == (tmp_path / "out" / f).read_bytes() for f in files)
+    report = json.loads((tmp_path / "out" / "prepare.json").read_text())["runs"][-1]
+    assert report["dropped"] == json.loads((rhd_prepared / "prepare.json").read_text())["runs"][-1]["dropped"]
+
+
 def test_rhd_depth_is_two_8_bit_channels_over_5_metres():
     metres = np.array([[0.0, 0.5, 1.234567], [2.5, 4.99, 5.0]])
     decoded = rhd_depth(encode_rhd_depth(metres))

@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=Path, metavar="DIR",
                         help="folder of the mesh models' files (--hint graphormer)")
     parser.add_argument("--limit", type=int, help="prepare only the first N samples (a quick look)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes preparing samples (default 1; up to the number of CPU cores)")
     parser.add_argument("--append", action="store_true",
                         help="add these samples to the training folder DST already holds (several datasets in one "
                              "folder, as the official training mixes RHD and Synthesis AI)")
@@ -75,7 +77,8 @@ def run(ns: argparse.Namespace) -> int:
     try:
         captions = caption_lookup(read_captions(ns.captions)) if ns.captions else None
         source = open_source(ns.source, ns.src, ns.split, segments)
-        report = prepare(source, ns.dst, options, captions, ns.limit, progress=not ns.no_progress, append=ns.append)
+        report = prepare(source, ns.dst, options, captions, ns.limit, progress=not ns.no_progress, append=ns.append,
+                         workers=ns.workers)
     except (SourceError, DatasetFolderError, MeshModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

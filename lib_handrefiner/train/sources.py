@@ -61,6 +61,7 @@ class Source:
     root: Path
     names: List[str]
     read: Callable[[int], SourceSample]
+    opened_as: tuple = ()    # open_source's arguments: what a worker process reopens the source with
 
     def __len__(self) -> int:
         return len(self.names)
@@ -235,9 +236,12 @@ def open_source(kind: str, src: Path, split: str = "training",
     if not Path(src).exists():
         raise SourceError(f"{src} does not exist")
     if kind == "rhd":
-        return open_rhd(src, split)
-    if kind == "static-gestures":
-        return open_static_gestures(src, segment_names)
-    if kind == "images":
-        return open_images(src)
-    raise SourceError(f"unknown source {kind!r}; one of {', '.join(SOURCES)}")
+        source = open_rhd(src, split)
+    elif kind == "static-gestures":
+        source = open_static_gestures(src, segment_names)
+    elif kind == "images":
+        source = open_images(src)
+    else:
+        raise SourceError(f"unknown source {kind!r}; one of {', '.join(SOURCES)}")
+    source.opened_as = (kind, str(src), split, tuple(segment_names) if segment_names else None)
+    return source

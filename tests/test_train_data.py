@@ -254,7 +254,7 @@ def test_readme_training_section_names_only_real_flags():
 
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Train your own hand ControlNet"):text.index("## Measured")]
-    known = {"--nproc_per_node"}  # torchrun's
+    known = {"--nproc_per_node", "--standalone"}  # torchrun's
     for command in ("prepare-data", "train", "controlnet"):
         parser = argparse.ArgumentParser()
         importlib.import_module(COMMANDS[command][0]).add_arguments(parser)

@@ -9,7 +9,7 @@ The hint (`hint`):
   camera, as the refiner does at inference. A ControlNet trained on `landmarks` hints learns exactly the hints the
   MANO-free default mesh gives it.
 
-The mask (`mask`): `segmentation` (the dataset's hand pixels, what the official training used) or `inference`
+The mask (`mask`): `segmentation` (the dataset's hand pixels) or `inference`
 (what the refiner regenerates: each hand's padded keypoint box ∪ its depth pixels); `auto` takes segmentation with
 the dataset's hint and the inference mask with a mesh hint.
 

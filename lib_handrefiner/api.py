@@ -30,8 +30,9 @@ from pydantic import BaseModel, Field, ValidationError, validator
 from . import __version__
 from .args import HandRefinerArgs
 from .detection import DetectorUnavailable
+from .mesh import MeshModelError
 from .models_registry import ModelListing, ModelNameError, resolve_name
-from .perception import nothing_to_refine_message
+from .perception import nothing_to_refine_message, with_mesh_warning
 from .pipeline import tried_entries
 from .service import HandRefinerService, ModelLoadError
 
@@ -208,6 +209,8 @@ class HandInfo(BaseModel):
     mpjpe: Optional[float] = Field(None, description="2D MPJPE (px) of the kept sample (adaptive mode).")
     tried: List[TriedStrength] = Field([], description="The strengths sampled (adaptive mode), in order, each with "
                                                        "its MPJPE.")
+    mesh: Optional[str] = Field(None, description="The mesh model its depth guide was rendered from ('graphormer' or "
+                                                  "'landmarks'); None: no mesh (no hand found in a user box).")
 
 
 class RefineResponse(BaseModel):
@@ -329,9 +332,9 @@ def check_models(args: HandRefinerArgs, listing: ModelListing) -> None:
             raise InputError(["inpaint_checkpoint"], str(e)) from e
     check_sampling(args, listing.samplers, listing.schedulers)
     status = listing.mesh_status(args.mesh_model)
-    if status is not None and not status.available:
-        raise InputError(["mesh_model"], f"mesh model {args.mesh_model!r} is not available ({status.reason}); "
-                                         "use 'landmarks'")
+    if status is not None and not status.available and not args.mesh_fallback:
+        # The server's files, not the request: 503, with what to download (or mesh_fallback: true).
+        raise HTTPException(503, detail=f"{status.reason}\nOr send mesh_fallback: true to use the landmark mesh.")
 
 
 def check_sampling(args: HandRefinerArgs, samplers: Sequence[str], schedulers: Sequence[str]) -> None:
@@ -411,7 +414,7 @@ def create_router(service: HandRefinerService, lock: Optional[Any] = None,
             raise e.http() from e
         except ModelNameError as e:
             raise InputError(["controlnet"], str(e)).http() from e
-        except (ModelLoadError, DetectorUnavailable) as e:  # the server's set-up, not the request
+        except (ModelLoadError, DetectorUnavailable, MeshModelError) as e:  # the server's set-up, not the request
             raise HTTPException(503, detail=str(e)) from e
 
     return router
@@ -427,8 +430,8 @@ def listing_json(listing: ModelListing, default_controlnet: Optional[str]) -> di
         "controlnets": sorted(listing.controlnets),
         "default_controlnet": default_controlnet,
         "checkpoints": sorted(listing.checkpoints),
-        "mesh_models": [{"name": m.name, "available": m.available, "missing": m.missing, "reason": m.reason}
-                        for m in listing.mesh_models],
+        "mesh_models": [{"name": m.name, "available": m.available, "missing": m.missing, "reason": m.reason,
+                         "uses": m.uses} for m in listing.mesh_models],
         "samplers": list(listing.samplers),
         "schedulers": list(listing.schedulers),
     }
@@ -455,7 +458,7 @@ def run_refine(service: HandRefinerService, request: RefineRequest, lock: Any, c
         else:
             out, refined, infotext = image, [], ""
             timings = {"perception": perception.timings_ms.get("total", 0.0)}
-            message = nothing_to_refine_message(perception, args)
+            message = with_mesh_warning(nothing_to_refine_message(perception, args), perception)
     finished = time.perf_counter()
     want_depth, want_mask = request.return_depth or args.save_depth, request.return_mask or args.save_mask
     response = RefineResponse(
@@ -488,7 +491,7 @@ def hand_infos(perceived: Sequence[Any], refined: Sequence[Any]) -> List[HandInf
             score=float(p.hand.score) if p.hand is not None else None,
             refined=match is not None, strength=kept,
             mpjpe=next((t["mpjpe"] for t in tried if t["strength"] == kept), None),
-            tried=[TriedStrength(**t) for t in tried]))
+            tried=[TriedStrength(**t) for t in tried], mesh=p.mesh.model if p.mesh is not None else None))
     return infos
 
 

@@ -18,6 +18,7 @@ DEFAULT_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fi
 BUILTIN_SAMPLER = "DDIM (HandRefiner)"   # the official DDIM loop (sampler.py); any other name is a WebUI sampler
 AUTOMATIC_SCHEDULER = "Automatic"        # the WebUI's "use the sampler's own schedule"
 INFOTEXT_PREFIX = "HandRefiner"
+MESHES_INFOTEXT_KEY = "HandRefiner meshes"  # a result entry: the mesh model of each refined hand, in order
 
 
 class HandRefinerArgs(BaseModel):
@@ -42,8 +43,11 @@ class HandRefinerArgs(BaseModel):
                                              "anatomy, …\").")
     extra_negative: str = Field(EXTRA_NEGATIVE_DEFAULT, title="HandRefiner extra negative",
                                 description="Put before the negative prompt (paper eq. 3).")
-    mesh_model: Literal["landmarks", "graphormer"] = Field("landmarks", title="HandRefiner mesh",
-                                                           description="Hand mesh reconstruction model.")
+    mesh_model: Literal["auto", "graphormer", "landmarks"] = Field(
+        "auto", title="HandRefiner mesh",
+        description="Hand mesh the depth guide is rendered from. graphormer: Mesh Graphormer, the paper's and the "
+                    "released ControlNet's (needs three files you download); landmarks: built from MediaPipe's "
+                    "landmarks, no files; auto: graphormer when its files are found, else landmarks.")
     controlnet: str = Field("control_sd15_inpaint_depth_hand_fp16", title="HandRefiner ControlNet",
                             description="ControlNet model file name (without extension), from the models folders.")
     inpaint_checkpoint: str = Field("", title="HandRefiner checkpoint",
@@ -101,6 +105,9 @@ class HandRefinerArgs(BaseModel):
                                            "resolution; 0: the crop resolution, so an image of that size is refined "
                                            "whole at scale 1 (as the official code does) and larger images at "
                                            "native scale. Lower it to zoom into small hands.")
+    mesh_fallback: bool = Field(False, title="HandRefiner mesh fallback",
+                                description="When Mesh Graphormer is chosen but its files are missing or unusable, "
+                                            "use the landmark mesh (with a warning) instead of failing.")
 
     class Config:
         extra = "forbid"

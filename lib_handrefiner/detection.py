@@ -71,6 +71,12 @@ def uncrop_hand(hand: Hand, scale: float, offset_xy: Tuple[float, float]) -> Han
     return make_hand(hand.handedness, hand.score, landmarks, hand.world_landmarks, hand.handedness_score)
 
 
+def crop_hand(hand: Hand, scale: float, offset_xy: Tuple[float, float]) -> Hand:
+    """The hand in the pixels of a crop cut at `offset_xy` and resized by `scale` (the inverse of uncrop_hand)."""
+    landmarks = (hand.landmarks - np.array([offset_xy[0], offset_xy[1], 0.0], dtype=np.float32)) * np.float32(scale)
+    return make_hand(hand.handedness, hand.score, landmarks, hand.world_landmarks, hand.handedness_score)
+
+
 def detect_hands(rgb: np.ndarray, max_hands: int = 2, detection_confidence: float = 0.2,
                  presence_confidence: float = 0.2) -> List[Hand]:
     """Finds up to `max_hands` hands in an RGB uint8 image. When none is found, the image is retried with a grey

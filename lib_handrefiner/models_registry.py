@@ -16,14 +16,6 @@ from .args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
-# Files each mesh model needs (looked for in the mesh folders). "landmarks" is built from MediaPipe's
-# landmarks and needs none; Mesh Graphormer needs its network (backbone included), the MANO hand model and
-# MANO's mesh sampling (mesh/graphormer/files.py says what each is and where to get it).
-MESH_MODEL_FILES: Dict[str, Sequence[str]] = {
-    "landmarks": (),
-    "graphormer": ("graphormer_hand_state_dict.bin", "MANO_RIGHT.pkl", "mano_downsampling.npz"),
-}
-
 # The WebUI (and sd-webui-controlnet) show model names as "name [hash]"; the hash is not part of the file name.
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]$")
 
@@ -38,6 +30,7 @@ class MeshModelStatus:
     available: bool
     missing: List[str]
     reason: str = ""      # why it is not available, for people
+    uses: str = ""        # the model it stands for now ("auto": graphormer or landmarks; the others: themselves)
 
 
 @dataclass
@@ -82,20 +75,16 @@ def list_model_files(folders: Iterable[Path | str | None], files: Iterable[Path 
 
 
 def mesh_model_status(folders: Iterable[Path | str | None]) -> List[MeshModelStatus]:
-    from .mesh import mesh_model_names
+    """auto, graphormer and landmarks: whether each can be used with the files in `folders`; for Mesh Graphormer
+    the missing files and, as the reason, what each is and where to get it."""
+    from .mesh.graphormer.files import missing_files, missing_message
 
-    present = set()
-    for folder in folders:
-        if folder and Path(folder).is_dir():
-            present.update(p.name for p in Path(folder).iterdir() if p.is_file())
-    implemented = set(mesh_model_names())
-    statuses = []
-    for name, files in MESH_MODEL_FILES.items():
-        missing = [f for f in files if f not in present]
-        reason = ("not implemented in this version" if name not in implemented else
-                  f"needs files that are missing: {', '.join(missing)}" if missing else "")
-        statuses.append(MeshModelStatus(name=name, available=not reason, missing=missing, reason=reason))
-    return statuses
+    folders = [Path(f) for f in folders if f]
+    missing = missing_files(folders)
+    return [MeshModelStatus(name="auto", available=True, missing=[], uses="landmarks" if missing else "graphormer"),
+            MeshModelStatus(name="graphormer", available=not missing, missing=missing,
+                            reason=missing_message(missing, folders) if missing else "", uses="graphormer"),
+            MeshModelStatus(name="landmarks", available=True, missing=[], uses="landmarks")]
 
 
 def build_listing(controlnet_dirs: Sequence[Path | str | None] = (), checkpoint_dirs: Sequence[Path | str | None] = (),
@@ -135,6 +124,20 @@ class ModelSlots:
             model = load()
             self._slots[kind] = (key, model)
             return model
+
+    def mesh_model(self, requested: str, folders: Sequence[Path | str], fallback: bool = False, device: Any = "cpu",
+                   dtype: Any = None) -> Tuple[Any, str]:
+        """(model, warning) for the `mesh_model` setting `requested` (mesh.resolve_mesh_model), the model held in
+        the "mesh" slot: Mesh Graphormer loads once per folders, device and dtype."""
+        from .mesh import get_mesh_model, resolve_mesh_model
+
+        folders = [Path(f) for f in folders]
+
+        def load(name: str) -> Any:
+            key = (name, tuple(str(f) for f in folders), str(device), dtype)
+            return self.get("mesh", key, lambda: get_mesh_model(name, folders, device=device, dtype=dtype))
+
+        return resolve_mesh_model(requested, folders, fallback, load)
 
     def models(self) -> List[Any]:
         with self._lock:

@@ -14,7 +14,7 @@ from lib_handrefiner.depth import render_depth
 from lib_handrefiner.detection import Hand, detect_hands, uncrop_hand
 from lib_handrefiner.imageio import ImageLike, to_rgb
 from lib_handrefiner.masking import IntBox, box_iou, build_mask, clamp_box, hand_box, union_box
-from lib_handrefiner.mesh import HandMesh, MeshModel, get_mesh_model
+from lib_handrefiner.mesh import HandMesh, MeshModel, resolve_mesh_model
 
 # A user box is searched for a hand in a crop grown by this fraction of its side on every side (the palm
 # detector needs some context) and resized so its longer side is this many pixels.
@@ -42,6 +42,7 @@ class PerceptionResult:
     mask: np.ndarray          # (H, W) uint8 0/255, all hands, dilated by args.mask_dilation
     timings_ms: Dict[str, float]
     hand_index: Optional[np.ndarray] = field(default=None, repr=False)  # (H, W) int16: hand of each depth pixel, -1
+    mesh_warning: str = ""    # why the meshes are not the model the settings asked for (mesh_fallback), else ""
 
     def hand_mask(self, i: int, dilation: int = 0) -> np.ndarray:
         """The mask of hand `i` alone: its box ∪ its depth pixels, uint8 0/255."""
@@ -56,7 +57,9 @@ class _Candidate:
 
 
 def perceive(image: ImageLike, args: HandRefinerArgs = HandRefinerArgs(),
-             mesh_model: Optional[MeshModel] = None) -> PerceptionResult:
+             mesh_model: Optional[MeshModel] = None, mesh_warning: str = "") -> PerceptionResult:
+    """`mesh_model`: the model the settings resolved to (None: resolve `args.mesh_model` here, files from the
+    HANDREFINER_MODELS_DIR folder), with the warning of that resolution."""
     timings: Dict[str, float] = {}
     start = clock = perf_counter()
 
@@ -71,7 +74,9 @@ def perceive(image: ImageLike, args: HandRefinerArgs = HandRefinerArgs(),
     lap("convert")
     candidates = _find_hands(rgb, args)
     lap("detect")
-    model = mesh_model if mesh_model is not None else get_mesh_model(args.mesh_model)
+    if mesh_model is None:
+        mesh_model, mesh_warning = resolve_mesh_model(args.mesh_model, fallback=args.mesh_fallback)
+    model = mesh_model
     meshes = [model.fit(c.hand, rgb) if c.hand is not None else None for c in candidates]
     lap("mesh")
     present = [i for i, m in enumerate(meshes) if m is not None]
@@ -88,7 +93,7 @@ def perceive(image: ImageLike, args: HandRefinerArgs = HandRefinerArgs(),
     mask = build_mask(width, height, [h.box for h in hands], rendered.depth > 0, args.mask_dilation)
     lap("mask")
     timings["total"] = (perf_counter() - start) * 1000.0
-    return PerceptionResult(width, height, hands, rendered.depth, mask, timings, hand_index)
+    return PerceptionResult(width, height, hands, rendered.depth, mask, timings, hand_index, mesh_warning)
 
 
 def _find_hands(rgb: np.ndarray, args: HandRefinerArgs) -> List[_Candidate]:
@@ -227,3 +232,8 @@ def nothing_to_refine_message(perception, args: HandRefinerArgs) -> str:
     if small:
         reasons.append(f"{small} hand(s) smaller than min_hand_size ({args.min_hand_size}px)")
     return f"nothing to refine: {'; '.join(reasons)}; image unchanged"
+
+
+def with_mesh_warning(message: str, perception: PerceptionResult) -> str:
+    """`message` with the perception's mesh warning (mesh_fallback used the landmark mesh), if any."""
+    return f"{message}; warning: {perception.mesh_warning}" if perception.mesh_warning else message

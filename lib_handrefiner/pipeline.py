@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lib_handrefiner.args import BUILTIN_SAMPLER, DEFAULT_NEGATIVE_PROMPT, HandRefinerArgs
+from lib_handrefiner.args import BUILTIN_SAMPLER, DEFAULT_NEGATIVE_PROMPT, MESHES_INFOTEXT_KEY, HandRefinerArgs
 from lib_handrefiner.sampler import LATENT_SCALE, InpaintRequest, SamplingInterrupted, ddim_step_count, \
     sample_inpaint, size_multiple, with_extra_negative
 from lib_handrefiner.sd_model import SDModel
@@ -64,12 +64,13 @@ class RefinedHand:
     seed: int = 0
     crop: Optional[Box] = None      # x0, y0, x1, y1 of the crop region (may extend past the image)
     crop_scale: float = 1.0         # working pixels per image pixel (1: native scale; above 1: zoomed in)
+    mesh: str = ""                  # the mesh model the hand's depth guide came from ("graphormer", "landmarks")
 
     def report(self) -> dict:
         """The hand as the refine JSON gives it (strict JSON: an MPJPE without a re-detected hand is null)."""
         return {"box": list(self.box), "handedness": self.handedness, "score": self.score, "strength": self.strength,
                 "tried": tried_entries(self.tried), "seed": self.seed,
-                "crop": list(self.crop) if self.crop else None, "crop_scale": self.crop_scale}
+                "crop": list(self.crop) if self.crop else None, "crop_scale": self.crop_scale, "mesh": self.mesh}
 
 
 TRIED_KEY = "HandRefiner tried"  # infotext: per refined hand, the strengths tried in adaptive mode
@@ -89,6 +90,11 @@ def tried_infotext(hands: Sequence[RefinedHand]) -> dict:
     if not any(h.tried for h in hands):
         return {}
     return {TRIED_KEY: dumps([tried_entries(h.tried) for h in hands], separators=(",", ":"))}
+
+
+def meshes_infotext(hands: Sequence[RefinedHand]) -> dict:
+    """{MESHES_INFOTEXT_KEY: the mesh model of each refined hand, in order} when any hand was refined."""
+    return {MESHES_INFOTEXT_KEY: " ".join(h.mesh for h in hands)} if hands else {}
 
 
 @dataclass
@@ -298,16 +304,18 @@ class _StepCounter:
 def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: str = "",
                  negative_prompt: Optional[str] = None,
                  seed: Optional[int] = None, mesh_model=None, perception=None, progress: Optional[ProgressFn] = None,
-                 should_stop: Optional[Callable[[], bool]] = None, sample_fn: Optional[SampleFn] = None
-                 ) -> RefineResult:
+                 should_stop: Optional[Callable[[], bool]] = None, sample_fn: Optional[SampleFn] = None,
+                 mesh_warning: str = "") -> RefineResult:
     """Refines the hands of `image` (any RGB input `imageio.to_rgb` takes). `args.prompt`/`negative_prompt`, when
     set, override the job's prompts given here; without a job negative (None) the official one is used. `perception` skips detection (e.g. user-edited boxes).
     `progress(done, total)` is called after every sampling step; `should_stop()` is polled before each one and
     ends the run with the hands refined so far. `sample_fn` inpaints each crop (None: the built-in
-    `sample_inpaint`); crops, masks, the adaptive search and compositing are the same whichever samples."""
+    `sample_inpaint`); crops, masks, the adaptive search and compositing are the same whichever samples.
+    `mesh_model` is the model `args.mesh_model` resolved to (None: resolved here) and `mesh_warning` the warning
+    of that resolution (the result's message repeats it)."""
     from lib_handrefiner.imageio import to_rgb
     from lib_handrefiner.masking import feather
-    from lib_handrefiner.perception import nothing_to_refine_message
+    from lib_handrefiner.perception import nothing_to_refine_message, with_mesh_warning
 
     if sample_fn is None and args.sampler != BUILTIN_SAMPLER:
         raise ValueError(f"sampler {args.sampler!r} is one of the WebUI's samplers, which only the WebUI extension "
@@ -316,14 +324,15 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     timings: dict = {}
     original = to_rgb(image)
     if mesh_model is None and args.mode == "adaptive":
-        from lib_handrefiner.mesh import get_mesh_model
+        from lib_handrefiner.mesh import resolve_mesh_model
 
-        mesh_model = get_mesh_model(args.mesh_model)  # one instance for perception and the pose checks
+        # One model for perception and the pose checks (the paper: the same hand mesh reconstruction model).
+        mesh_model, mesh_warning = resolve_mesh_model(args.mesh_model, fallback=args.mesh_fallback)
     if perception is None:
         from lib_handrefiner.perception import perceive
 
         t = time.perf_counter()
-        perception = perceive(original, args, mesh_model=mesh_model)
+        perception = perceive(original, args, mesh_model=mesh_model, mesh_warning=mesh_warning)
         _add(timings, "perception", t)
     if (perception.width, perception.height) != (original.shape[1], original.shape[0]):
         raise ValueError(f"the perception is for a {perception.width}x{perception.height} image but the image is "
@@ -334,7 +343,8 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     units = _units(perception, args, base_seed, size_multiple(sd.unet))
     if not units:
         _add(timings, "total", started)
-        return RefineResult(original.copy(), perception, [], infotext, timings, nothing_to_refine_message(perception, args),
+        return RefineResult(original.copy(), perception, [], infotext, timings,
+                            with_mesh_warning(nothing_to_refine_message(perception, args), perception),
                             base_seed, resolve_negative(args, negative_prompt))
 
     meshes = [hd.mesh for hd in perception.hands if hd.refinable]
@@ -377,7 +387,8 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
         refined += [RefinedHand(box=tuple(int(v) for v in hd.box),
                                 handedness=hd.hand.handedness if hd.hand else "unknown",
                                 score=float(hd.hand.score) if hd.hand else 0.0, strength=float(strength),
-                                tried=tried, seed=unit.seed, crop=crop_box, crop_scale=region.scale)
+                                tried=tried, seed=unit.seed, crop=crop_box, crop_scale=region.scale,
+                                mesh=hd.mesh.model)
                     for hd in unit.hands]
     if interrupted:
         message = f"interrupted: refined {regions} of {len(units)} region(s)"
@@ -386,8 +397,9 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     else:
         message = "the hand masks are empty; image unchanged"
     _add(timings, "total", started)
-    infotext = format_infotext({**entries, **tried_infotext(refined)})
-    return RefineResult(out, perception, refined, infotext, timings, message, base_seed, negative)
+    infotext = format_infotext({**entries, **tried_infotext(refined), **meshes_infotext(refined)})
+    return RefineResult(out, perception, refined, infotext, timings, with_mesh_warning(message, perception),
+                        base_seed, negative)
 
 
 def _add(timings: dict, key: str, since: float) -> None:
@@ -398,13 +410,17 @@ def _adaptive(sample: Callable[[Sequence[float]], List[np.ndarray]], unit: _Unit
               args: HandRefinerArgs, mesh_model):
     """Per region: the first strength whose re-detected pose error (in the crop) passes the reference test.
     `mesh_model` is the one refine_image resolved, so the pose checks fit the same mesh as the guide."""
-    from lib_handrefiner.adaptive import pose_error, search_strength
+    from lib_handrefiner.adaptive import refit_error, search_strength
+    from lib_handrefiner.detection import crop_hand
     from lib_handrefiner.mesh import transform_mesh
 
-    targets = [transform_mesh(hd.mesh, region.scale, (region.x0, region.y0)).joints[:, :2] for hd in unit.hands]
+    offset = (region.x0, region.y0)
+    targets = [transform_mesh(hd.mesh, region.scale, offset).joints[:, :2] for hd in unit.hands]
+    hands = [crop_hand(hd.hand, region.scale, offset) for hd in unit.hands]
 
     def error(crop_rgb: np.ndarray) -> float:
-        return float(np.mean([pose_error(crop_rgb, target, mesh_model, args) for target in targets]))
+        return float(np.mean([refit_error(crop_rgb, hand, target, mesh_model, args)
+                              for hand, target in zip(hands, targets)]))
 
     return search_strength(sample, error, reference=args.adaptive_reference, strengths=args.adaptive_strengths,
                            factor=args.adaptive_factor, batch_size=args.adaptive_batch)

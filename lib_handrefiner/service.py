@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -53,11 +53,13 @@ class StandaloneService:
     """Loads the checkpoint and ControlNet named by a request (cached, one of each at a time)."""
 
     def __init__(self, checkpoint: Path, controlnet: Path, models_dir: Optional[Path] = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", mesh_model: str = "auto", mesh_fallback: bool = False) -> None:
         self.checkpoint = Path(checkpoint)
         self.controlnet = Path(controlnet)
         self.folders = standard_folders(models_dir)
         self.device = device
+        # The mesh model for requests that leave mesh_model at "auto" (serve --mesh), and whether to fall back.
+        self.mesh_model, self.mesh_fallback = mesh_model, mesh_fallback
         self._models = ModelSlots()
 
     def listing(self) -> ModelListing:
@@ -69,7 +71,7 @@ class StandaloneService:
 
     def perceive(self, image: np.ndarray, args: HandRefinerArgs) -> Any:
         from .perception import perceive
-        return perceive(image, args, mesh_model=self._mesh_model(args.mesh_model))
+        return perceive(image, args, *self._mesh_model(args))
 
     def refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any = None) -> Any:
         from .pipeline import refine_image
@@ -79,12 +81,18 @@ class StandaloneService:
                            if args.inpaint_checkpoint else self.checkpoint)
         sd = self._load("sd", checkpoint_path, self._load_sd)
         controlnet = self._load("controlnet", controlnet_path, self._load_controlnet)
-        return refine_image(image, sd, controlnet, args, prompt=args.prompt, seed=seed, mesh_model=self._mesh_model(args.mesh_model), perception=perception)
+        mesh_model, mesh_warning = self._mesh_model(args)
+        return refine_image(image, sd, controlnet, args, prompt=args.prompt, seed=seed, mesh_model=mesh_model,
+                            perception=perception, mesh_warning=mesh_warning)
 
-    def _mesh_model(self, name: str) -> Any:
-        from .mesh import get_mesh_model
-        mesh_dir = next((d for d in self.folders.mesh_dirs if Path(d).is_dir()), None)
-        return self._load("mesh", Path(f"{name}@{mesh_dir}"), lambda _: get_mesh_model(name, models_dir=mesh_dir))
+    def _mesh_model(self, args: Any) -> Tuple[Any, str]:
+        """(model, warning); MeshModelError when it cannot be made (the API answers 503)."""
+        import torch
+
+        requested = self.mesh_model if args.mesh_model == "auto" else args.mesh_model
+        on_gpu = torch.device(self.device).type == "cuda"
+        return self._models.mesh_model(requested, self.folders.mesh_dirs, args.mesh_fallback or self.mesh_fallback,
+                                       self.device, torch.float16 if on_gpu else torch.float32)
 
     def _load_sd(self, path: Path) -> Any:
         from .sd_model import load_sd_checkpoint

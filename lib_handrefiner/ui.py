@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from .args import HandRefinerArgs
 from .detection import DetectorUnavailable
 from .imageio import to_rgb
+from .mesh import MeshModelError
 from .service import HandRefinerService
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +34,8 @@ Box = Tuple[float, float, float, float]
 
 # The settings the standalone page shows (the WebUI accordion shows its own, from the same model).
 STANDALONE_FIELDS = ("prompt", "negative_prompt", "strength", "mode", "steps", "cfg_scale", "seed",
-                     "crop_resolution", "crop_min_side", "mask_padding", "mask_feather", "max_hands", "detection_confidence",
-                     "controlnet")
+                     "crop_resolution", "crop_min_side", "mask_padding", "mask_feather", "max_hands",
+                     "detection_confidence", "mesh_model", "mesh_fallback", "controlnet")
 
 
 # ---- settings controls from HandRefinerArgs -------------------------------------------------------------------
@@ -146,7 +147,8 @@ def hands_summary(perception: Any) -> List[dict]:
     return [{"box": [int(v) for v in p.box],
              "handedness": p.hand.handedness if p.hand is not None else None,
              "score": round(float(p.hand.score), 3) if p.hand is not None else None,
-             "refinable": bool(p.refinable)} for p in perception.hands]
+             "refinable": bool(p.refinable),
+             "mesh": p.mesh.model if p.mesh is not None else None} for p in perception.hands]
 
 
 # ---- the editor -------------------------------------------------------------------------------------------------
@@ -201,7 +203,7 @@ def build_editor(service: HandRefinerService, image: Optional[gr.Image] = None,
         with lock:
             try:
                 return service.perceive(img, args)
-            except DetectorUnavailable as e:
+            except (DetectorUnavailable, MeshModelError) as e:
                 raise gr.Error(str(e)) from e
 
     def with_boxes(values: Sequence[Any], edited: Sequence[Box]) -> HandRefinerArgs:

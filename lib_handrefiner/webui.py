@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from .args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, HandRefinerArgs
 from .detection import DetectorUnavailable
+from .mesh import MeshModelError
 from .models_registry import ModelListing, ModelNameError, ModelSlots, build_listing, check_name_safe, resolve_name
 
 log = logging.getLogger("handrefiner")
@@ -38,8 +39,9 @@ PREVIEWS_ATTRIBUTE = "handrefiner_previews"   # p.<this>: [PIL image] shown afte
 DEFAULT_CONTROLNET_URL = "https://huggingface.co/hr16/ControlNet-HandRefiner-pruned"
 
 # Fields whose defaults the settings section holds (the others keep HandRefinerArgs' defaults).
-SETTING_FIELDS = ("strength", "mode", "extra_negative", "mesh_model", "controlnet", "inpaint_checkpoint", "steps",
-                  "cfg_scale", "denoising_strength", "mask_padding", "mask_feather", "crop_resolution", "max_hands")
+SETTING_FIELDS = ("strength", "mode", "extra_negative", "mesh_model", "mesh_fallback", "controlnet",
+                  "inpaint_checkpoint", "steps", "cfg_scale", "denoising_strength", "mask_padding", "mask_feather",
+                  "crop_resolution", "max_hands")
 KEEP_LOADED_SETTING = "handrefiner_keep_models_on_device"
 XYZ_FIELDS = ("strength", "mode", "sampler", "scheduler")
 
@@ -50,7 +52,7 @@ GROUPS: Dict[str, Tuple[str, ...]] = {
     "row:main": ("strength", "mode"),
     "accordion:Adaptive strength": ("adaptive_strengths", "adaptive_reference", "adaptive_factor"),
     "column:prompts": ("prompt", "negative_prompt", "extra_negative"),
-    "row:models": ("mesh_model", "controlnet", "inpaint_checkpoint"),
+    "row:models": ("mesh_model", "mesh_fallback", "controlnet", "inpaint_checkpoint"),
     "row:sampler": ("sampler", "scheduler"),
     "row:sampling": ("steps", "cfg_scale", "denoising_strength", "seed"),
     "accordion:Mask, crop and detection": ("mask_padding", "mask_padding_ratio", "mask_dilation", "mask_feather",
@@ -678,7 +680,11 @@ class WebUIRefiner:
     def perceive(self, image: np.ndarray, args: HandRefinerArgs) -> Any:
         from .perception import perceive
 
-        return perceive(image, args, mesh_model=self._mesh_model(args.mesh_model, self.env_factory()))
+        env = self.env_factory()
+        try:
+            return perceive(image, args, *self._mesh_model(args, env))
+        finally:
+            self._release(env)
 
     def refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any = None,
                prompt: str = "", negative_prompt: Optional[str] = None, progress: Optional[WebUIProgress] = None,
@@ -697,7 +703,7 @@ class WebUIRefiner:
         env = self.env_factory()
         try:
             engine = self._webui_engine(args, env, job, progress)
-            mesh_model = self._mesh_model(args.mesh_model, env)
+            mesh_model, mesh_warning = self._mesh_model(args, env)
             with self._models_on_device(args, env, webui_model_only=engine is not None) as (sd, controlnet, choice):
                 should_stop = progress.should_stop if progress else None
                 if engine is not None:
@@ -705,7 +711,8 @@ class WebUIRefiner:
                     with torch.no_grad():
                         result = refine_image(image, sd, controlnet, args, prompt=prompt,
                                               negative_prompt=negative_prompt, seed=seed, mesh_model=mesh_model,
-                                              perception=perception, should_stop=should_stop, sample_fn=engine)
+                                              perception=perception, should_stop=should_stop, sample_fn=engine,
+                                              mesh_warning=mesh_warning)
                     if result.hands:
                         result.message += f" with the WebUI's {describe_sampler(args)}"
                 else:
@@ -713,7 +720,7 @@ class WebUIRefiner:
                         result = refine_image(image, sd, controlnet, args, prompt=prompt,
                                               negative_prompt=negative_prompt, seed=seed, mesh_model=mesh_model,
                                               perception=perception, progress=progress.step if progress else None,
-                                              should_stop=should_stop)
+                                              should_stop=should_stop, mesh_warning=mesh_warning)
             if choice.note and result.hands:
                 result.message = f"{result.message} ({choice.note})"
             return result, choice
@@ -766,7 +773,8 @@ class WebUIRefiner:
             return outcome
         except Exception as e:  # the user's image must survive anything HandRefiner does
             message = failure_message(e)
-            if isinstance(e, (HandRefinerFailure, ModelNameError, FileNotFoundError, DetectorUnavailable)):
+            if isinstance(e, (HandRefinerFailure, ModelNameError, FileNotFoundError, DetectorUnavailable,
+                              MeshModelError)):
                 log.warning("HandRefiner: %s", message)
             else:
                 log.exception("HandRefiner: %s", message)
@@ -830,11 +838,18 @@ class WebUIRefiner:
         return self._models.get("checkpoint", (path, env.dtype),
                             lambda: load_sd_checkpoint(path, find_config(path), "cpu", env.dtype))
 
-    def _mesh_model(self, name: str, env: WebUIEnv) -> Any:
-        from .mesh import get_mesh_model
-
-        folder = next((d for d in env.folders.mesh_dirs if d.is_dir()), None)
-        return self._models.get("mesh", (name, folder), lambda: get_mesh_model(name, models_dir=folder))
+    def _mesh_model(self, args: HandRefinerArgs, env: WebUIEnv) -> Tuple[Any, str]:
+        """(model, warning) for the settings, on the WebUI's device (back to the CPU after the image, like the
+        ControlNet) and, on a GPU, in its precision. MeshModelError (the image is kept, the message in the
+        infotext) names each missing or wrong file and where to get it."""
+        on_gpu = torch.device(env.device).type == "cuda"
+        model, warning = self._models.mesh_model(args.mesh_model, env.folders.mesh_dirs, args.mesh_fallback,
+                                                 "cpu", env.dtype if on_gpu else torch.float32)
+        if isinstance(model, torch.nn.Module):
+            model.to(env.device)
+        if warning:
+            log.warning("HandRefiner: %s", warning)
+        return model, warning
 
 
 def sampling_names(env: WebUIEnv) -> Tuple[List[str], List[str]]:
@@ -884,7 +899,7 @@ def _without_controlnet_extension_hook(unet: Any) -> Iterator[None]:
 def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> ImageOutcome:
     from PIL import Image
 
-    from .pipeline import tried_infotext
+    from .pipeline import meshes_infotext, tried_infotext
 
     refined = bool(result.hands)
     strengths = sorted({f"{h.strength:g}" for h in result.hands})
@@ -895,11 +910,13 @@ def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> Im
     if args.save_mask and refined:
         previews.append(("-handrefiner-mask", Image.fromarray(result.perception.mask).convert("RGB")))
     image = Image.fromarray(result.image) if refined else job.image
-    return ImageOutcome(image, summary, refined, {RESULT_KEY: summary, **tried_infotext(result.hands)}, previews)
+    return ImageOutcome(image, summary, refined,
+                        {RESULT_KEY: summary, **tried_infotext(result.hands), **meshes_infotext(result.hands)},
+                        previews)
 
 
 def failure_message(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
+    text = " ".join(str(error).split()) or type(error).__name__  # one line (a mesh error lists files on lines)
     if "out of memory" in text.lower() or type(error).__name__ == "OutOfMemoryError":
         return ("failed: out of GPU memory; the image is kept. Lower HandRefiner's crop resolution, refine hands "
                 "one after another, or start the WebUI with --medvram")

@@ -82,9 +82,11 @@ def test_models_lists_the_tiny_controlnet_and_mesh_models(client, tiny_models):
     assert tiny_models.controlnet.stem in models["controlnets"]
     assert models["default_controlnet"] == tiny_models.controlnet.stem
     mesh = {m["name"]: m for m in models["mesh_models"]}
-    assert mesh["landmarks"] == {"name": "landmarks", "available": True, "missing": [], "reason": ""}
+    assert mesh["landmarks"] == {"name": "landmarks", "available": True, "missing": [], "reason": "",
+                                 "uses": "landmarks"}
     assert mesh["graphormer"]["available"] is False and "MANO_RIGHT.pkl" in mesh["graphormer"]["missing"]
-    assert mesh["graphormer"]["reason"]
+    assert "mano.is.tue.mpg.de" in mesh["graphormer"]["reason"]
+    assert mesh["auto"] == {"name": "auto", "available": True, "missing": [], "reason": "", "uses": "landmarks"}
 
 
 def test_openapi_documents_the_request(client):
@@ -187,7 +189,6 @@ GREY = b64_image(np.full((64, 64, 3), 128, np.uint8))
     ({"image": GREY, "controlnet": "model\x00.safetensors"}, "controlnet", "NUL"),
     ({"image": GREY, "controlnet": "not_installed"}, "controlnet", "not an available model"),
     ({"image": GREY, "inpaint_checkpoint": "..\\sd"}, "inpaint_checkpoint", "is a path"),
-    ({"image": GREY, "mesh_model": "graphormer"}, "mesh_model", "is not available"),
 ])
 def test_bad_input_is_a_422_naming_the_field(client, payload, field, words):
     response = client.post("/handrefiner/refine", json=payload)

@@ -216,7 +216,3 @@ def test_the_released_layout_loads_and_fits_a_shipped_image(graphormer_folder, g
     assert x0 <= hit_x.min() and hit_x.max() < x1 and y0 <= hit_y.min() and hit_y.max() < y1
 
 
-def test_the_models_listing_names_the_same_files():
-    from lib_handrefiner.models_registry import MESH_MODEL_FILES
-
-    assert tuple(MESH_MODEL_FILES["graphormer"]) == files.FILE_NAMES

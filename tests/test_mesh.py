@@ -61,7 +61,7 @@ def _assert_closed_and_outward(mesh: HandMesh, n_parts: int = 16):
 def test_registry():
     assert "landmarks" in mesh_model_names()
     assert get_mesh_model("landmarks").name == "landmarks"
-    with pytest.raises(MeshModelError, match="available: landmarks"):
+    with pytest.raises(MeshModelError, match="available: auto, landmarks, graphormer"):
         get_mesh_model("nope")
 
 

@@ -903,3 +903,41 @@ def test_webui_samplers_in_the_api(wui, malformed):
     unknown = client.post("/handrefiner/refine", json={"image": base64.b64encode(buffer.getvalue()).decode(),
                                                        "scheduler": "karras"})
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "scheduler"]
+
+
+def test_mesh_graphormer_in_the_webui(wui, script, malformed, graphormer_folder):
+    """auto takes Mesh Graphormer once its files are in models/handrefiner/ and the infotext says so; chosen
+    without its files, the image is kept and the result names each missing file and where to get it."""
+    from modules import shared
+
+    from lib_handrefiner.args import MESHES_INFOTEXT_KEY
+    from lib_handrefiner.mesh.graphormer.files import FILE_NAMES
+
+    controls, _ = ui_values(script)
+    by_name = dict(zip(HandRefinerArgs.field_names(), controls))
+    assert by_name["mesh_model"].value == "auto"
+    assert [c[0] if isinstance(c, tuple) else c for c in by_name["mesh_model"].choices] == \
+        ["auto", "graphormer", "landmarks"]
+    assert isinstance(by_name["mesh_fallback"], gr.Checkbox)
+    folder = Path(shared.models_path) / "handrefiner"
+    folder.mkdir(exist_ok=True)
+    try:
+        p, pp = run(script, malformed, [{"enabled": True, "mesh_model": "graphormer", **FAST}])
+        result = p.extra_generation_params[webui.RESULT_KEY]
+        assert result.startswith("failed:") and all(name in result for name in FILE_NAMES)
+        assert "mano.is.tue.mpg.de" in result and np.array_equal(np.asarray(pp.image), malformed)
+        p, _ = run(script, malformed, [{"enabled": True, "mesh_model": "graphormer", "mesh_fallback": True, **FAST}])
+        assert "warning: used the landmark mesh" in p.extra_generation_params[webui.RESULT_KEY]
+        assert p.extra_generation_params[MESHES_INFOTEXT_KEY] == "landmarks"
+        for name in FILE_NAMES:
+            (folder / name).symlink_to(graphormer_folder / name)
+        p, pp = run(script, malformed, [{"enabled": True, **FAST}])
+        assert p.extra_generation_params[webui.RESULT_KEY].startswith("refined 1 ")
+        assert p.extra_generation_params[MESHES_INFOTEXT_KEY] == "graphormer"
+        assert "HandRefiner meshes: graphormer" in pp.image.info["parameters"]
+        (mesh,) = [m for m in wui.refiner._models.models() if getattr(m, "name", "") == "graphormer"]
+        assert next(mesh.parameters()).device.type == "cpu"  # back on the CPU after the image
+    finally:
+        for name in FILE_NAMES:
+            (folder / name).unlink(missing_ok=True)
+        wui.refiner._models.mesh_model("landmarks", [folder])  # let the network go

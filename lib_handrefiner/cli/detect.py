@@ -1,9 +1,9 @@
 """`python -m lib_handrefiner detect IMAGE... --out DIR`: find hands; write depth, mask, overlay and JSON.
 
 For each image: `<stem>.hands.json` (width, height, hands with handedness, score, mask box, 21 landmarks in pixels
-and mesh name; timings_ms), `<stem>.depth.png`, `<stem>.mask.png` and `<stem>.overlay.png`. Needs no downloaded
-weights. An unreadable image gets a one-line error naming it; the others are still processed and the exit status
-is then 1.
+and mesh model name; timings_ms), `<stem>.depth.png`, `<stem>.mask.png` and `<stem>.overlay.png`. Needs no
+downloaded weights; `--mesh graphormer` needs Mesh Graphormer's three files (exit 1 naming each one missing). An
+unreadable image gets a one-line error naming it; the others are still processed and the exit status is then 1.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 from pydantic import ValidationError
 
 from lib_handrefiner.args import HandRefinerArgs
-from lib_handrefiner.cli.common import make_output_folder, settings_error
+from lib_handrefiner.cli.common import add_mesh_arguments, load_mesh_model, make_output_folder, settings_error
 
 DEFAULTS = HandRefinerArgs()
 _FIELD = HandRefinerArgs.__fields__
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=_describe("mask_padding_ratio"))
     parser.add_argument("--mask-dilation", type=int, default=DEFAULTS.mask_dilation, metavar="PX",
                         help=_describe("mask_dilation"))
-    parser.add_argument("--mesh", default=DEFAULTS.mesh_model, metavar="MODEL", help=_describe("mesh_model"))
+    add_mesh_arguments(parser)
     parser.add_argument("--box", type=_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
                         help="a hand box in pixels (repeat for several); see --boxes-mode")
     parser.add_argument("--boxes-mode", choices=["replace", "add"], default=DEFAULTS.boxes_mode,
@@ -64,8 +64,8 @@ def settings(ns: argparse.Namespace) -> HandRefinerArgs:
     return HandRefinerArgs(max_hands=ns.max_hands, detection_confidence=ns.detection_confidence,
                            presence_confidence=ns.presence_confidence, min_hand_size=ns.min_hand_size,
                            mask_padding=ns.mask_padding, mask_padding_ratio=ns.mask_padding_ratio,
-                           mask_dilation=ns.mask_dilation, mesh_model=ns.mesh, boxes=ns.box,
-                           boxes_mode=ns.boxes_mode)
+                           mask_dilation=ns.mask_dilation, mesh_model=ns.mesh, mesh_fallback=ns.mesh_fallback,
+                           boxes=ns.box, boxes_mode=ns.boxes_mode)
 
 
 def hands_json(result) -> dict:
@@ -83,6 +83,7 @@ def hands_json(result) -> dict:
             "from_user_box": bool(p.from_user_box),
         })
     return {"width": result.width, "height": result.height, "hands": hands,
+            **({"mesh_warning": result.mesh_warning} if result.mesh_warning else {}),
             "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()}}
 
 
@@ -134,7 +135,7 @@ def output_paths(image: Path, out_dir: Path) -> List[Path]:
     return [out_dir / f"{image.stem}.{kind}" for kind in ("hands.json", "depth.png", "mask.png", "overlay.png")]
 
 
-def _detect_one(path: Path, out_dir: Path, args: HandRefinerArgs, mesh_model) -> str:
+def _detect_one(path: Path, out_dir: Path, args: HandRefinerArgs, mesh_model, mesh_warning: str) -> str:
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.perception import overlay_image, perceive
 
@@ -142,7 +143,7 @@ def _detect_one(path: Path, out_dir: Path, args: HandRefinerArgs, mesh_model) ->
     outside = box_outside(path, args.boxes, rgb.shape[1], rgb.shape[0])
     if outside:
         raise ImageError(outside)
-    result = perceive(rgb, args, mesh_model=mesh_model)
+    result = perceive(rgb, args, mesh_model=mesh_model, mesh_warning=mesh_warning)
     stem = out_dir / path.stem
     Path(f"{stem}.hands.json").write_text(_compact_json({"image": str(path), **hands_json(result)}))
     _save_png(Path(f"{stem}.depth.png"), result.depth)
@@ -159,17 +160,18 @@ def run(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lib_handrefiner.imageio import ImageError
-    from lib_handrefiner.mesh import MeshModelError, get_mesh_model
+    from lib_handrefiner.mesh import MeshModelError
 
     try:
         args = settings(ns)
-        mesh_model = get_mesh_model(args.mesh_model)
     except ValidationError as e:
         print(f"error: {settings_error(e)}", file=sys.stderr)
         return 2
-    except MeshModelError as e:
+    try:
+        mesh_model, mesh_warning = load_mesh_model(ns, args)
+    except MeshModelError as e:  # the mesh model's files: missing or wrong, each named
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     out_dir = Path(ns.out)
     problem = make_output_folder(out_dir)
     if problem:
@@ -186,7 +188,7 @@ def run(ns: argparse.Namespace) -> int:
                 failures += 1
                 continue
             try:
-                tqdm.write(_detect_one(path, out_dir, args, mesh_model), file=sys.stdout)
+                tqdm.write(_detect_one(path, out_dir, args, mesh_model, mesh_warning), file=sys.stdout)
             except ImageError as e:
                 tqdm.write(f"error: {e}", file=sys.stderr)
                 failures += 1

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs, parse_setting
-from lib_handrefiner.cli.common import add_negative_argument, make_output_folder, settings_error
+from lib_handrefiner.cli.common import (add_mesh_arguments, add_negative_argument, load_mesh_model, make_output_folder,
+                                        settings_error)
 
 DEFAULTS = HandRefinerArgs()
 
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: out)")
     parser.add_argument("--save-depth", action="store_true", help="also write <stem>.depth.png")
     parser.add_argument("--save-mask", action="store_true", help="also write <stem>.mask.png")
+    add_mesh_arguments(parser)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="any other HandRefiner setting by its API/infotext field name, e.g. crop_resolution=768, "
                              "mask_feather=12, hands_together=true, adaptive_strengths=0.4;0.6 (repeatable)")
@@ -49,7 +51,8 @@ def settings(ns: argparse.Namespace) -> HandRefinerArgs:
     overrides = dict(parse_setting(text) for text in ns.set)
     return HandRefinerArgs(**{**dict(strength=ns.strength, mode="adaptive" if ns.adaptive else "fixed",
                                      steps=ns.steps, cfg_scale=ns.cfg, seed=ns.seed, save_depth=ns.save_depth,
-                                     save_mask=ns.save_mask), **overrides, "enabled": True})
+                                     save_mask=ns.save_mask, mesh_model=ns.mesh, mesh_fallback=ns.mesh_fallback),
+                              **overrides, "enabled": True})
 
 
 def parameters_text(prompt: str, negative: str, infotext: str) -> str:
@@ -106,6 +109,7 @@ def run(ns: argparse.Namespace) -> int:
     from lib_handrefiner.cli.detect import OutputGuard, box_outside
     from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
     from lib_handrefiner.imageio import ImageError, load_image
+    from lib_handrefiner.mesh import MeshModelError
     from lib_handrefiner.pipeline import refine_image
     from lib_handrefiner.sd_model import CheckpointError, load_sd_checkpoint, use_fast_attention
 
@@ -127,6 +131,11 @@ def run(ns: argparse.Namespace) -> int:
     except (CheckpointError, ControlNetLoadError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        mesh_model, mesh_warning = load_mesh_model(ns, args, device, dtype)
+    except MeshModelError as e:  # the mesh model's files: missing or wrong, each named
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     failures = 0
     guard = OutputGuard([Path(name) for name in ns.images])
     for name in ns.images:
@@ -153,7 +162,7 @@ def run(ns: argparse.Namespace) -> int:
                 bar.update(done - bar.n)
 
             result = refine_image(rgb, sd, controlnet, args, prompt=ns.prompt, negative_prompt=ns.negative,
-                                  progress=progress)
+                                  progress=progress, mesh_model=mesh_model, mesh_warning=mesh_warning)
         output = out_dir / f"{path.stem}.refined.png"
         save_png(output, result.image, parameters_text(ns.prompt, result.negative_prompt, result.infotext))
         if ns.save_depth:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.cli.common import add_mesh_arguments
+from lib_handrefiner.mesh import MODELS_DIR_ENV
 
 TINY_NOTICE = ("No weights configured: serving TINY RANDOM models (for trying the UI and API; the refined hands "
                "are noise). Pass --checkpoint and --controlnet for real results.")
@@ -27,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controlnet", type=Path, help="HandRefiner depth ControlNet file.")
     parser.add_argument("--models-dir", type=Path,
                         help="Folder with the WebUI's layout (ControlNet/, Stable-diffusion/, handrefiner/) whose "
-                             "models requests may name.")
+                             "models requests may name; Mesh Graphormer's files in its handrefiner/ or itself "
+                             f"(default: the {MODELS_DIR_ENV} environment variable).")
+    add_mesh_arguments(parser, "requests that leave mesh_model at auto", models_dir=False)
     parser.add_argument("--tiny-dir", type=Path, default=default_tiny_dir(),
                         help="Where the tiny models are built when no weights are given (default: %(default)s).")
     parser.add_argument("--device", default="cpu",
@@ -74,7 +78,9 @@ def run(ns: argparse.Namespace) -> int:
     if notice:
         banner = "!" * len(notice)
         print(f"{banner}\n{notice}\n{banner}", file=sys.stderr, flush=True)
-    service = StandaloneService(checkpoint, controlnet, ns.models_dir, device=ns.device)
+    models_dir = ns.models_dir or (Path(os.environ[MODELS_DIR_ENV]) if os.environ.get(MODELS_DIR_ENV) else None)
+    service = StandaloneService(checkpoint, controlnet, models_dir, device=ns.device, mesh_model=ns.mesh,
+                                mesh_fallback=ns.mesh_fallback)
     app = create_app(service, notice, defaults)
     print(f"HandRefiner: editor at http://{ns.host}:{ns.port}/ , API at http://{ns.host}:{ns.port}/handrefiner/ "
           f"(docs at /docs)", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ import numpy as np
 
 from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs
-from lib_handrefiner.cli.common import add_negative_argument
+from lib_handrefiner.cli.common import add_mesh_arguments, add_negative_argument, load_mesh_model
 
 DEFAULTS = HandRefinerArgs()
 DEFAULT_STRENGTHS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=256, metavar="PX", help="tile side in the grid (default 256)")
     parser.add_argument("--columns", type=int, default=6, metavar="N", help="tiles per row (default 6)")
     parser.add_argument("--out", metavar="FILE", help="grid image (default <stem>.sweep.png here)")
+    add_mesh_arguments(parser, "the depth guide and the MPJPE")
 
 
 def parse_strengths(text: str) -> List[float]:
@@ -73,6 +74,7 @@ def run(ns: argparse.Namespace) -> int:
     from lib_handrefiner.cli.refine import _device
     from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
     from lib_handrefiner.imageio import ImageError, load_image
+    from lib_handrefiner.mesh import MeshModelError
     from lib_handrefiner.pipeline import choose_seed
     from lib_handrefiner.sd_model import CheckpointError, load_sd_checkpoint
 
@@ -91,7 +93,8 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     try:
         strengths = parse_strengths(ns.strengths)
-        args = HandRefinerArgs(enabled=True, steps=ns.steps, cfg_scale=ns.cfg, crop_resolution=ns.crop_resolution)
+        args = HandRefinerArgs(enabled=True, steps=ns.steps, cfg_scale=ns.cfg, crop_resolution=ns.crop_resolution,
+                               mesh_model=ns.mesh, mesh_fallback=ns.mesh_fallback)
         rgb = load_image(ns.image)
         device, dtype = _device()
         sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
@@ -99,10 +102,15 @@ def run(ns: argparse.Namespace) -> int:
     except (ValueError, ImageError, CheckpointError, ControlNetLoadError, FileNotFoundError) as error:
         print(f"error: {settings_error(error)}", file=sys.stderr)
         return 2
+    try:
+        mesh_model, _ = load_mesh_model(ns, args, device, dtype)
+    except MeshModelError as error:  # the mesh model's files: missing or wrong, each named
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     seed = choose_seed(ns.seed, args)
     try:
         tiles = sweep(rgb, sd, controlnet, args, strengths, seed, hand_index=ns.hand, prompt=ns.prompt,
-                      negative_prompt=ns.negative)
+                      negative_prompt=ns.negative, mesh_model=mesh_model)
     except LookupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -125,13 +133,16 @@ def sweep(rgb: np.ndarray, sd, controlnet, args: HandRefinerArgs, strengths: Seq
           ) -> List[SweepTile]:
     """The input crop, its depth hint, then one refined crop per strength, all from the same seed; each image
     crop with its MPJPE against the guiding mesh."""
-    from lib_handrefiner.adaptive import pose_error
-    from lib_handrefiner.mesh import get_mesh_model
+    from lib_handrefiner.adaptive import refit_error
+    from lib_handrefiner.detection import crop_hand
+    from lib_handrefiner.mesh import resolve_mesh_model
     from lib_handrefiner.perception import perceive
     from lib_handrefiner.pipeline import cut, hand_crop_region, refine_image
 
-    mesh_model = mesh_model or get_mesh_model(args.mesh_model)
-    perception = perceive(rgb, args, mesh_model=mesh_model)
+    mesh_warning = ""
+    if mesh_model is None:
+        mesh_model, mesh_warning = resolve_mesh_model(args.mesh_model, fallback=args.mesh_fallback)
+    perception = perceive(rgb, args, mesh_model=mesh_model, mesh_warning=mesh_warning)
     refinable = [h for h in perception.hands if h.refinable]
     if not 0 <= hand_index < len(refinable):
         raise LookupError(f"the image has {len(refinable)} refinable hand(s); --hand {hand_index} does not exist"
@@ -142,15 +153,17 @@ def sweep(rgb: np.ndarray, sd, controlnet, args: HandRefinerArgs, strengths: Seq
     region = hand_crop_region(chosen.box, perception.width, perception.height, args.crop_resolution,
                               min_side=args.crop_min_side)
     target = chosen.mesh.joints[:, :2] - np.array([region.x0, region.y0])
+    hand = crop_hand(chosen.hand, 1.0, (region.x0, region.y0))
     original = cut(rgb, region, "edge")
     # The input's own error is the detector's noise floor: what an unchanged hand scores.
-    tiles = [SweepTile("input", None, pose_error(original, target, mesh_model, args), original),
+    tiles = [SweepTile("input", None, refit_error(original, hand, target, mesh_model, args), original),
              SweepTile("depth", None, None, np.repeat(cut(perception.depth, region, "constant")[..., None], 3, 2))]
     for strength in strengths:
         result = refine_image(rgb, sd, controlnet, args.copy(update={"strength": strength, "mode": "fixed"}),
-                              prompt=prompt, negative_prompt=negative_prompt, seed=seed, perception=single)
+                              prompt=prompt, negative_prompt=negative_prompt, seed=seed, perception=single,
+                              mesh_model=mesh_model)
         crop = cut(result.image, region, "edge")
-        tiles.append(SweepTile(f"{strength:g}", strength, pose_error(crop, target, mesh_model, args), crop))
+        tiles.append(SweepTile(f"{strength:g}", strength, refit_error(crop, hand, target, mesh_model, args), crop))
     return tiles
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -58,8 +58,9 @@ class MeshModelError(ValueError):
 
 
 ModelsDir = Union[None, str, Path, Sequence[Union[str, Path]]]
-# A factory takes the models folder(s) (None, a folder, or a list of folders; see graphormer.files.search_folders).
-MeshFactory = Callable[[ModelsDir], MeshModel]
+# A factory takes the models folder(s) (None, a folder, or a list of folders; see graphormer.files.search_folders),
+# the torch device and dtype its network runs in (models without one ignore them).
+MeshFactory = Callable[..., MeshModel]
 
 # name -> "module:attribute" of a factory taking models_dir (imported on first use), or the factory itself.
 _REGISTRY: Dict[str, Union[str, MeshFactory]] = {
@@ -76,14 +77,46 @@ def mesh_model_names() -> Tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get_mesh_model(name: str = "landmarks", models_dir: ModelsDir = None) -> MeshModel:
+AUTO = "auto"  # the setting that picks graphormer when its files are found, else landmarks
+MODELS_DIR_ENV = "HANDREFINER_MODELS_DIR"  # the models folder when none is given
+
+
+def auto_mesh_name(models_dir: ModelsDir = None) -> str:
+    from lib_handrefiner.mesh.graphormer.files import missing_files, search_folders
+
+    return "landmarks" if missing_files(search_folders(models_dir)) else "graphormer"
+
+
+def get_mesh_model(name: str = "landmarks", models_dir: ModelsDir = None, device: Any = "cpu",
+                   dtype: Any = None) -> MeshModel:
+    """The mesh model called `name` ("auto": see auto_mesh_name), its files from `models_dir`, its network (if
+    any) on `device` in `dtype` (None: float32); MeshModelError (for Mesh Graphormer: naming each missing or
+    wrong file) when it cannot be made."""
+    if name == AUTO:
+        name = auto_mesh_name(models_dir)
     if name not in _REGISTRY:
-        raise MeshModelError(f"unknown mesh model {name!r}; available: {', '.join(_REGISTRY)}")
+        raise MeshModelError(f"unknown mesh model {name!r}; available: {', '.join((AUTO, *_REGISTRY))}")
     factory = _REGISTRY[name]
     if isinstance(factory, str):
         module_name, attribute = factory.split(":")
         factory = getattr(importlib.import_module(module_name), attribute)
-    return factory(models_dir)
+    return factory(models_dir, device=device, dtype=dtype)
+
+
+def resolve_mesh_model(requested: str, models_dir: ModelsDir = None, fallback: bool = False,
+                       load: Optional[Callable[[str], MeshModel]] = None) -> Tuple[MeshModel, str]:
+    """(model, warning) for the `mesh_model` setting: "auto" is graphormer when its files are found, else
+    landmarks; a model that cannot be made raises its MeshModelError, or with `fallback` gives the landmark mesh
+    and a warning saying why. `load(name)` makes a model (default: get_mesh_model with `models_dir`; callers that
+    cache models or choose the device pass their own)."""
+    load = load or (lambda name: get_mesh_model(name, models_dir))
+    name = auto_mesh_name(models_dir) if requested == AUTO else requested
+    try:
+        return load(name), ""
+    except MeshModelError as e:
+        if not fallback or name == "landmarks":
+            raise
+        return load("landmarks"), f"used the landmark mesh instead of Mesh Graphormer (mesh_fallback): {e}"
 
 
 def transform_mesh(mesh: HandMesh, scale: float, offset_xy: Tuple[float, float]) -> HandMesh:

@@ -15,7 +15,6 @@ the ray-cast depth renderer needs. The mesh always has five fingers, whatever th
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -62,8 +61,8 @@ CAPSULE_CAP_RINGS = 3
 class LandmarkMeshModel:
     name = NAME
 
-    def __init__(self, models_dir: Optional[Path] = None) -> None:
-        del models_dir  # needs no files
+    def __init__(self, models_dir: object = None, device: object = None, dtype: object = None) -> None:
+        del models_dir, device, dtype  # needs no files, runs no network
 
     def fit(self, hand: Hand, rgb: Optional[np.ndarray] = None) -> HandMesh:
         return landmark_mesh(hand.landmarks)

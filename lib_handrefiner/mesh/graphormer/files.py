@@ -20,11 +20,9 @@ import numpy as np
 import torch
 
 from lib_handrefiner import safe_pickle
-from lib_handrefiner.mesh import MeshModelError
+from lib_handrefiner.mesh import MODELS_DIR_ENV, MeshModelError
 from lib_handrefiner.mesh.graphormer.mano import (NUM_FACES, NUM_SKELETON_JOINTS, NUM_SUB_VERTICES, NUM_VERTICES, Mano,
                                                   MeshSampling)
-
-MODELS_DIR_ENV = "HANDREFINER_MODELS_DIR"
 
 
 @dataclass(frozen=True)
@@ -207,3 +205,7 @@ def check_state_keys(state: Dict[str, torch.Tensor], expected: Dict[str, torch.S
                         f"not {tuple(expected[shapes[0]])})")
     if problems:
         raise _wrong(NETWORK, path, "; ".join(problems))
+
+
+def required_by_name(name: str) -> RequiredFile:
+    return next(f for f in REQUIRED_FILES if f.name == name)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -123,6 +123,8 @@ class GraphormerMeshModel(torch.nn.Module):
     so that `.to(device)` moves the network (it runs in the dtype it was loaded with)."""
 
     name = NAME
+    # The adaptive pose check fits the refined image at the original hand's crop, as the official eval_mpjpe does.
+    refits_original_crop = True
 
     def __init__(self, network: GraphormerHandNetwork, mano_model: mano.Mano, sampling: mano.MeshSampling) -> None:
         super().__init__()
@@ -161,7 +163,7 @@ class GraphormerMeshModel(torch.nn.Module):
 
 
 def load_graphormer(models_dir: ModelsDir = None, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> GraphormerMeshModel:
+                    dtype: Optional[torch.dtype] = None) -> GraphormerMeshModel:
     """The mesh model from the three files in the models folder(s) (see files.search_folders); one
     GraphormerFileError naming every missing file, or the first wrong one."""
     folders = files.search_folders(models_dir)
@@ -172,7 +174,7 @@ def load_graphormer(models_dir: ModelsDir = None, device: str | torch.device = "
     mano_model = files.read_mano(found[files.MANO_MODEL.name])
     sampling = files.read_sampling(found[files.SAMPLING.name])
     network = load_network(found[files.NETWORK.name], sampling)
-    return GraphormerMeshModel(network, mano_model, sampling).to(device=device, dtype=dtype)
+    return GraphormerMeshModel(network, mano_model, sampling).to(device=device, dtype=dtype or torch.float32)
 
 
 def load_network(path, sampling: mano.MeshSampling) -> GraphormerHandNetwork:

@@ -235,5 +235,6 @@ def nothing_to_refine_message(perception, args: HandRefinerArgs) -> str:
 
 
 def with_mesh_warning(message: str, perception: PerceptionResult) -> str:
-    """`message` with the perception's mesh warning (mesh_fallback used the landmark mesh), if any."""
-    return f"{message}; warning: {perception.mesh_warning}" if perception.mesh_warning else message
+    """`message` with the perception's mesh warning (mesh_fallback used the landmark mesh), if any, on one line."""
+    warning = " ".join(perception.mesh_warning.split())
+    return f"{message}; warning: {warning}" if warning else message

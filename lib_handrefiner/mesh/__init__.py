@@ -62,7 +62,7 @@ ModelsDir = Union[None, str, Path, Sequence[Union[str, Path]]]
 # the torch device and dtype its network runs in (models without one ignore them).
 MeshFactory = Callable[..., MeshModel]
 
-# name -> "module:attribute" of a factory taking models_dir (imported on first use), or the factory itself.
+# name -> "module:attribute" of a factory (imported on first use), or the factory itself.
 _REGISTRY: Dict[str, Union[str, MeshFactory]] = {
     "landmarks": "lib_handrefiner.mesh.landmarks:LandmarkMeshModel",
     "graphormer": "lib_handrefiner.mesh.graphormer.model:load_graphormer",

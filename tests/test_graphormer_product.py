@@ -169,7 +169,8 @@ def test_api_refines_with_mesh_graphormer(tiny_models, graphormer_folder):
     # model's noise, where detecting the hand again would find none.
     answer = client.post("/handrefiner/refine", json={**body, "mode": "adaptive", "adaptive_strengths": [0.5]}).json()
     tried = answer["hands"][0]["tried"]
-    assert [s for s, _ in tried] == [1.0, 0.5] and all(e is not None and e > 0 for _, e in tried)
+    assert [t["strength"] for t in tried] == [1.0, 0.5] and all(t["mpjpe"] is not None and t["mpjpe"] > 0
+                                                                for t in tried)
 
 
 # ---- the adaptive pose check ---------------------------------------------------------------------------------------

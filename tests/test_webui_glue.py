@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import EXAMPLES, OFFICIAL_NEGATIVE, ROOT, webui_stand_in
+from conftest import EXAMPLES, OFFICIAL_NEGATIVE, ROOT, strict_loads, webui_stand_in
 from lib_handrefiner import webui
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.imageio import load_image
@@ -941,3 +941,11 @@ def test_mesh_graphormer_in_the_webui(wui, script, malformed, graphormer_folder)
         for name in FILE_NAMES:
             (folder / name).unlink(missing_ok=True)
         wui.refiner._models.mesh_model("landmarks", [folder])  # let the network go
+
+
+def test_adaptive_writes_the_strengths_tried_into_the_infotext_as_strict_json(wui, script, malformed):
+    _, values = ui_values(script, enabled=True, mode="adaptive", adaptive_strengths=[0.4, 0.6], **FAST)
+    p, _ = run(script, malformed, values)
+    (tried,) = strict_loads(p.extra_generation_params["HandRefiner tried"])  # one refined hand
+    assert [t["strength"] for t in tried] == [1.0, 0.4, 0.6]
+    assert all(set(t) == {"strength", "mpjpe"} for t in tried)

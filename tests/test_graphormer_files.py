@@ -216,3 +216,17 @@ def test_the_released_layout_loads_and_fits_a_shipped_image(graphormer_folder, g
     assert x0 <= hit_x.min() and hit_x.max() < x1 and y0 <= hit_y.min() and hit_y.max() < y1
 
 
+
+
+def test_half_precision_gives_the_same_joints(graphormer_folder, graphormer_model):
+    """float16, as on a GPU (here on the CPU): the same 2D joints to a fraction of a pixel."""
+    from lib_handrefiner.detection import detect_hands
+    from lib_handrefiner.imageio import load_image
+    from lib_handrefiner.mesh.graphormer.model import load_graphormer
+
+    rgb = load_image(EXAMPLES / "freihand_sample1.jpg")
+    hand = detect_hands(rgb)[0]
+    half = load_graphormer(graphormer_folder, dtype=torch.float16)
+    assert half.dtype == torch.float16 and half.template_joints.dtype == torch.float16
+    ours, theirs = half.fit(hand, rgb).joints[:, :2], graphormer_model.fit(hand, rgb).joints[:, :2]
+    assert np.abs(ours - theirs).max() < 0.5 and np.ptp(theirs) > 20

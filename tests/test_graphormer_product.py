@@ -188,3 +188,14 @@ def test_the_pose_check_refits_at_the_original_crop_without_detecting(graphormer
     blank = np.zeros_like(rgb)
     error = refit_error(blank, hand, target, graphormer_model)
     assert np.isfinite(error) and error > 0
+
+
+@pytest.mark.parametrize("command", ["refine", "sweep"])
+def test_refine_and_sweep_with_a_file_missing_exit_1_naming_it(tmp_path, graphormer_folder, tiny_models, capsys,
+                                                                command):
+    folder = _partial_folder(tmp_path, graphormer_folder, "MANO_RIGHT.pkl")
+    models = ["--checkpoint", str(tiny_models.checkpoint), "--controlnet", str(tiny_models.controlnet)]
+    out = ["--out", str(tmp_path / ("out" if command == "refine" else "grid.png"))]
+    assert main([command, str(SHIPPED[0]), *models, *out, "--mesh", "graphormer", "--models-dir", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "- MANO_RIGHT.pkl:" in err and "your own download" in err

@@ -114,3 +114,14 @@ def test_network_without_adjacency_says_so():
         network = GraphormerHandNetwork()
     with pytest.raises(RuntimeError, match="adjacency is not set"):
         network(torch.zeros(1, 3, 224, 224), torch.zeros(21, 3), torch.zeros(195, 3))
+
+
+def test_dropping_the_unused_parts_changes_nothing_the_forward_computes(seeded_network, reference):
+    import copy
+
+    slim = copy.deepcopy(seeded_network)
+    slim.drop_unused()
+    assert sum(p.numel() for p in slim.parameters()) == 213_666_312 - 44_900_264
+    before, after = _run(seeded_network, reference, torch.float32), _run(slim, reference, torch.float32)
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(before[name], after[name])

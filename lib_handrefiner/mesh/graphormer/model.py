@@ -186,4 +186,5 @@ def load_network(path, sampling: mano.MeshSampling) -> GraphormerHandNetwork:
     network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
                             strict=True, assign=True)
     network.set_adjacency(mano.graph_adjacency(sampling.sub_adjacency))
+    network.drop_unused()
     return network.eval()

@@ -229,6 +229,17 @@ class GraphormerHandNetwork(nn.Module):
             conv.adjacency = adjacency.to(device=conv.weight.device, dtype=conv.weight.dtype)
         self._has_adjacency = True
 
+    def drop_unused(self) -> None:
+        """Frees what the checkpoint holds but the forward pass never uses (each encoder's BERT embeddings and
+        pooler, the graph blocks' skip_conv, HRNet's ImageNet classifier): 44.9 M of the 213.7 M parameters, 21 %
+        of the memory. Call it after loading the state dict."""
+        for encoder in self.trans_encoder:
+            del encoder.bert.embeddings, encoder.bert.pooler
+            for layer in encoder.bert.encoder.layer:
+                if hasattr(layer, "graph_conv"):
+                    del layer.graph_conv.skip_conv
+        del self.backbone.classifier
+
     def forward(self, images: torch.Tensor, template_joints: torch.Tensor, template_vertices_sub: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """images (B, 3, 224, 224) ImageNet-normalised RGB; the template's joints (21, 3) and sub-sampled

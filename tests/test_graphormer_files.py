@@ -94,7 +94,6 @@ def test_read_sampling_of_a_python2_npz(tmp_path):
     sampling = read_sampling(path)
     np.testing.assert_array_equal(sampling.downsample, written["D"][0].toarray())
     np.testing.assert_array_equal(sampling.sub_adjacency, written["A"][1].toarray())
-    np.testing.assert_array_equal(sampling.faces, arrays["f"].astype(np.int32))
 
 
 def test_the_real_npz_reads_as_numpy_reads_it():
@@ -111,7 +110,7 @@ def test_the_real_npz_reads_as_numpy_reads_it():
                 else:
                     assert a.dtype == b.dtype and np.array_equal(a, b)
     sampling = read_sampling(path)
-    assert sampling.downsample.shape == (195, 778) and sampling.faces.shape == (1538, 3)
+    assert sampling.downsample.shape == (195, 778) and sampling.sub_adjacency.shape == (195, 195)
 
 
 def test_graph_adjacency_from_the_npz_equals_the_official_adjmat_files():

@@ -60,8 +60,7 @@ def synthetic_mano():
     model = mano.Mano(v_template=arrays["v_template"], faces=arrays["f"].astype(np.int32),
                       J_regressor=arrays["J_regressor"], weights=arrays["weights"], posedirs=arrays["posedirs"],
                       hands_mean=arrays["hands_mean"], parents=mano_files.MANO_PARENTS)
-    sampling = mano.MeshSampling(downsample=matrices["D"][0].toarray(), sub_adjacency=matrices["A"][1].toarray(),
-                                 faces=arrays["f"].astype(np.int32))
+    sampling = mano.MeshSampling(downsample=matrices["D"][0].toarray(), sub_adjacency=matrices["A"][1].toarray())
     return model, sampling
 
 

@@ -152,7 +152,8 @@ def read_mano(path: Union[str, Path]) -> Mano:
 # ---- mano_downsampling.npz ------------------------------------------------------------------------------------
 
 def read_sampling(path: Union[str, Path]) -> MeshSampling:
-    """D[0] (195 × 778), A[1] (195 × 195) and F[0] (MANO's faces) of mano_downsampling.npz."""
+    """D[0] (195 × 778) and A[1] (195 × 195) of mano_downsampling.npz (the faces are MANO_RIGHT.pkl's, as the
+    official code takes them)."""
     path = Path(path)
     try:
         members = safe_pickle.load_npz(path)
@@ -170,8 +171,7 @@ def read_sampling(path: Union[str, Path]) -> MeshSampling:
         return item
 
     return MeshSampling(downsample=level("D", 0, (NUM_SUB_VERTICES, NUM_VERTICES)).astype(np.float64),
-                        sub_adjacency=level("A", 1, (NUM_SUB_VERTICES, NUM_SUB_VERTICES)).astype(np.float64),
-                        faces=level("F", 0, (NUM_FACES, 3)).astype(np.int32))
+                        sub_adjacency=level("A", 1, (NUM_SUB_VERTICES, NUM_SUB_VERTICES)).astype(np.float64))
 
 
 # ---- graphormer_hand_state_dict.bin ---------------------------------------------------------------------------

@@ -48,7 +48,6 @@ class MeshSampling:
     """The parts of mano_downsampling.npz the network needs."""
     downsample: np.ndarray     # (195, 778): D[0]
     sub_adjacency: np.ndarray  # (195, 195) 0/1: A[1]
-    faces: np.ndarray          # (1538, 3): F[0]
 
 
 def rodrigues(axis_angles: np.ndarray) -> np.ndarray:

@@ -486,9 +486,10 @@ def test_reentry_is_refused(wui, script, malformed):
     assert not np.array_equal(np.asarray(pp.image), malformed)
 
 
-def test_controlnet_extension_forward_is_set_aside_during_the_pass(wui, script, malformed):
-    """sd-webui-controlnet replaces unet.forward for the whole job; HandRefiner's pass runs the original and puts
-    the replacement back afterwards."""
+@pytest.mark.parametrize("sampler", ["DDIM (HandRefiner)", "Euler a"])
+def test_controlnet_extension_forward_is_set_aside_during_the_pass(wui, script, malformed, sampler):
+    """sd-webui-controlnet replaces unet.forward for the whole job; HandRefiner's pass (either engine) runs the
+    original and puts the replacement back afterwards."""
     from modules import shared
 
     unet = shared.sd_model.model.diffusion_model
@@ -501,7 +502,7 @@ def test_controlnet_extension_forward_is_set_aside_during_the_pass(wui, script, 
     unet._original_forward = unet.forward
     unet.forward = extension_forward
     try:
-        _, values = ui_values(script, enabled=True, **FAST)
+        _, values = ui_values(script, enabled=True, sampler=sampler, **FAST)
         p, pp = run(script, malformed, values)
         assert unet.forward is extension_forward and not calls
         assert p.extra_generation_params[webui.RESULT_KEY].startswith("refined")

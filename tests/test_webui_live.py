@@ -279,3 +279,80 @@ def test_stop_generating_stops_the_hand_pass_and_keeps_the_image():
     hand = (slice(127, 358), slice(312, 512))
     assert np.array_equal(kept[hand], unrefined_image[hand])      # the original's hand, pasted back by img2img
     assert np.array_equal(kept[96:], unrefined_image[96:])        # all but the corner img2img sampled
+
+# ---- the WebUI's samplers for the hands --------------------------------------------------------------------------
+# The tiny test model's txt2img images are noise without hands, so the hand pass itself is exercised on a real hand:
+# img2img inpainting of the example away from the hand (_img2img_inpaint), and /handrefiner/refine.
+
+HAND_SAMPLERS = [("Euler a", "Automatic"), ("DPM++ 2M", "Karras")]
+
+
+def _hand_sampler_args(client, sampler, scheduler) -> dict:
+    return {"enabled": True, "sampler": sampler, "scheduler": scheduler, "controlnet": _controlnet(client),
+            **FAST_HANDS}
+
+
+def _says_sampler(info: dict, sampler: str, scheduler: str) -> None:
+    params = info["extra_generation_params"]
+    assert params["HandRefiner sampler"] == sampler
+    assert params.get("HandRefiner schedule type", "Automatic") == scheduler
+    assert f"HandRefiner sampler: {sampler}" in info["infotexts"][0]
+
+
+@pytest.mark.parametrize("sampler, scheduler", HAND_SAMPLERS)
+def test_txt2img_with_a_webui_sampler_for_the_hands(sampler, scheduler):
+    with _client() as client:
+        info = _check(_txt2img(client, [_hand_sampler_args(client, sampler, scheduler)]))
+    _says_sampler(info, sampler, scheduler)
+
+
+@pytest.mark.parametrize("sampler, scheduler", HAND_SAMPLERS)
+def test_img2img_refines_a_real_hand_with_a_webui_sampler(sampler, scheduler):
+    with _client() as client:
+        refined = _post(client, "/sdapi/v1/img2img",
+                        _img2img_inpaint(PROMPT, _hand_sampler_args(client, sampler, scheduler)))
+        unrefined = _post(client, "/sdapi/v1/img2img", _img2img_inpaint(PROMPT, {"enabled": False}))
+    info = json.loads(refined["info"])
+    _says_sampler(info, sampler, scheduler)
+    result = info["extra_generation_params"]["HandRefiner result"]
+    assert result.startswith(f"refined 1 hand(s) in 1 region(s) with the WebUI's {sampler}"), result
+    after, before = (np.asarray(_decode(r["images"][0])).astype(int) for r in (refined, unrefined))
+    hand = (slice(127, 358), slice(312, 512))
+    assert np.abs(after[hand] - before[hand]).mean() > 1.0     # the hand was refined, after the overlay
+    assert np.array_equal(after[96:, :160], before[96:, :160])  # and nothing far from it
+
+
+def test_an_infotext_with_the_hand_sampler_pastes_back():
+    with _client() as client:
+        controlnet = _controlnet(client)
+        payload = {"infotext": f"{PROMPT}\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, "
+                               f"HandRefiner: True, HandRefiner strength: 0.55, HandRefiner mode: fixed, "
+                               f"HandRefiner steps: 4, HandRefiner ControlNet: {controlnet}, "
+                               f"HandRefiner sampler: DPM++ 2M, HandRefiner schedule type: Karras"}
+        info = _check(_post(client, "/sdapi/v1/txt2img", payload))
+    _says_sampler(info, "DPM++ 2M", "Karras")
+
+
+def test_refine_endpoint_with_both_engines():
+    """The built-in loop and the WebUI's DDIM refine the same hand (same crop and mask) to different pixels."""
+    image = base64.b64encode(EXAMPLE.read_bytes()).decode()
+    with _client() as client:
+        listed = client.get("/handrefiner/models").json()
+        assert listed["samplers"][0] == "DDIM (HandRefiner)" and "Euler a" in listed["samplers"]
+        assert "Karras" in listed["schedulers"]
+        bodies = {sampler: _post(client, "/handrefiner/refine", {"image": image, "sampler": sampler, "seed": 2,
+                                                                   "controlnet": _controlnet(client), **FAST_HANDS})
+                  for sampler in ("DDIM (HandRefiner)", "DDIM")}
+    assert bodies["DDIM"]["message"].endswith("with the WebUI's DDIM")
+    assert [h["box"] for h in bodies["DDIM"]["hands"]] == [h["box"] for h in bodies["DDIM (HandRefiner)"]["hands"]]
+    assert bodies["DDIM"]["image"] != bodies["DDIM (HandRefiner)"]["image"]
+
+
+def test_an_unknown_hand_sampler_is_rejected_before_generating():
+    with _client() as client:
+        response = client.post("/sdapi/v1/txt2img", json={
+            "prompt": PROMPT, "steps": 2, "alwayson_scripts": {"HandRefiner": {"args": [
+                {"enabled": True, "sampler": "Euler b"}]}}})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "sampler"
+    assert "Euler a" in response.json()["detail"][0]["msg"]

@@ -11,7 +11,8 @@ objects of this pass only (the job's `p`, its sampler and the WebUI's modules ar
 - the HandRefiner ControlNet on the UNet (`controlnet.inject_control`), on both CFG branches;
 - the paper's known-region blend (eq. 1–2): before every call of the pass's CFG denoiser, the known region of the
   sampler's own latent (changed in place, so the step starts from it) is the original re-noised, with fresh
-  noise, to the level of that call;
+  noise, to the level of that call; "known" is outside HandRefiner's blend mask (sampler.blend_mask), as in
+  the built-in loop;
 - the WebUI's own mask blend switched off (its latent mask is taken out of the pass), so the last step is not
   masked and the hand harmonises with its surroundings, as in the official sampler.
 
@@ -32,7 +33,7 @@ import torch
 from PIL import Image
 
 from .args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
-from .sampler import InpaintRequest, SamplingInterrupted
+from .sampler import InpaintRequest, SamplingInterrupted, blend_mask
 
 Scales = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]   # noise level -> (x0 scale, ε scale)
 
@@ -210,8 +211,11 @@ class WebUISampling:
         from .controlnet import inject_control
 
         m = self.modules
-        known, hand = p.init_latent, p.nmask
-        p.mask = p.nmask = None   # the WebUI's own blend (per step and after the last) is replaced by ours
+        # HandRefiner's blend mask, as the built-in loop's: a latent cell with any hand pixel is regenerated (the
+        # WebUI's rounded one pastes partly-hand cells back from the original, so bits of the old hand survive
+        # inside the composite). The WebUI's own blend, per step and after the last, is switched off.
+        known, hand = p.init_latent, blend_mask(request.mask).to(p.init_latent)
+        p.mask = p.nmask = None
         timesteps = isinstance(p.sampler, m.sd_samplers_timesteps.CompVisSampler)
         scales = timestep_scales(p.sd_model.alphas_cumprod) if timesteps else sigma_scales
         interrupted = m.sd_samplers_common.InterruptedException

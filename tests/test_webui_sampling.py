@@ -9,7 +9,8 @@ import torch
 
 from conftest import webui_stand_in
 from lib_handrefiner.controlnet import inject_control
-from lib_handrefiner.sampler import DDIMSchedule, InpaintRequest, SamplingInterrupted, cfg_denoiser, ddim_inpaint
+from lib_handrefiner.sampler import DDIMSchedule, InpaintRequest, SamplingInterrupted, blend_mask, cfg_denoiser, \
+    ddim_inpaint
 
 SEED = 7
 SIZE = 64
@@ -140,7 +141,7 @@ def test_known_region_is_the_original_renoised_at_every_call(wui, callbacks, tin
     steps = 4
     req = request(steps=steps)
     p = prepared(wui, sampler, req)
-    known, hand = p.init_latent, p.nmask
+    known, hand = p.init_latent, blend_mask(req.mask)
     engine(wui, sampler, scheduler)(sd, tiny_controlnet, req, [1.0], SEED)
 
     calls = callbacks["denoiser"]
@@ -173,7 +174,7 @@ def test_last_step_is_not_masked(wui, callbacks, tiny_controlnet):
     last = callbacks["after"][-1]
     expected = modules.processing.decode_latent_batch(modules.shared.sd_model, last, check_for_nans=True)[0]
     torch.testing.assert_close(out[0], expected.clamp(-1, 1), rtol=0, atol=1e-6)
-    known_region = (1 - p.nmask).bool().expand_as(p.init_latent)
+    known_region = (1 - blend_mask(req.mask)).bool().expand_as(p.init_latent)
     # the WebUI's own blend would make this exactly 0 (the original pasted back)
     assert (last - p.init_latent)[known_region].abs().max() > 0.05
 
@@ -182,7 +183,7 @@ def test_webui_ddim_is_the_official_loop_on_the_webui_ddim_timesteps(wui, tiny_c
     """With "DDIM" the pass is exactly HandRefiner's own DDIM loop (sampler.ddim_inpaint: blend before every step,
     last step unmasked, CFG with the ControlNet on both branches) given what the WebUI's DDIM does differently:
     its timesteps (img2img at denoising 1 starts from timesteps[t_enc] and evaluates timesteps[t_enc − 1] … [1]),
-    its start x = √ᾱ·x0 + √(1−ᾱ)·ε, one (η = 0) noise draw per step, and the WebUI's encodings and masks."""
+    its start x = √ᾱ·x0 + √(1−ᾱ)·ε, one (η = 0) noise draw per step, and the WebUI's encodings."""
     modules, sd = wui
     req = request(steps=5)
     p = prepared(wui, "DDIM", req)
@@ -201,7 +202,7 @@ def test_webui_ddim_is_the_official_loop_on_the_webui_ddim_timesteps(wui, tiny_c
     uncond = p.uc[0][0].cond[None]
     denoise = cfg_denoiser(sd, cond, uncond, req.cfg_scale, p.image_conditioning)
     with torch.no_grad(), inject_control(sd.unet, tiny_controlnet, req.hint, 0.6):
-        z = ddim_inpaint(denoise, x_T, p.init_latent, p.nmask[:1][None], schedule, generator,
+        z = ddim_inpaint(denoise, x_T, p.init_latent, blend_mask(req.mask), schedule, generator,
                          callback=lambda i, n: torch.randn(shape, generator=generator))   # the WebUI's η-noise draw
     torch.testing.assert_close(out, sd.decode_latent(z).float(), rtol=0, atol=1e-5)
 

@@ -181,7 +181,8 @@ class StandIn:
 
         from lib_handrefiner.controlnet import inject_control
         from lib_handrefiner.pipeline import refine_image, to_uint8
-        from lib_handrefiner.sampler import DDIMSchedule, cfg_denoiser, ddim_inpaint, ddim_schedule, sample_inpaint
+        from lib_handrefiner.sampler import (DDIMSchedule, blend_mask, cfg_denoiser, ddim_inpaint, ddim_schedule,
+                                             sample_inpaint)
         from lib_handrefiner.webui import WebUISDModel
         from lib_handrefiner.webui_sampling import WebUISampling, _preserved_globals
 
@@ -203,7 +204,7 @@ class StandIn:
                 p = engine._prepare(request, 1, seed)
                 p.setup_conds()
             cond, uncond = p.c.batch[0][0].schedules[0].cond[None], p.uc[0][0].cond[None]
-            known, hand = p.init_latent, p.nmask[:1][None]
+            known, hand = p.init_latent, blend_mask(request.mask)
             alphas = self.modules.shared.sd_model.alphas_cumprod.double()
             steps, t_enc = self.modules.sd_samplers_common.setup_img2img_steps(p)
             timesteps = torch.tensor([t + 1 for t in range(0, 1000, 1000 // steps)])
@@ -229,7 +230,7 @@ class StandIn:
 
             official_schedule = ddim_schedule(sd.alphas_cumprod, request.steps, request.denoising_strength)
             rows = [("official loop (DDIM (HandRefiner))", official),
-                    ("+ the WebUI's masks (its latent blend mask, its mask channel)",
+                    ("+ the WebUI's mask channel (the same nearest resize: expect 0)",
                      loop(official_schedule, False, False, sampled=False)),
                     ("+ its VAE encodings (posterior samples, not the mode) of the crop and the masked crop",
                      loop(official_schedule, False, False)),

@@ -3,8 +3,8 @@
 `WebUISampling` is a `pipeline.SampleFn`: `refine_image` hands it each crop (image, mask, depth hint, prompts) and
 gets the inpainted crops back, so crops, masks, compositing and the adaptive search stay the pipeline's. Each call
 is one img2img inpainting pass of the WebUI on the crop (`StableDiffusionProcessingImg2Img`, masked content
-"original"): the WebUI's prompt parsing and extra networks, its latent mask and `image_conditioning` for a
-9-channel model, its sampler and schedule, seeds and noise source, its VAE decode with the NaN fallback, its
+"original"): the WebUI's prompt parsing and extra networks, its `image_conditioning` (mask channel and masked
+latent) for a 9-channel model, its sampler and schedule, seeds and noise source, its VAE decode with the NaN fallback, its
 progress, live preview and Interrupt/Skip, and other extensions' CFG callbacks. Three things are added, all on
 objects of this pass only (the job's `p`, its sampler and the WebUI's modules are left as they were):
 
@@ -49,7 +49,6 @@ class WebUIModules:
     extra_networks: Any
     rng: Any
     devices: Any
-    shared: Any
     k_diffusion_sampling: Any
 
 
@@ -106,12 +105,11 @@ def timestep_scales(alphas_cumprod: torch.Tensor) -> Scales:
 @contextlib.contextmanager
 def known_region_blend(denoiser: torch.nn.Module, known: torch.Tensor, hand: torch.Tensor, scales: Scales,
                        draw_noise: Callable[[], torch.Tensor], before_call: Optional[Callable[[], None]] = None
-                       ) -> Iterator[List[torch.Tensor]]:
+                       ) -> Iterator[None]:
     """Inside the context, every call `denoiser(x, sigma, …)` first sets x (in place: it is the sampler's own
     latent) to hand·x + (1−hand)·(a·known + b·ε), (a, b) = scales(sigma), ε = draw_noise() fresh per call (paper
-    eq. 1–2). The wrapper is the denoiser instance's `forward`; on exit the instance is as before. Yields the list
-    of the noise levels seen, one per call. `before_call` runs first (it may raise to stop the pass)."""
-    seen: List[torch.Tensor] = []
+    eq. 1–2). The wrapper is the denoiser instance's `forward`; on exit the instance is as before. `before_call`
+    runs first (it may raise to stop the pass)."""
     inner = denoiser.forward
     had_own = "forward" in denoiser.__dict__
     previous = denoiser.__dict__.get("forward")
@@ -123,12 +121,11 @@ def known_region_blend(denoiser: torch.nn.Module, known: torch.Tensor, hand: tor
         noised = a.to(x) * known.to(x) + b.to(x) * draw_noise().to(x)
         keep = hand.to(x)
         x.copy_(keep * x + (1.0 - keep) * noised)
-        seen.append(sigma.detach().clone())
         return inner(x, sigma, *args, **kwargs)
 
     denoiser.forward = forward
     try:
-        yield seen
+        yield
     finally:
         if had_own:
             denoiser.forward = previous
@@ -175,7 +172,7 @@ class WebUISampling:
 
     def _prepare(self, request: InpaintRequest, batch: int, seed: int) -> Any:
         """What process_images does for one batch before its conds: prompts, seeds, init (the sampler, the init
-        latent, the latent mask, image_conditioning), the noise generator, the prompts' extra networks parsed."""
+        latent, image_conditioning), the noise generator, the prompts' extra networks parsed."""
         m = self.modules
         height, width = request.image.shape[-2:]
         p = m.processing.StableDiffusionProcessingImg2Img(

@@ -27,7 +27,7 @@ def _sampling_modules() -> webui_sampling.WebUIModules:
     return webui_sampling.WebUIModules(
         processing=processing, sd_samplers=sd_samplers, sd_samplers_common=sd_samplers_common,
         sd_samplers_timesteps=sd_samplers_timesteps, sd_schedulers=sd_schedulers, extra_networks=extra_networks,
-        rng=rng, devices=devices, shared=shared, k_diffusion_sampling=k_diffusion.sampling)
+        rng=rng, devices=devices, k_diffusion_sampling=k_diffusion.sampling)
 
 
 SAMPLING = _sampling_modules()

@@ -30,7 +30,7 @@ def wui(tiny_sd):
         shared.sd_model = TinyLatentDiffusion(tiny_sd)
         modules = WebUIModules(processing=processing, sd_samplers=sd_samplers, sd_samplers_common=sd_samplers_common,
                                sd_samplers_timesteps=sd_samplers_timesteps, sd_schedulers=sd_schedulers,
-                               extra_networks=extra_networks, rng=rng, devices=devices, shared=shared,
+                               extra_networks=extra_networks, rng=rng, devices=devices,
                                k_diffusion_sampling=k_diffusion.sampling)
         yield modules, WebUISDModel(shared.sd_model, devices.device, devices.dtype)
 
@@ -54,6 +54,12 @@ def callbacks(wui):
     yield seen
     script_callbacks.remove_callbacks_for_function(on_denoiser)
     script_callbacks.remove_callbacks_for_function(on_after)
+
+
+def sd_model():
+    from modules import shared
+
+    return shared.sd_model
 
 
 def request(steps=4, prompt="a hand", denoising_strength=1.0):
@@ -97,7 +103,7 @@ class Draws:
 # ---- the blend, at every call, on the sampler's own scale ----------------------------------------------------
 
 def model_sigmas(modules):
-    alphas = modules.shared.sd_model.alphas_cumprod
+    alphas = sd_model().alphas_cumprod
     return ((1 - alphas) / alphas) ** 0.5
 
 
@@ -149,7 +155,7 @@ def test_known_region_is_the_original_renoised_at_every_call(wui, callbacks, tin
     assert seen == pytest.approx(levels(modules, steps, scheduler), rel=1e-4)
     draws = Draws(known.shape[1:])
     draws()   # the initial noise
-    alphas = modules.shared.sd_model.alphas_cumprod
+    alphas = sd_model().alphas_cumprod
     outside = (1 - hand).bool().expand_as(known)
     assert outside.any() and not outside.all()
     for x_in, level, _, _ in calls:
@@ -172,7 +178,7 @@ def test_last_step_is_not_masked(wui, callbacks, tiny_controlnet):
     p = prepared(wui, "Euler", req)
     out = engine(wui, "Euler")(sd, tiny_controlnet, req, [0.8], SEED)
     last = callbacks["after"][-1]
-    expected = modules.processing.decode_latent_batch(modules.shared.sd_model, last, check_for_nans=True)[0]
+    expected = modules.processing.decode_latent_batch(sd_model(), last, check_for_nans=True)[0]
     torch.testing.assert_close(out[0], expected.clamp(-1, 1), rtol=0, atol=1e-6)
     known_region = (1 - blend_mask(req.mask)).bool().expand_as(p.init_latent)
     # the WebUI's own blend would make this exactly 0 (the original pasted back)
@@ -189,7 +195,7 @@ def test_webui_ddim_is_the_official_loop_on_the_webui_ddim_timesteps(wui, tiny_c
     p = prepared(wui, "DDIM", req)
     out = engine(wui, "DDIM")(sd, tiny_controlnet, req, [0.6], SEED)
 
-    alphas = modules.shared.sd_model.alphas_cumprod.double()
+    alphas = sd_model().alphas_cumprod.double()
     steps, t_enc = modules.sd_samplers_common.setup_img2img_steps(p)
     timesteps = torch.tensor([t + 1 for t in range(0, 1000, 1000 // steps)])
     run, to = timesteps[1:t_enc].flip(0), timesteps[:t_enc - 1].flip(0)
@@ -390,3 +396,21 @@ def test_unknown_sampler_or_schedule_names_the_choices(wui):
         engine(wui, "Euler b")
     with pytest.raises(ValueError, match="'karras' is not one of the WebUI's; choose one of: Automatic, Uniform"):
         engine(wui, "Euler", "karras")
+
+
+def test_bench_engines_takes_the_whole_ddim_difference_apart():
+    """`bench engines` (the README's numbers): turning the official loop into the WebUI's DDIM one difference at a
+    time ends exactly on the WebUI's pass."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = subprocess.run([sys.executable, "-m", "lib_handrefiner.bench", "engines", "--steps", "4", "--crop", "64",
+                          "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {line.strip().rsplit(maxsplit=2)[0]: [float(v) for v in line.split()[-2:]]
+            for line in run.stdout.splitlines() if line.startswith("  + ") or line.startswith("  = ")}
+    assert len(rows) == 4
+    assert rows["= the WebUI's DDIM pass"][0] == 0.0 and rows["= the WebUI's DDIM pass"][1] > 0
+    assert "DPM++ 2M + Karras" in run.stdout and "seed to seed" in run.stdout

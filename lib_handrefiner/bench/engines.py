@@ -6,7 +6,8 @@ the next seed, the scale of a meaningful difference).
 
 In the repository's WebUI stand-in (tests/webui_stub; the tiny model, or CKPT/CN), the difference between the
 official loop and the WebUI's DDIM is also taken apart: each row turns one more thing of the official loop into
-what the WebUI's DDIM does, and the last row is the WebUI's pass itself (its difference must be 0). With --url (a
+what the WebUI's DDIM does (both use HandRefiner's blend mask and the same nearest-resized mask channel), and the
+last row is the WebUI's pass itself (its difference must be 0). With --url (a
 running WebUI with the extension) the same samplers go through its /handrefiner/refine; given CKPT/CN too (the
 files that WebUI runs), each real result is compared with the stand-in's."""
 from __future__ import annotations
@@ -144,8 +145,8 @@ class StandIn:
         sys.path.insert(0, str(STUB))
         import k_diffusion.sampling
         from latent_diffusion import TinyLatentDiffusion
-        from modules import (devices, extra_networks, processing, rng, sd_samplers, sd_samplers_common,
-                             sd_samplers_timesteps, sd_schedulers, shared)
+        from modules import (devices, extra_networks, processing, prompt_parser, rng, sd_samplers,
+                             sd_samplers_common, sd_samplers_timesteps, sd_schedulers, shared)
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         models = Path(tempfile.mkdtemp(prefix="handrefiner-bench-")) / "models"
@@ -157,14 +158,15 @@ class StandIn:
         self.sd = load_sd_checkpoint(checkpoint, find_config(checkpoint))
         self.controlnet = load_controlnet(controlnet)
         shared.sd_model = TinyLatentDiffusion(self.sd)
+        self.shared = shared
         self.modules = WebUIModules(processing=processing, sd_samplers=sd_samplers,
                                     sd_samplers_common=sd_samplers_common, sd_samplers_timesteps=sd_samplers_timesteps,
                                     sd_schedulers=sd_schedulers, extra_networks=extra_networks, rng=rng,
-                                    devices=devices, shared=shared, k_diffusion_sampling=k_diffusion.sampling)
+                                    devices=devices, k_diffusion_sampling=k_diffusion.sampling)
         env = webui.WebUIEnv(sd_model=lambda: shared.sd_model, device="cpu", dtype=torch.float32,
                              vae_dtype=torch.float32, autocast=contextlib.nullcontext, torch_gc=lambda: None,
                              folders=webui.model_folders(models), devices=devices, opts=shared.opts,
-                             sampling=self.modules)
+                             sampling=self.modules, prompt_parser=prompt_parser, extra_networks=extra_networks)
         self.refiner = webui.WebUIRefiner(lambda: env)
 
     def refine_fn(self, image: np.ndarray):
@@ -186,7 +188,7 @@ class StandIn:
         from lib_handrefiner.webui import WebUISDModel
         from lib_handrefiner.webui_sampling import WebUISampling, _preserved_globals
 
-        sd = WebUISDModel(self.modules.shared.sd_model, "cpu", torch.float32)
+        sd = WebUISDModel(self.shared.sd_model, "cpu", torch.float32)
         engine = WebUISampling(self.modules, "DDIM")
         captured = {}
 
@@ -205,34 +207,26 @@ class StandIn:
                 p.setup_conds()
             cond, uncond = p.c.batch[0][0].schedules[0].cond[None], p.uc[0][0].cond[None]
             known, hand = p.init_latent, blend_mask(request.mask)
-            alphas = self.modules.shared.sd_model.alphas_cumprod.double()
+            alphas = self.shared.sd_model.alphas_cumprod.double()
             steps, t_enc = self.modules.sd_samplers_common.setup_img2img_steps(p)
             timesteps = torch.tensor([t + 1 for t in range(0, 1000, 1000 // steps)])
             run, to = timesteps[1:t_enc].flip(0), timesteps[:t_enc - 1].flip(0)
             webui_schedule = DDIMSchedule(timesteps=run, alphas=alphas[run], alphas_next=alphas[to])
             start = alphas[timesteps[t_enc]].float()
 
-            # The WebUI's masks with the posterior's mode (the official encodings) for the known and masked latents
-            mode_known = sd.encode_image(request.image)
-            mode_concat = torch.cat([p.image_conditioning[:, :1], sd.encode_image(request.image * (1 - request.mask))],
-                                    dim=1)
-
-            def loop(schedule, webui_start: bool, webui_draws: bool, sampled: bool = True) -> np.ndarray:
-                x0, concat = (known, p.image_conditioning) if sampled else (mode_known, mode_concat)
+            def loop(schedule, webui_start: bool, webui_draws: bool) -> np.ndarray:
                 generator = torch.Generator().manual_seed(seed)
-                noise = torch.randn(x0.shape, generator=generator)
-                x_T = start.sqrt() * x0 + (1 - start).sqrt() * noise if webui_start else noise
-                draw = (lambda i, n: torch.randn(x0.shape, generator=generator)) if webui_draws else None
-                denoise = cfg_denoiser(sd, cond, uncond, request.cfg_scale, concat)
+                noise = torch.randn(known.shape, generator=generator)
+                x_T = start.sqrt() * known + (1 - start).sqrt() * noise if webui_start else noise
+                draw = (lambda i, n: torch.randn(known.shape, generator=generator)) if webui_draws else None
+                denoise = cfg_denoiser(sd, cond, uncond, request.cfg_scale, p.image_conditioning)
                 with inject_control(sd.unet, self.controlnet, request.hint, args.strength):
-                    z = ddim_inpaint(denoise, x_T, x0, hand, schedule, generator, callback=draw)
+                    z = ddim_inpaint(denoise, x_T, known, hand, schedule, generator, callback=draw)
                 return to_uint8(sd.decode_latent(z))[0]
 
             official_schedule = ddim_schedule(sd.alphas_cumprod, request.steps, request.denoising_strength)
             rows = [("official loop (DDIM (HandRefiner))", official),
-                    ("+ the WebUI's mask channel (the same nearest resize: expect 0)",
-                     loop(official_schedule, False, False, sampled=False)),
-                    ("+ its VAE encodings (posterior samples, not the mode) of the crop and the masked crop",
+                    ("+ the WebUI's VAE encodings (posterior samples, not the mode) of the crop and the masked crop",
                      loop(official_schedule, False, False)),
                     ("+ the WebUI DDIM's img2img timesteps and start (2 steps dropped, x_T = a.x0 + b.e)",
                      loop(webui_schedule, True, False)),

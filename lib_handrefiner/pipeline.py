@@ -31,7 +31,7 @@ ProgressFn = Callable[[int, int], None]
 
 class SampleFn(Protocol):
     """How a crop is inpainted: `sampler.sample_inpaint` (the built-in official DDIM loop) or the WebUI's own
-    sampling (`webui_sampling.WebUISampling`). Returns (len(strengths),3,H,W) in [-1,1], one image per control
+    sampling (`webui.sampling.WebUISampling`). Returns (len(strengths),3,H,W) in [-1,1], one image per control
     strength, all from the same noise; raises sampler.SamplingInterrupted when `should_stop()` asks to."""
 
     def __call__(self, sd: SDModel, controlnet: Any, request: InpaintRequest, strengths: Sequence[float], seed: int,

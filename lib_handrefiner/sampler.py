@@ -130,7 +130,7 @@ class PromptConditioning:
 
 def encode_prompts(sd: SDModel, prompt: str, negative_prompt: str) -> PromptConditioning:
     """The model's own prompt handling when it has one (`sd.encode_prompts(prompt, negative)`: the WebUI's, see
-    webui_prompts), else each prompt through `sd.encode_text`."""
+    webui.prompts), else each prompt through `sd.encode_text`."""
     encode = getattr(sd, "encode_prompts", None)
     if encode is not None:
         return encode(prompt, negative_prompt)

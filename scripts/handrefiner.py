@@ -12,7 +12,8 @@ import gradio as gr
 from modules import devices, extra_networks, prompt_parser, script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
-from lib_handrefiner import webui, webui_sampling
+from lib_handrefiner import webui
+from lib_handrefiner.webui import sampling as webui_sampling
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.ui import field_control, field_label
 

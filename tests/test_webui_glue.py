@@ -1,4 +1,4 @@
-"""The WebUI glue (scripts/handrefiner.py + lib_handrefiner/webui.py) against the stand-in for the WebUI's
+"""The WebUI glue (scripts/handrefiner.py + lib_handrefiner/webui/) against the stand-in for the WebUI's
 `modules` (tests/webui_stub), with the tiny checkpoint in the shape of the WebUI's `shared.sd_model`."""
 from __future__ import annotations
 

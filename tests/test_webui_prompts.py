@@ -1,4 +1,4 @@
-"""The hands' prompts through the WebUI's prompt machinery (lib_handrefiner.webui_prompts), against the stand-in's
+"""The hands' prompts through the WebUI's prompt machinery (lib_handrefiner.webui.prompts), against the stand-in's
 modules.prompt_parser / extra_networks and its WebUI-style text encoder (emphasis, embeddings, 75-token chunks)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib_handrefiner.webui_prompts import OwnPromptEncoder, WebUIPromptEncoder, pad_to_same_length
+from lib_handrefiner.webui.prompts import OwnPromptEncoder, WebUIPromptEncoder, pad_to_same_length
 
 STUB = Path(__file__).resolve().parent / "webui_stub"
 LONG = " ".join(["a hand with five fingers"] * 20)   # 100 tokens: two 77-token chunks

@@ -1,4 +1,4 @@
-"""The hand pass through the WebUI's own sampling (lib_handrefiner/webui_sampling.py) against the stand-in for the
+"""The hand pass through the WebUI's own sampling (lib_handrefiner/webui/sampling.py) against the stand-in for the
 WebUI 1.10.1 (tests/webui_stub: its processing, samplers, CFG denoiser and callbacks), with the tiny checkpoint in
 the shape of the WebUI's `shared.sd_model`: the known-region blend at every denoiser call with any sampler, the
 unmasked last step, the agreement of the WebUI's DDIM with the official loop, and the job's state afterwards."""
@@ -25,7 +25,7 @@ def wui(tiny_sd):
                              sd_samplers_timesteps, sd_schedulers, shared)
 
         from lib_handrefiner.webui import WebUISDModel
-        from lib_handrefiner.webui_sampling import WebUIModules
+        from lib_handrefiner.webui.sampling import WebUIModules
 
         shared.sd_model = TinyLatentDiffusion(tiny_sd)
         modules = WebUIModules(processing=processing, sd_samplers=sd_samplers, sd_samplers_common=sd_samplers_common,
@@ -73,14 +73,14 @@ def request(steps=4, prompt="a hand", denoising_strength=1.0):
 
 
 def engine(wui, sampler, scheduler="Automatic", **kwargs):
-    from lib_handrefiner.webui_sampling import WebUISampling
+    from lib_handrefiner.webui.sampling import WebUISampling
 
     return WebUISampling(wui[0], sampler, scheduler, **kwargs)
 
 
 def prepared(wui, sampler, req, batch=1):
     """The pass's processing object as the engine sets it up (the same seeded draws), for the reference."""
-    from lib_handrefiner.webui_sampling import _preserved_globals
+    from lib_handrefiner.webui.sampling import _preserved_globals
 
     eng = engine(wui, sampler)
     with _preserved_globals(wui[0], SEED):

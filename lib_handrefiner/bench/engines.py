@@ -140,7 +140,7 @@ class StandIn:
         from lib_handrefiner.controlnet import load_controlnet
         from lib_handrefiner.sd_model import find_config, load_sd_checkpoint
         from lib_handrefiner.tiny import ensure_tiny_models
-        from lib_handrefiner.webui_sampling import WebUIModules
+        from lib_handrefiner.webui.sampling import WebUIModules
 
         sys.path.insert(0, str(STUB))
         import k_diffusion.sampling
@@ -186,7 +186,7 @@ class StandIn:
         from lib_handrefiner.sampler import (DDIMSchedule, blend_mask, cfg_denoiser, ddim_inpaint, ddim_schedule,
                                              sample_inpaint)
         from lib_handrefiner.webui import WebUISDModel
-        from lib_handrefiner.webui_sampling import WebUISampling, _preserved_globals
+        from lib_handrefiner.webui.sampling import WebUISampling, _preserved_globals
 
         sd = WebUISDModel(self.shared.sd_model, "cpu", torch.float32)
         engine = WebUISampling(self.modules, "DDIM")

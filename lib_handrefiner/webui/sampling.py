@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
-from .sampler import InpaintRequest, SamplingInterrupted, blend_mask
+from ..args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
+from ..sampler import InpaintRequest, SamplingInterrupted, blend_mask
 
 Scales = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]   # noise level -> (x0 scale, ε scale)
 
@@ -205,7 +205,7 @@ class WebUISampling:
 
     def _sample(self, p: Any, sd: Any, controlnet: Any, request: InpaintRequest, strengths: List[float],
                 should_stop: Optional[Callable[[], bool]]) -> torch.Tensor:
-        from .controlnet import inject_control
+        from ..controlnet import inject_control
 
         m = self.modules
         # HandRefiner's blend mask, as the built-in loop's: a latent cell with any hand pixel is regenerated (the

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from .args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, HandRefinerArgs
-from .detection import DetectorUnavailable
-from .mesh import MeshModelError
-from .models_registry import ModelListing, ModelNameError, ModelSlots, build_listing, check_name_safe, resolve_name
+from ..args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, HandRefinerArgs
+from ..detection import DetectorUnavailable
+from ..mesh import MeshModelError
+from ..models_registry import ModelListing, ModelNameError, ModelSlots, build_listing, check_name_safe, resolve_name
 
 log = logging.getLogger("handrefiner")
 
@@ -213,7 +213,7 @@ def register_xyz_axes(xyz_module: Any, samplers: Callable[[], Sequence[str]] = l
                       schedulers: Callable[[], Sequence[str]] = lambda: [AUTOMATIC_SCHEDULER]) -> bool:
     """Adds "[HandRefiner] …" axes to the XYZ-grid script's options (once); `samplers()` and `schedulers()` are
     the names the sampler and schedule-type axes offer (read when the grid's UI asks)."""
-    from .ui import field_label
+    from ..ui import field_label
 
     options = xyz_module.axis_options
     if any(str(getattr(o, "label", "")).startswith("[HandRefiner]") for o in options):
@@ -369,7 +369,7 @@ class UnsupportedModelError(HandRefinerFailure):
 class WebUISDModel:
     """The WebUI's LatentDiffusion (`shared.sd_model`) behind the `SDModel` protocol, through its own methods
     (get_learned_conditioning, apply_model, encode/decode_first_stage), so its VAE choice, precision casts and
-    --lowvram/--medvram module offloading all apply. Its prompts go through webui_prompts.WebUIPromptEncoder."""
+    --lowvram/--medvram module offloading all apply. Its prompts go through prompts.WebUIPromptEncoder."""
 
     def __init__(self, ldm: Any, device: Any, dtype: torch.dtype, vae_dtype: Optional[torch.dtype] = None,
                  devices: Any = None, opts: Any = None) -> None:
@@ -396,7 +396,7 @@ class WebUISDModel:
 
     @torch.no_grad()
     def encode_text(self, prompts: List[str]) -> torch.Tensor:
-        """The prompts through the WebUI's conditioning as one batch (the sampler uses webui_prompts' encoders,
+        """The prompts through the WebUI's conditioning as one batch (the sampler uses webui.prompts' encoders,
         which encode each prompt alone)."""
         return self.ldm.get_learned_conditioning(list(prompts)).to(self._device, self._dtype)
 
@@ -482,7 +482,7 @@ def upcast_vae_after_nans(ldm: Any, devices: Any, opts: Any, what: str = "decodi
 def inpainting_checkpoints(listing: ModelListing) -> List[str]:
     """The checkpoints of the models folders that are SD 1.x inpainting models by name ("inpaint" in it) and, for
     .safetensors, by their header (sd_model.looks_like_sd1_inpainting), sorted."""
-    from .sd_model import looks_like_sd1_inpainting
+    from ..sd_model import looks_like_sd1_inpainting
 
     return sorted(name for name, path in listing.checkpoints.items()
                   if "inpaint" in name.lower() and looks_like_sd1_inpainting(path))
@@ -603,7 +603,7 @@ class WebUIEnv:
     offload_to_cpu: bool = False              # --lowvram / --medvram
     devices: Any = None                       # modules.devices (dtype_vae, without_autocast)
     opts: Any = None                          # shared.opts
-    sampling: Any = None                      # webui_sampling.WebUIModules: the WebUI's own samplers (None: none)
+    sampling: Any = None                      # sampling.WebUIModules: the WebUI's own samplers (None: none)
     prompt_parser: Any = None                 # modules.prompt_parser
     extra_networks: Any = None                # modules.extra_networks (parse_prompt)
 
@@ -678,7 +678,7 @@ class WebUIRefiner:
         return hand[0] if hand else None
 
     def perceive(self, image: np.ndarray, args: HandRefinerArgs) -> Any:
-        from .perception import perceive
+        from ..perception import perceive
 
         env = self.env_factory()
         try:
@@ -698,7 +698,7 @@ class WebUIRefiner:
                 negative_prompt: Optional[str], progress: Optional[WebUIProgress], job: Any
                 ) -> Tuple[Any, ModelChoice]:
         """refine(), and the model choice; a choice's note is added to the message of a result that refined."""
-        from .pipeline import refine_image
+        from ..pipeline import refine_image
 
         env = self.env_factory()
         try:
@@ -729,10 +729,10 @@ class WebUIRefiner:
 
     def _webui_engine(self, args: HandRefinerArgs, env: WebUIEnv, job: Any, progress: Optional[WebUIProgress]
                       ) -> Any:
-        """webui_sampling.WebUISampling for a WebUI sampler; None for the built-in one."""
+        """sampling.WebUISampling for a WebUI sampler; None for the built-in one."""
         if args.sampler == BUILTIN_SAMPLER:
             return None
-        from .webui_sampling import WebUISampling
+        from .sampling import WebUISampling
 
         if env.sampling is None:
             raise HandRefinerFailure(f"this WebUI's samplers are not available to HandRefiner; choose the sampler "
@@ -789,9 +789,9 @@ class WebUIRefiner:
     @contextlib.contextmanager
     def _models_on_device(self, args: HandRefinerArgs, env: WebUIEnv, webui_model_only: bool = False
                           ) -> Iterator[Tuple[Any, Any, ModelChoice]]:
-        """The SD model (its prompts through webui_prompts' encoders), the ControlNet, and the model choice
+        """The SD model (its prompts through prompts' encoders), the ControlNet, and the model choice
         (choose_model; `webui_model_only` for the WebUI's samplers)."""
-        from .webui_prompts import OwnPromptEncoder, WebUIPromptEncoder, WithPromptEncoder
+        from .prompts import OwnPromptEncoder, WebUIPromptEncoder, WithPromptEncoder
 
         listing = self.listing()
         controlnet = self._controlnet(args.controlnet, listing, env)
@@ -819,7 +819,7 @@ class WebUIRefiner:
         env.torch_gc()
 
     def _controlnet(self, name: str, listing: ModelListing, env: WebUIEnv) -> Any:
-        from .controlnet import load_controlnet
+        from ..controlnet import load_controlnet
 
         try:
             path = resolve_name(name, listing.controlnets, "ControlNet")
@@ -828,7 +828,7 @@ class WebUIRefiner:
         return self._models.get("controlnet", (path, env.dtype), lambda: load_controlnet(path, "cpu", env.dtype))
 
     def _checkpoint(self, name: str, listing: ModelListing, env: WebUIEnv) -> Any:
-        from .sd_model import find_config, load_sd_checkpoint
+        from ..sd_model import find_config, load_sd_checkpoint
 
         try:
             path = resolve_name(name, listing.checkpoints, "checkpoint")
@@ -857,7 +857,7 @@ def sampling_names(env: WebUIEnv) -> Tuple[List[str], List[str]]:
     sampling at hand every sampler and schedule type it lists."""
     if env.sampling is None:
         return [BUILTIN_SAMPLER], [AUTOMATIC_SCHEDULER]
-    from .webui_sampling import all_sampler_names, scheduler_choices
+    from .sampling import all_sampler_names, scheduler_choices
 
     return [BUILTIN_SAMPLER] + all_sampler_names(env.sampling), scheduler_choices(env.sampling)
 
@@ -899,7 +899,7 @@ def _without_controlnet_extension_hook(unet: Any) -> Iterator[None]:
 def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> ImageOutcome:
     from PIL import Image
 
-    from .pipeline import meshes_infotext, tried_infotext
+    from ..pipeline import meshes_infotext, tried_infotext
 
     refined = bool(result.hands)
     strengths = sorted({f"{h.strength:g}" for h in result.hands})

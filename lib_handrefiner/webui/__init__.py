@@ -704,23 +704,17 @@ class WebUIRefiner:
         try:
             engine = self._webui_engine(args, env, job, progress)
             mesh_model, mesh_warning = self._mesh_model(args, env)
-            with self._models_on_device(args, env, webui_model_only=engine is not None) as (sd, controlnet, choice):
-                should_stop = progress.should_stop if progress else None
-                if engine is not None:
-                    # The WebUI's sampling keeps its own precision, prompt handling and progress.
-                    with torch.no_grad():
-                        result = refine_image(image, sd, controlnet, args, prompt=prompt,
-                                              negative_prompt=negative_prompt, seed=seed, mesh_model=mesh_model,
-                                              perception=perception, should_stop=should_stop, sample_fn=engine,
-                                              mesh_warning=mesh_warning)
-                    if result.hands:
-                        result.message += f" with the WebUI's {describe_sampler(args)}"
-                else:
-                    with torch.no_grad(), env.autocast():
-                        result = refine_image(image, sd, controlnet, args, prompt=prompt,
-                                              negative_prompt=negative_prompt, seed=seed, mesh_model=mesh_model,
-                                              perception=perception, progress=progress.step if progress else None,
-                                              should_stop=should_stop, mesh_warning=mesh_warning)
+            # The WebUI's sampling (engine) keeps its own precision, prompt handling and progress.
+            builtin = engine is None
+            with self._models_on_device(args, env, webui_model_only=not builtin) as (sd, controlnet, choice), \
+                    torch.no_grad(), env.autocast() if builtin else contextlib.nullcontext():
+                result = refine_image(image, sd, controlnet, args, prompt=prompt, negative_prompt=negative_prompt,
+                                      seed=seed, mesh_model=mesh_model, perception=perception,
+                                      progress=progress.step if progress and builtin else None,
+                                      should_stop=progress.should_stop if progress else None, sample_fn=engine,
+                                      mesh_warning=mesh_warning)
+            if not builtin and result.hands:
+                result.message += f" with the WebUI's {describe_sampler(args)}"
             if choice.note and result.hands:
                 result.message = f"{result.message} ({choice.note})"
             return result, choice
@@ -801,11 +795,10 @@ class WebUIRefiner:
         if choice.checkpoint:
             model = self._checkpoint(choice.checkpoint, listing, env)
             model.to(env.device)
-            encoder = WebUIPromptEncoder(ldm, env.prompt_parser, env.extra_networks, **scheduling) \
-                if choice.webui_prompts else OwnPromptEncoder(model, env.prompt_parser, env.extra_networks, **scheduling)
         else:
             model = WebUISDModel(ldm, env.device, env.dtype, env.vae_dtype, env.devices, env.opts)
-            encoder = WebUIPromptEncoder(ldm, env.prompt_parser, env.extra_networks, **scheduling)
+        encoder = WebUIPromptEncoder(ldm, env.prompt_parser, env.extra_networks, **scheduling) \
+            if choice.webui_prompts else OwnPromptEncoder(model, env.prompt_parser, env.extra_networks, **scheduling)
         controlnet.to(env.device)
         with _without_controlnet_extension_hook(model.unet):
             yield WithPromptEncoder(model, encoder), controlnet, choice

@@ -38,7 +38,6 @@ def _env() -> webui.WebUIEnv:
     cmd = shared.cmd_opts
     return webui.WebUIEnv(
         sd_model=lambda: shared.sd_model, device=devices.device, dtype=devices.dtype_unet,
-        vae_dtype=devices.dtype_vae,
         # The precision context the WebUI samples in (the postprocess hooks run outside it).
         autocast=lambda: devices.without_autocast() if devices.unet_needs_upcast else devices.autocast(),
         torch_gc=devices.torch_gc,

@@ -164,7 +164,7 @@ class StandIn:
                                     sd_schedulers=sd_schedulers, extra_networks=extra_networks, rng=rng,
                                     devices=devices, k_diffusion_sampling=k_diffusion.sampling)
         env = webui.WebUIEnv(sd_model=lambda: shared.sd_model, device="cpu", dtype=torch.float32,
-                             vae_dtype=torch.float32, autocast=contextlib.nullcontext, torch_gc=lambda: None,
+                             autocast=contextlib.nullcontext, torch_gc=lambda: None,
                              folders=webui.model_folders(models), devices=devices, opts=shared.opts,
                              sampling=self.modules, prompt_parser=prompt_parser, extra_networks=extra_networks)
         self.refiner = webui.WebUIRefiner(lambda: env)

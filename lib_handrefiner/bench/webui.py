@@ -58,7 +58,7 @@ def main(argv: List[str]) -> int:
     controlnet = load_controlnet(tiny.controlnet)
     ldm = TinyLatentDiffusion(sd)
     state = State()
-    env = webui.WebUIEnv(sd_model=lambda: ldm, device="cpu", dtype=torch.float32, vae_dtype=torch.float32,
+    env = webui.WebUIEnv(sd_model=lambda: ldm, device="cpu", dtype=torch.float32,
                          autocast=contextlib.nullcontext, torch_gc=lambda: None, folders=webui.model_folders(models),
                          state=state, opts=shared.opts, prompt_parser=prompt_parser, extra_networks=extra_networks)
     refiner = webui.WebUIRefiner(lambda: env)

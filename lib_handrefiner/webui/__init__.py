@@ -371,8 +371,7 @@ class WebUISDModel:
     (get_learned_conditioning, apply_model, encode/decode_first_stage), so its VAE choice, precision casts and
     --lowvram/--medvram module offloading all apply. Its prompts go through prompts.WebUIPromptEncoder."""
 
-    def __init__(self, ldm: Any, device: Any, dtype: torch.dtype, vae_dtype: Optional[torch.dtype] = None,
-                 devices: Any = None, opts: Any = None) -> None:
+    def __init__(self, ldm: Any, device: Any, dtype: torch.dtype, devices: Any = None, opts: Any = None) -> None:
         check_sd1_model(ldm)
         self.ldm = ldm
         self.unet = ldm.model.diffusion_model
@@ -382,7 +381,6 @@ class WebUISDModel:
         self.alphas_cumprod = (alphas if alphas is not None else ldm.alphas_cumprod).detach().to("cpu", torch.float64)
         self._device = torch.device(device)
         self._dtype = dtype
-        self._vae_dtype = vae_dtype or dtype
         self._devices = devices   # modules.devices: dtype_vae, without_autocast (None: neither)
         self._opts = opts         # shared.opts: the VAE precision fallback settings
 
@@ -403,8 +401,7 @@ class WebUISDModel:
     @property
     def vae_dtype(self) -> torch.dtype:
         """The VAE's own precision (as the WebUI decodes: it can change at run time, see upcast_vae_after_nans)."""
-        weight = next(iter(self.ldm.first_stage_model.parameters()), None)
-        return weight.dtype if weight is not None else self._vae_dtype
+        return vae_dtype(self.ldm)
 
     @torch.no_grad()
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
@@ -467,7 +464,7 @@ def upcast_vae_after_nans(ldm: Any, devices: Any, opts: Any, what: str = "decodi
         raise HandRefinerFailure(f"the VAE produced NaNs while {what} (not enough precision); turn on Settings → "
                                  "VAE → \"Automatically revert VAE to 32-bit floats\" or start the WebUI with "
                                  "--no-half-vae")
-    current = next(iter(ldm.first_stage_model.parameters())).dtype
+    current = vae_dtype(ldm)
     if current == dtype:
         raise HandRefinerFailure(f"the VAE produced NaNs while {what} in {current}; try another VAE")
     log.warning("HandRefiner: a tensor with NaNs was produced in the VAE (%s in %s); converting the VAE to %s and "
@@ -477,6 +474,11 @@ def upcast_vae_after_nans(ldm: Any, devices: Any, opts: Any, what: str = "decodi
         devices.dtype_vae = dtype
     ldm.first_stage_model.to(dtype)
     return dtype
+
+
+def vae_dtype(ldm: Any) -> torch.dtype:
+    """The precision of the WebUI model's VAE: its weights' (devices.dtype_vae, which can change at run time)."""
+    return next(ldm.first_stage_model.parameters()).dtype
 
 
 def inpainting_checkpoints(listing: ModelListing) -> List[str]:
@@ -593,7 +595,6 @@ class WebUIEnv:
     sd_model: Callable[[], Any]               # -> shared.sd_model (read at use: it changes when the user switches)
     device: Any                               # modules.devices.device
     dtype: torch.dtype                        # modules.devices.dtype_unet
-    vae_dtype: torch.dtype                    # modules.devices.dtype_vae
     autocast: Callable[[], ContextManager]    # the WebUI's sampling precision context
     torch_gc: Callable[[], None]
     folders: ModelFolders
@@ -796,7 +797,7 @@ class WebUIRefiner:
             model = self._checkpoint(choice.checkpoint, listing, env)
             model.to(env.device)
         else:
-            model = WebUISDModel(ldm, env.device, env.dtype, env.vae_dtype, env.devices, env.opts)
+            model = WebUISDModel(ldm, env.device, env.dtype, env.devices, env.opts)
         encoder = WebUIPromptEncoder(ldm, env.prompt_parser, env.extra_networks, **scheduling) \
             if choice.webui_prompts else OwnPromptEncoder(model, env.prompt_parser, env.extra_networks, **scheduling)
         controlnet.to(env.device)

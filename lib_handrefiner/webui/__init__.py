@@ -195,18 +195,15 @@ def xyz_confirm(name: str) -> Callable[[Any, Sequence[Any]], None]:
 
 def xyz_confirm_choice(name: str, choices: Callable[[], Sequence[str]]) -> Callable[[Any, Sequence[Any]], None]:
     """An XYZ-grid `confirm(p, xs)` for a field whose values are the WebUI's names (samplers, schedule types)."""
+    title = HandRefinerArgs.__fields__[name].field_info.title   # "HandRefiner sampler"
 
     def confirm(p: Any, xs: Sequence[Any]) -> None:
         known = list(choices())
         for x in xs:
             if x not in known:
-                raise RuntimeError(f"HandRefiner {field_title(name)}: unknown {x!r}; choose from {', '.join(known)}")
+                raise RuntimeError(f"{title}: unknown {x!r}; choose from {', '.join(known)}")
 
     return confirm
-
-
-def field_title(name: str) -> str:
-    return HandRefinerArgs.__fields__[name].field_info.title.replace("HandRefiner ", "", 1)
 
 
 def register_xyz_axes(xyz_module: Any, samplers: Callable[[], Sequence[str]] = lambda: [BUILTIN_SAMPLER],
@@ -221,14 +218,13 @@ def register_xyz_axes(xyz_module: Any, samplers: Callable[[], Sequence[str]] = l
     named = {"mode": lambda: ["fixed", "adaptive"], "sampler": samplers, "scheduler": schedulers}
     for name in XYZ_FIELDS:
         label = f"[HandRefiner] {field_label(name)}"
-        if name == "mode":
-            options.append(xyz_module.AxisOption(label, str, xyz_setter(name), confirm=xyz_confirm(name),
-                                                 choices=named[name]))
-        elif name in named:
-            options.append(xyz_module.AxisOption(label, str, xyz_setter(name),
-                                                 confirm=xyz_confirm_choice(name, named[name]), choices=named[name]))
-        else:
+        choices = named.get(name)
+        if choices is None:
             options.append(xyz_module.AxisOption(label, float, xyz_setter(name), confirm=xyz_confirm(name)))
+            continue
+        # mode's values are the field's own; the sampler's and schedule's are the WebUI's names
+        confirm = xyz_confirm(name) if name == "mode" else xyz_confirm_choice(name, choices)
+        options.append(xyz_module.AxisOption(label, str, xyz_setter(name), confirm=confirm, choices=choices))
     return True
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-STUB = Path(__file__).resolve().parent / "webui_stub"
+from conftest import ROOT, webui_stand_in
 
 
 @pytest.fixture()
@@ -25,11 +24,6 @@ def installer():
         sys.modules.pop(spec.name, None)
 
 
-def _forget_stub_modules():
-    for name in [n for n in sys.modules if n in ("launch", "modules") or n.startswith("modules.")]:
-        del sys.modules[name]
-
-
 @pytest.fixture()
 def webui_dir(tmp_path, monkeypatch):
     """The WebUI's folder (the stand-in's modules.paths.script_path), holding its requirements file."""
@@ -41,17 +35,12 @@ def webui_dir(tmp_path, monkeypatch):
 
 @pytest.fixture()
 def launch(webui_dir):
-    sys.path.insert(0, str(STUB))
-    _forget_stub_modules()
-    try:
+    with webui_stand_in():   # imported anew: its modules.paths reads the folder set above
         import launch as stub
 
         stub.launch_utils.installed.clear()
         stub.launch_utils.pip_commands.clear()
         yield stub
-    finally:
-        sys.path.remove(str(STUB))
-        _forget_stub_modules()
 
 
 # A requirements file in the WebUI 1.10.1's format: pins with comments after them, an unpinned line, a blank line.

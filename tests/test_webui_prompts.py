@@ -2,31 +2,23 @@
 modules.prompt_parser / extra_networks and its WebUI-style text encoder (emphasis, embeddings, 75-token chunks)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import webui_stand_in
 from lib_handrefiner.webui.prompts import OwnPromptEncoder, WebUIPromptEncoder, pad_to_same_length
 
-STUB = Path(__file__).resolve().parent / "webui_stub"
 LONG = " ".join(["a hand with five fingers"] * 20)   # 100 tokens: two 77-token chunks
 
 
 @pytest.fixture(scope="module")
 def webui(tiny_sd):
     """(modules.prompt_parser, modules.extra_networks, a WebUI-shaped model over the tiny checkpoint)."""
-    sys.path.insert(0, str(STUB))
-    try:
+    with webui_stand_in():
         from latent_diffusion import TinyLatentDiffusion
         from modules import extra_networks, prompt_parser
 
         yield prompt_parser, extra_networks, TinyLatentDiffusion(tiny_sd)
-    finally:
-        sys.path.remove(str(STUB))
-        for name in [n for n in sys.modules if n == "modules" or n.startswith("modules.") or n == "latent_diffusion"]:
-            del sys.modules[name]
 
 
 @pytest.fixture()

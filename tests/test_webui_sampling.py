@@ -233,6 +233,36 @@ def test_strengths_in_one_batch_equal_one_pass_each(wui, tiny_controlnet):
     torch.testing.assert_close(split[1:], eng(sd, tiny_controlnet, composed, [1.0], SEED), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("setting, upcast", [("auto_vae_precision", torch.float32),
+                                             ("auto_vae_precision_bfloat16", torch.bfloat16)])
+def test_a_half_precision_vae_that_makes_nans_is_upcast_by_the_webuis_decode(wui, tiny_sd, tiny_controlnet,
+                                                                            setting, upcast):
+    """The pass decodes through the WebUI's decode_latent_batch with its NaN check: a float16 VAE decoding to NaNs
+    (a black hand) is converted as the WebUI's settings say and decodes again; devices.dtype_vae follows."""
+    import copy
+
+    from latent_diffusion import TinyLatentDiffusion
+    from modules import devices, shared
+
+    from lib_handrefiner.webui import WebUISDModel
+
+    model, saved = shared.sd_model, dict(shared.opts.data)
+    shared.sd_model = half = TinyLatentDiffusion(copy.deepcopy(tiny_sd))
+    half.first_stage_model.half()
+    devices.dtype_vae = torch.float16
+    shared.opts.auto_vae_precision_bfloat16 = setting == "auto_vae_precision_bfloat16"
+    try:
+        sd = WebUISDModel(half, devices.device, devices.dtype)
+        out = engine(wui, "Euler")(sd, tiny_controlnet, request(steps=2), [0.5], SEED)
+        dtype_vae = devices.dtype_vae
+    finally:
+        shared.sd_model, devices.dtype_vae = model, torch.float32
+        shared.opts.data.clear()
+        shared.opts.data.update(saved)
+    assert dtype_vae == upcast and next(half.first_stage_model.parameters()).dtype == upcast
+    assert out.shape == (1, 3, SIZE, SIZE) and torch.isfinite(out).all()
+
+
 def test_a_second_order_sampler_and_a_lower_denoising_strength(wui, tiny_controlnet):
     """denoising_strength < 1: the WebUI's img2img starts part-way (t_enc of the steps) from the crop itself."""
     modules, sd = wui

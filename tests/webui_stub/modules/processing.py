@@ -196,8 +196,8 @@ def create_binary_mask(image, round=True):
 
 
 def decode_latent_batch(model, batch, target_device=None, check_for_nans=False):
-    """One image at a time, in [-1, 1]; with check_for_nans a NaN result is decoded again in float32 (the
-    WebUI's "Automatically revert VAE to 32-bit floats")."""
+    """One image at a time, in [-1, 1]; with check_for_nans a NaN result is decoded again with the VAE in bfloat16
+    ("Automatically convert VAE to bfloat16") or else float32 ("Automatically revert VAE to 32-bit floats")."""
     samples = DecodedSamples()
     if check_for_nans:
         devices.test_for_nans(batch, "unet")
@@ -207,9 +207,15 @@ def decode_latent_batch(model, batch, target_device=None, check_for_nans=False):
             try:
                 devices.test_for_nans(sample, "vae")
             except devices.NansException:
-                if not shared.opts.auto_vae_precision or devices.dtype_vae == torch.float32:
+                if shared.opts.auto_vae_precision_bfloat16:
+                    upcast = torch.bfloat16
+                elif shared.opts.auto_vae_precision:
+                    upcast = torch.float32
+                else:
                     raise
-                devices.dtype_vae = torch.float32
+                if devices.dtype_vae == upcast:
+                    raise
+                devices.dtype_vae = upcast
                 model.first_stage_model.to(devices.dtype_vae)
                 batch = batch.to(devices.dtype_vae)
                 sample = sd_samplers_common.decode_first_stage(model, batch[i:i + 1])[0]

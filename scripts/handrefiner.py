@@ -22,8 +22,7 @@ def _sampling_modules() -> webui_sampling.WebUIModules:
     """The WebUI modules the hand pass drives when a WebUI sampler is chosen."""
     import k_diffusion.sampling
 
-    from modules import (extra_networks, processing, rng, sd_samplers, sd_samplers_common, sd_samplers_timesteps,
-                         sd_schedulers)
+    from modules import processing, rng, sd_samplers, sd_samplers_common, sd_samplers_timesteps, sd_schedulers
 
     return webui_sampling.WebUIModules(
         processing=processing, sd_samplers=sd_samplers, sd_samplers_common=sd_samplers_common,

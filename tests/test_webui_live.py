@@ -42,9 +42,7 @@ def _controlnet(client) -> str:
 def _txt2img(client, args) -> dict:
     payload = {"prompt": PROMPT, "negative_prompt": "", "seed": 1, "steps": 4, "width": 512, "height": 512,
                "sampler_name": "Euler", "alwayson_scripts": {"HandRefiner": {"args": args}}}
-    response = client.post("/sdapi/v1/txt2img", json=payload)
-    assert response.status_code == 200, response.text[:2000]
-    return response.json()
+    return _post(client, "/sdapi/v1/txt2img", payload)
 
 
 def _check(result: dict) -> dict:
@@ -122,7 +120,8 @@ def test_bad_handrefiner_args_are_rejected_before_generating():
 
 # ---- the WebUI's prompt machinery, img2img inpainting, "Stop generating" ------------------------------------
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "malformed_1.jpg"   # a right hand at x 312..512
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "malformed_1.jpg"
+HAND = (slice(127, 358), slice(312, 512))   # the example's right hand (rows, columns)
 FAST_HANDS = {"steps": 4, "crop_resolution": 256}
 
 
@@ -197,8 +196,7 @@ def test_img2img_inpaint_refines_the_hand_outside_the_mask():
     assert info["extra_generation_params"]["HandRefiner result"].startswith("refined 1 "), info
     assert "Denoising strength: 0.75" in info["infotexts"][0] and "TI hashes" in info["infotexts"][0]
     after, before = (np.asarray(_decode(r["images"][0])).astype(int) for r in (refined, unrefined))
-    hand = (slice(127, 358), slice(312, 512))
-    assert np.abs(after[hand] - before[hand]).mean() > 1.0     # the hand was refined
+    assert np.abs(after[HAND] - before[HAND]).mean() > 1.0     # the hand was refined
     # left of the hand's crop and below the inpainted corner (which img2img samples: jobs do not repeat it to the
     # bit, its init latent is drawn from the global RNG as the previous job left it): the original, untouched
     assert np.array_equal(after[96:, :160], before[96:, :160])
@@ -276,8 +274,7 @@ def test_stop_generating_stops_the_hand_pass_and_keeps_the_image():
     assert len(result["images"]) == 1, "the second image was made"
     assert info["extra_generation_params"]["HandRefiner result"].startswith("interrupted"), info
     kept, unrefined_image = (np.asarray(_decode(r["images"][0])).astype(int) for r in (result, unrefined))
-    hand = (slice(127, 358), slice(312, 512))
-    assert np.array_equal(kept[hand], unrefined_image[hand])      # the original's hand, pasted back by img2img
+    assert np.array_equal(kept[HAND], unrefined_image[HAND])      # the original's hand, pasted back by img2img
     assert np.array_equal(kept[96:], unrefined_image[96:])        # all but the corner img2img sampled
 
 # ---- the WebUI's samplers for the hands --------------------------------------------------------------------------
@@ -317,8 +314,7 @@ def test_img2img_refines_a_real_hand_with_a_webui_sampler(sampler, scheduler):
     result = info["extra_generation_params"]["HandRefiner result"]
     assert result.startswith(f"refined 1 hand(s) in 1 region(s) with the WebUI's {sampler}"), result
     after, before = (np.asarray(_decode(r["images"][0])).astype(int) for r in (refined, unrefined))
-    hand = (slice(127, 358), slice(312, 512))
-    assert np.abs(after[hand] - before[hand]).mean() > 1.0     # the hand was refined, after the overlay
+    assert np.abs(after[HAND] - before[HAND]).mean() > 1.0     # the hand was refined, after the overlay
     assert np.array_equal(after[96:, :160], before[96:, :160])  # and nothing far from it
 
 

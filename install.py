@@ -51,18 +51,17 @@ class Requirement:
     distributions: Tuple[str, ...]          # any of these, installed in a version in [minimum, maximum], will do
     minimum: Tuple[int, ...]
     maximum: Optional[Tuple[int, ...]]
-    install: str                            # the pip specifier installed when none will do
+    install: Optional[str]                  # the pip specifier installed when none will do (None: none fits)
     no_deps: bool = False                   # installed without its declared dependencies
 
 
 def requirements(protobuf: Optional[str], system: str = sys.platform,
                  machine: str = platform.machine()) -> List[Requirement]:
     """What HandRefiner imports, with what those imports really need, in install order. `protobuf`: the installed
-    version, which chooses mediapipe's release (none fits: mediapipe is left out, see install)."""
+    version, which chooses mediapipe's release (none fits: nothing to install, see install)."""
     # open3d-cpu (no CUDA libraries, a much smaller wheel) exists for Linux x86_64 only.
     open3d = "open3d-cpu==0.20.0" if system.startswith("linux") and machine.lower() in ("x86_64", "amd64") \
         else "open3d==0.20.0"
-    mediapipe = mediapipe_specifier(protobuf)
     return [
         # MediaPipe's hand graph: these, numpy and protobuf (held), and one OpenCV (the WebUI's when it has one).
         Requirement(OPENCV, (4,), None, "opencv-python"),
@@ -70,7 +69,7 @@ def requirements(protobuf: Optional[str], system: str = sys.platform,
         Requirement(("attrs",), (19, 1), None, "attrs>=19.1.0"),
         Requirement(("flatbuffers",), (2, 0), None, "flatbuffers>=2.0"),
         Requirement(("matplotlib",), (0,), None, "matplotlib"),
-    ] + ([Requirement(("mediapipe",), *MEDIAPIPE_RANGE, mediapipe, no_deps=True)] if mediapipe else []) + [
+        Requirement(("mediapipe",), *MEDIAPIPE_RANGE, mediapipe_specifier(protobuf), no_deps=True),
         # `import open3d` imports its plotly viewer, which imports dash (plotly and Flask come with it).
         Requirement(("dash",), (2, 6), (2, 99), "dash>=2.6,<3"),
         # Depth rendering uses open3d.t RaycastingScene.
@@ -198,13 +197,13 @@ def install(launch, version_of: VersionOf = installed_version, system: str = sys
     """Runs `pip install` (through the WebUI's launch.run_pip) for what is missing: one command for the packages
     installed with their dependencies, one for those without; returns the commands."""
     protobuf = version_of("protobuf")
-    if mediapipe_specifier(protobuf) is None and not satisfied(
-            Requirement(("mediapipe",), *MEDIAPIPE_RANGE, ""), launch.is_installed, version_of, requires_of):
+    missing = [r for r in requirements(protobuf, system, machine)
+               if not satisfied(r, launch.is_installed, version_of, requires_of)]
+    if any(r.install is None for r in missing):
         print(f"HandRefiner: no MediaPipe release with the hand tracker runs with protobuf {protobuf} (0.10.9-0.10.11 "
               "need protobuf 3.x, 0.10.13-0.10.21 protobuf 4.25.3 up to 5); hand detection will not work until one "
               "of them is installed with a protobuf it fits")
-    missing = [r for r in requirements(protobuf, system, machine)
-               if not satisfied(r, launch.is_installed, version_of, requires_of)]
+        missing = [r for r in missing if r.install is not None]
     if not missing:
         return []
     with_deps = [r.install for r in missing if not r.no_deps]

@@ -748,6 +748,21 @@ def test_an_sdxl_current_model_without_an_inpainting_checkpoint_keeps_the_image_
     assert np.array_equal(np.asarray(pp.image), malformed)
 
 
+def test_an_sdxl_current_model_with_a_webui_sampler_points_to_the_builtin_sampler(wui, script, malformed,
+                                                                                    webui_model):
+    """The WebUI's samplers sample its loaded model, so with SDXL loaded they cannot refine, though an SD 1.5
+    inpainting checkpoint is in the models folder: the result says to load an SD 1.5 model or to choose the built-in
+    sampler (which refines with that checkpoint), not to choose a checkpoint, which the WebUI's samplers refuse."""
+    from latent_diffusion import TinySDXL
+
+    sdxl = webui_model(TinySDXL())
+    p, pp = run(script, malformed, [{"enabled": True, "sampler": "Euler a", **FAST}])
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    assert result.startswith("failed: the loaded model is SDXL") and "load an SD 1.5 checkpoint" in result
+    assert "choose the sampler DDIM (HandRefiner)" in result and "checkpoint menu" not in result
+    assert np.array_equal(np.asarray(pp.image), malformed) and sdxl.used == []
+
+
 # ---- img2img: the box editor on the input image ----------------------------------------------------------
 
 def test_img2img_box_editor_edits_the_boxes_widget_and_boxes_follow_the_resize(wui, malformed):

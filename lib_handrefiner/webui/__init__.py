@@ -524,7 +524,7 @@ def choose_model(inpaint_checkpoint: str, ldm: Any, inpainting_checkpoints: Call
     regular 4-channel SD 1.x model, or SDXL/SD 2/SD 3) the first SD 1.x inpainting checkpoint of the models
     folders (`inpainting_checkpoints()`, sorted); else a regular SD 1.x model inpaints by blending only (said);
     else UnsupportedModelError. Prompts go through the WebUI's model whenever it is SD 1.x. `webui_model_only`
-    (the WebUI's samplers sample its loaded model): no checkpoint is chosen."""
+    (the WebUI's samplers sample its loaded model): no checkpoint is chosen, and the error says so."""
     problem = sd1_problem(ldm)
     if inpaint_checkpoint:
         return ModelChoice(inpaint_checkpoint, problem is None)
@@ -536,6 +536,10 @@ def choose_model(inpaint_checkpoint: str, ldm: Any, inpainting_checkpoints: Call
         return ModelChoice(found[0], problem is None, f"{why}; used the inpainting checkpoint {found[0]}", True)
     if problem is None:
         return ModelChoice("", True, "regular model: blend-only inpainting, results are weaker")
+    if webui_model_only:
+        raise UnsupportedModelError(f"{problem}; the WebUI's samplers sample its loaded model: load an SD 1.5 "
+                                    f"checkpoint, or choose the sampler {BUILTIN_SAMPLER}, which refines with an SD 1.5 "
+                                    "inpainting checkpoint of the models folders")
     raise UnsupportedModelError(f"{problem}; put an SD 1.5 inpainting checkpoint (a file name with 'inpainting' "
                                 "in it) in models/Stable-diffusion or choose one in HandRefiner's checkpoint menu")
 

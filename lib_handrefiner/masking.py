@@ -13,15 +13,22 @@ import numpy as np
 IntBox = Tuple[int, int, int, int]
 
 
+def keypoint_extrema(landmarks_xy: np.ndarray) -> Tuple[int, int, int, int]:
+    """The official keypoint extrema (x_min, y_min, x_max, y_max), inclusive, each truncated to a whole pixel as
+    the official preprocessor's int() does: what its mask box (`hand_box`) and Mesh Graphormer's crop start from."""
+    xy = np.asarray(landmarks_xy, dtype=np.float64)[:, :2]
+    x_min, y_min = (math.trunc(v) for v in xy.min(axis=0))
+    x_max, y_max = (math.trunc(v) for v in xy.max(axis=0))
+    return x_min, y_min, x_max, y_max
+
+
 def hand_box(landmarks_xy: np.ndarray, width: int, height: int, pad_px: int = 30, pad_ratio: float = 0.15,
              depth_extent: Optional[Sequence[int]] = None) -> IntBox:
     """The official HandRefiner mask box (preprocessor/meshgraphormer.py, get_depth and get_mask_bounding_box):
     the keypoint extrema (whole pixels, truncated as int() does) united with the extrema of the hand's depth
     pixels (`depth_extent`: inclusive x_min, y_min, x_max, y_max, possibly past the image edge), then padded on
     each axis by max(int((extent + 1) × pad_ratio), pad_px) and clamped to the image."""
-    xy = np.asarray(landmarks_xy, dtype=np.float64)[:, :2]
-    x_min, y_min = (math.trunc(v) for v in xy.min(axis=0))
-    x_max, y_max = (math.trunc(v) for v in xy.max(axis=0))
+    x_min, y_min, x_max, y_max = keypoint_extrema(landmarks_xy)
     if depth_extent is not None:
         dx0, dy0, dx1, dy1 = depth_extent
         x_min, y_min, x_max, y_max = min(x_min, dx0), min(y_min, dy0), max(x_max, dx1), max(y_max, dy1)

@@ -22,7 +22,6 @@ at the wrist's depth, so everything that reads a mesh's 2D projection keeps work
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from lib_handrefiner.detection import Hand
+from lib_handrefiner.masking import keypoint_extrema
 from lib_handrefiner.mesh import HandMesh, ModelsDir, PerspectiveView
 from lib_handrefiner.mesh.graphormer import files, mano
 from lib_handrefiner.mesh.graphormer.network import INPUT_SIZE, GraphormerHandNetwork
@@ -52,9 +52,7 @@ class Crop:
 
 
 def official_crop(landmarks: np.ndarray) -> Crop:
-    xy = np.asarray(landmarks, dtype=np.float64)[:, :2]
-    x_min, y_min = (math.trunc(v) for v in xy.min(axis=0))
-    x_max, y_max = (math.trunc(v) for v in xy.max(axis=0))
+    x_min, y_min, x_max, y_max = keypoint_extrema(landmarks)
     x_c, y_c = (x_min + x_max) // 2, (y_min + y_max) // 2
     side = int(max(x_max - x_min, y_max - y_min) * CROP_FACTOR // 2 * 2)
     side = max(side, 2)  # a hand of one pixel (the official code would fail on an empty crop)

@@ -34,6 +34,14 @@ class DepthResult:
     extents: Tuple[Optional[PixelExtent], ...] = ()
 
 
+def pixel_extent(pixels: np.ndarray) -> Optional[PixelExtent]:
+    """Inclusive (x_min, y_min, x_max, y_max) of the True pixels of an H×W array; None when there are none."""
+    rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+
+
 def hand_levels(distance: np.ndarray) -> np.ndarray:
     """The depth levels of one hand's surface pixels from their distances along the view direction, normalised
     over this hand alone: 255 · (1 − 0.8 · (d − dmin)/(dmax − dmin)), truncated to uint8, with the official code's
@@ -60,8 +68,8 @@ def render_depth(meshes: Sequence[HandMesh], width: int, height: int) -> DepthRe
             extents.append(None)
             continue
         (x0, y0), z, _ = rendered
-        hit_y, hit_x = np.nonzero(np.isfinite(z))
-        extents.append((x0 + int(hit_x.min()), y0 + int(hit_y.min()), x0 + int(hit_x.max()), y0 + int(hit_y.max())))
+        hx0, hy0, hx1, hy1 = pixel_extent(np.isfinite(z))  # a render always has a hit
+        extents.append((x0 + hx0, y0 + hy0, x0 + hx1, y0 + hy1))
     pasted = any(m.view is not None for m in meshes)
     for i in _paste_order(meshes) if pasted else range(len(meshes)):
         rendered = renders[i]

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.depth import pixel_extent
 from lib_handrefiner.train.sources import SourceHand, SourceSample
 
 HINTS = ("dataset", "landmarks", "graphormer")
@@ -117,14 +118,6 @@ def depth_levels(depth: np.ndarray, hands: Sequence[np.ndarray]) -> np.ndarray:
         on = pixels & valid
         levels[on] = hand_levels(depth[on])
     return levels
-
-
-def pixel_extent(pixels: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
-    """Inclusive (x_min, y_min, x_max, y_max) of the True pixels; None when there are none."""
-    rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
 
 
 # ---- judging hands ----------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Boxes are [x0, y0, x1, y1] in pixels with x1/y1 exclusive; integer boxes are cla
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable, Optional, Sequence, Tuple
 
@@ -50,6 +51,11 @@ def union_box(a: IntBox, b: Optional[IntBox]) -> IntBox:
     if b is None:
         return a
     return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def enclosing_box(boxes: Iterable[IntBox]) -> IntBox:
+    """The box around all of `boxes` (at least one): what a pass over several hands together is cropped around."""
+    return functools.reduce(union_box, boxes)
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from lib_handrefiner.args import BUILTIN_SAMPLER, DEFAULT_NEGATIVE_PROMPT, MESHES_INFOTEXT_KEY, HandRefinerArgs
+from lib_handrefiner.masking import enclosing_box
 from lib_handrefiner.sampler import LATENT_SCALE, InpaintRequest, SamplingInterrupted, ddim_step_count, \
     sample_inpaint, size_multiple, with_extra_negative
 from lib_handrefiner.sd_model import SDModel
@@ -246,8 +247,7 @@ def _units(perception, args: HandRefinerArgs, base_seed: int, multiple: int) -> 
     if not args.crop:
         return [_Unit(hands, whole_image_region(w, h, multiple), base_seed)]
     if args.hands_together:
-        boxes = np.array([hd.box for hd in hands], dtype=float)
-        union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+        union = enclosing_box(hd.box for hd in hands)
         return [_Unit(hands, hand_crop_region(union, w, h, args.crop_resolution, multiple, args.crop_min_side),
                       base_seed)]
     return [_Unit([hd], hand_crop_region(hd.box, w, h, args.crop_resolution, multiple, args.crop_min_side),

@@ -28,6 +28,7 @@ from PIL import Image
 
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.depth import pixel_extent
+from lib_handrefiner.masking import enclosing_box
 from lib_handrefiner.train.sources import SourceHand, SourceSample
 
 HINTS = ("dataset", "landmarks", "graphormer")
@@ -174,12 +175,6 @@ def _first_reason(reasons: Sequence[str]) -> str:
 
 # ---- one sample -------------------------------------------------------------------------------------------------
 
-def _union_of(boxes: Sequence[Tuple[int, int, int, int]]) -> Tuple[int, int, int, int]:
-    """The box around boxes, as refine_image's all-hands-together pass takes it."""
-    b = np.array(boxes, dtype=float)
-    return (int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max()))
-
-
 def _segmentation_mask(hands: Sequence[SourceHand], dilation: int) -> np.ndarray:
     from lib_handrefiner.masking import dilate
 
@@ -262,7 +257,7 @@ def prepare_from_mesh(sample: SourceSample, options: PrepareOptions, mesh_model)
         if not refinable:
             return Dropped("detection_off_mask")
     boxes = [h.box for h in refinable]
-    region = hand_crop_region(_union_of(boxes), width, height, options.resolution,
+    region = hand_crop_region(enclosing_box(boxes), width, height, options.resolution,
                               min_side=options.args.crop_min_side)
     if options.mask_kind(bool(segments)) == "segmentation":
         if not segments:

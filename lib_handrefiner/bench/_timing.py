@@ -1,4 +1,5 @@
-"""The one timing rule every benchmark uses: median wall time after warm-up calls."""
+"""What the benchmarks measure the same way: the timing rule (median wall time after warm-up calls) and peak
+memory."""
 from __future__ import annotations
 
 import statistics
@@ -20,3 +21,14 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1,
         sync()
         times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times)
+
+
+def peak_memory_mib(device) -> float:
+    """Peak GPU memory allocated since the last reset on CUDA; elsewhere the process's peak RSS (models included)."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

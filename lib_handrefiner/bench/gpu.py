@@ -27,6 +27,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lib_handrefiner.bench._timing import peak_memory_mib
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "malformed_1.jpg"
 
 
@@ -38,15 +40,6 @@ def build(arch: str, device: torch.device, dtype: torch.dtype):
     sd, controlnet = build_for_training(arch, device, dtype)
     use_fast_attention(controlnet)
     return sd, controlnet.to(dtype=dtype).eval().requires_grad_(False)
-
-
-def peak_mib(device: torch.device) -> float:
-    """Peak GPU memory allocated since the last reset; on the CPU the process's peak RSS (models included)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def best_of(repeats: int, run: Callable[[], object], device: torch.device) -> tuple[float, object]:
@@ -120,12 +113,12 @@ def main(argv: list[str]) -> int:
             sample_ms = result.timings_ms["sample"]
             results[steps] = ms
             print(f"  fixed, {steps} steps ({count} as ldm counts them): {sample_ms / count:.1f} ms/step, "
-                  f"{ms:.0f} ms per hand, peak memory {peak_mib(device):.0f} MiB")
+                  f"{ms:.0f} ms per hand, peak memory {peak_memory_mib(device):.0f} MiB")
         adaptive = fixed.copy(update={"mode": "adaptive", "adaptive_batch": 7})
         ms, result = best_of(ns.repeats, lambda: refine(adaptive), device)
         tried = len(result.hands[0].tried)
         print(f"  adaptive, batch 7, {fixed.steps} steps: {ms:.0f} ms per hand ({tried} strengths sampled), "
-              f"{ms / results[fixed.steps]:.2f}x fixed, peak memory {peak_mib(device):.0f} MiB")
+              f"{ms / results[fixed.steps]:.2f}x fixed, peak memory {peak_memory_mib(device):.0f} MiB")
         if reference is None:
             print("  fp16 vs fp32 drift: not measured (needs CUDA)")
             return 0

@@ -19,7 +19,7 @@ from typing import List
 
 import torch
 
-from lib_handrefiner.bench._timing import median_ms
+from lib_handrefiner.bench._timing import median_ms, peak_memory_mib
 
 ARCH_DEFAULTS = {"tiny": dict(resolution=64, precision="fp32"), "sd15": dict(resolution=512, precision="bf16")}
 
@@ -57,14 +57,6 @@ def synthetic_batches(count: int, batch_size: int, resolution: int, latent_chann
                            hint.expand(-1, 3, -1, -1).contiguous(), ["a photo of a hand"] * batch_size, keys)
         out.append((batch, draw_noise(seed, keys, (latent_channels, resolution // 8, resolution // 8), 1000)))
     return out
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def measure(ns: argparse.Namespace) -> int:

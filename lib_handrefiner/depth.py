@@ -110,17 +110,30 @@ def _render_alone(mesh: HandMesh, width: int, height: int
         return None
     x0, y0 = np.floor(xy.min(axis=0)).astype(int)
     x1, y1 = np.ceil(xy.max(axis=0)).astype(int) + 1
-    x0, y0 = max(int(x0), -(width // 2)), max(int(y0), -(height // 2))
-    x1, y1 = min(int(x1), width + width // 2), min(int(y1), height + height // 2)
-    if x1 <= x0 or y1 <= y0:
+    window = _bounded(int(x0), int(y0), int(x1), int(y1), width, height)
+    if window is None:
         return None
-    z = _cast(mesh, x0, y0, x1, y1)
+    return _with_levels(window, _cast(mesh, *window))
+
+
+def _bounded(x0: int, y0: int, x1: int, y1: int, width: int, height: int) -> Optional[Tuple[int, int, int, int]]:
+    """The window [x0, x1) × [y0, y1) cut to half an image past each edge (the official padded canvas); None when
+    nothing of it is left."""
+    x0, y0 = max(x0, -(width // 2)), max(y0, -(height // 2))
+    x1, y1 = min(x1, width + width // 2), min(y1, height + height // 2)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def _with_levels(window: Tuple[int, int, int, int], z: np.ndarray
+                 ) -> Optional[Tuple[Tuple[int, int], np.ndarray, np.ndarray]]:
+    """A hand's render: (window origin), z per pixel (inf where nothing is hit) and its own depth levels; None
+    when no ray hit it."""
     hit = np.isfinite(z)
     if not hit.any():
         return None
     levels = np.zeros(z.shape, dtype=np.uint8)
     levels[hit] = hand_levels(z[hit])
-    return (x0, y0), z, levels
+    return (window[0], window[1]), z, levels
 
 
 def _cast(mesh: HandMesh, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -148,12 +161,10 @@ def _render_perspective(mesh: HandMesh, width: int, height: int
     import open3d as o3d
 
     view = mesh.view
-    x0, y0, x1, y1 = view.window
-    # The same bound as for orthographic hands: half an image past each edge (the official padded canvas).
-    x0, y0 = max(x0, -(width // 2)), max(y0, -(height // 2))
-    x1, y1 = min(x1, width + width // 2), min(y1, height + height // 2)
-    if x1 <= x0 or y1 <= y0:
+    window = _bounded(*view.window, width, height)  # the same bound as for orthographic hands
+    if window is None:
         return None
+    x0, y0, x1, y1 = window
     v, u = np.mgrid[y0:y1, x0:x1].astype(np.float64)
     directions = np.stack([(u + 0.5 - view.principal[0]) / view.focal, (v + 0.5 - view.principal[1]) / view.focal,
                            np.ones_like(u)], axis=-1)
@@ -166,11 +177,7 @@ def _render_perspective(mesh: HandMesh, width: int, height: int
     t_hit = answer["t_hit"].numpy().astype(np.float64)
     normals = answer["primitive_normals"].numpy().astype(np.float64)
     hit = np.isfinite(t_hit) & (np.einsum("...i,...i->...", normals, directions) <= 0)
-    if not hit.any():
-        return None
     points_z = view.origin[2] + t_hit[hit] * directions[..., 2][hit]
     z = np.full(t_hit.shape, np.inf)
     z[hit] = points_z + view.origin[2]
-    levels = np.zeros(z.shape, dtype=np.uint8)
-    levels[hit] = hand_levels(z[hit])
-    return (x0, y0), z, levels
+    return _with_levels(window, z)

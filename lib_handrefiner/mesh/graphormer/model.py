@@ -40,7 +40,6 @@ FOCAL_AT_224 = 1000.0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PASTE_ORDER_LANDMARK = 9  # the middle finger's knuckle: the official code sorts hands by its MediaPipe z
-WRIST = 0
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ def hand_mesh(camera: np.ndarray, vertices: np.ndarray, faces: np.ndarray, joint
         faces = faces[:, ::-1]
     joints = joint_regressor @ vertices
     principal = (crop.x0 + crop.side / 2.0, crop.y0 + crop.side / 2.0)
-    wrist_z = float(joints[WRIST, 2] - origin[2])
+    wrist_z = float(joints[mano.WRIST, 2] - origin[2])
     view = PerspectiveView(vertices=vertices, origin=origin, focal=focal, principal=principal,
                            window=(crop.x0, crop.y0, crop.x0 + crop.side, crop.y0 + crop.side), order=order)
     return HandMesh(vertices=_project(vertices, origin, focal, principal, wrist_z),

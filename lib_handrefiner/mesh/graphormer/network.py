@@ -20,10 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from lib_handrefiner.mesh.graphormer.hrnet import FEATURE_DIM, GRID_DIM, HRNetW64
+from lib_handrefiner.mesh.graphormer.mano import NUM_SUB_VERTICES, NUM_VERTICES
 
 NUM_JOINTS = 21
-NUM_SUB_VERTICES = 195
-NUM_VERTICES = 778
 GRID_TOKENS = 49            # 7×7 HRNet grid features for a 224² input
 INPUT_SIZE = 224
 LAYER_NORM_EPS = 1e-12      # BERT's; the original's TF-style layer norm

@@ -34,6 +34,7 @@ from lib_handrefiner.train.sources import SourceHand, SourceSample
 HINTS = ("dataset", "landmarks", "graphormer")
 PREPARE_FILE = "prepare.json"
 MASKS = ("auto", "segmentation", "inference")
+KEYPOINT_TOLERANCE = 3  # px a hand's keypoints (or a detection's landmarks) may lie off its segmentation
 
 DROP_REASONS = {
     "unreadable": "files missing or unreadable",
@@ -123,6 +124,13 @@ def depth_levels(depth: np.ndarray, hands: Sequence[np.ndarray]) -> np.ndarray:
 
 # ---- judging hands ----------------------------------------------------------------------------------------------
 
+def _grown(pixels: np.ndarray) -> np.ndarray:
+    """A hand's pixels grown by KEYPOINT_TOLERANCE px: where its keypoints (and a detection's landmarks) may lie."""
+    from lib_handrefiner.masking import dilate
+
+    return dilate(np.where(pixels, 255, 0).astype(np.uint8), KEYPOINT_TOLERANCE) > 0
+
+
 def _largest_piece_fraction(pixels: np.ndarray) -> float:
     import cv2
 
@@ -141,8 +149,6 @@ def _visible_keypoints(hand: SourceHand, width: int, height: int) -> np.ndarray:
 def hand_problem(hand: SourceHand, depth: Optional[np.ndarray], options: PrepareOptions,
                  need_depth: bool) -> Optional[str]:
     """Why a segmented hand cannot be trained on (a DROP_REASONS key), or None."""
-    from lib_handrefiner.masking import dilate
-
     extent = pixel_extent(hand.pixels)
     if extent is None:
         return "no_hand"
@@ -153,7 +159,7 @@ def hand_problem(hand: SourceHand, depth: Optional[np.ndarray], options: Prepare
         visible = _visible_keypoints(hand, width, height)
         if len(visible) < options.min_visible_keypoints * len(hand.keypoints):
             return "hidden"
-        grown = dilate(np.where(hand.pixels, 255, 0).astype(np.uint8), 3) > 0
+        grown = _grown(hand.pixels)
         u, v = visible[:, 0].astype(int), visible[:, 1].astype(int)
         if grown[v, u].mean() < options.min_keypoints_on_mask:
             return "keypoints_off_mask"
@@ -230,11 +236,8 @@ def prepare_from_dataset(sample: SourceSample, options: PrepareOptions) -> Union
     return _finish(sample, rgb_crop, mask_crop, hint_crop)
 
 
-def _on_segment(landmarks: np.ndarray, hand: SourceHand) -> float:
-    """Fraction of a detection's landmarks that fall on a segmented hand (grown 3 px)."""
-    from lib_handrefiner.masking import dilate
-
-    grown = dilate(np.where(hand.pixels, 255, 0).astype(np.uint8), 3) > 0
+def _on_segment(landmarks: np.ndarray, grown: np.ndarray) -> float:
+    """Fraction of a detection's landmarks that fall on a segmented hand (its `_grown` pixels)."""
     height, width = grown.shape
     u = np.clip(landmarks[:, 0].astype(int), 0, width - 1)
     v = np.clip(landmarks[:, 1].astype(int), 0, height - 1)
@@ -252,8 +255,9 @@ def prepare_from_mesh(sample: SourceSample, options: PrepareOptions, mesh_model)
     if not refinable:
         return Dropped("no_detection")
     segments = [h for h in sample.hands if h.pixels.any()]
+    grown = [_grown(s.pixels) for s in segments]
     if segments:  # keep the detections that are the dataset's hands
-        refinable = [h for h in refinable if max(_on_segment(h.hand.landmarks, s) for s in segments) >= 0.5]
+        refinable = [h for h in refinable if max(_on_segment(h.hand.landmarks, g) for g in grown) >= 0.5]
         if not refinable:
             return Dropped("detection_off_mask")
     boxes = [h.box for h in refinable]
@@ -262,7 +266,8 @@ def prepare_from_mesh(sample: SourceSample, options: PrepareOptions, mesh_model)
     if options.mask_kind(bool(segments)) == "segmentation":
         if not segments:
             raise ValueError("--mask segmentation: this source has no segmentation; use --mask inference")
-        detected = [s for s in segments if max(_on_segment(h.hand.landmarks, s) for h in refinable) >= 0.5]
+        detected = [s for s, g in zip(segments, grown)
+                    if max(_on_segment(h.hand.landmarks, g) for h in refinable) >= 0.5]
         mask = _segmentation_mask(detected, options.mask_dilation)
     else:
         mask = unit_mask(perception.mask, boxes, region, options.args)
@@ -295,18 +300,26 @@ def process(source, i: int, options: PrepareOptions, mesh_model) -> Tuple[str, U
     return sample.source_file, prepare_sample(sample, options, mesh_model)
 
 
+def hint_mesh_model(options: PrepareOptions):
+    """The mesh model of a mesh hint (`--hint landmarks|graphormer`); None for the dataset's depth."""
+    if options.hint == "dataset":
+        return None
+    from lib_handrefiner.mesh import get_mesh_model
+
+    return get_mesh_model(options.hint, options.models_dir)
+
+
 _worker: dict = {}
 
 
 def _start_worker(opened_as: tuple, options: PrepareOptions) -> None:
     import torch
 
-    from lib_handrefiner.mesh import get_mesh_model
     from lib_handrefiner.train.sources import open_source
 
     torch.set_num_threads(1)  # one core per process
     _worker["source"] = open_source(*opened_as)
-    _worker["mesh"] = get_mesh_model(options.hint, options.models_dir) if options.hint != "dataset" else None
+    _worker["mesh"] = hint_mesh_model(options)
     _worker["options"] = options
 
 
@@ -355,11 +368,8 @@ def prepare(source, dst: Path, options: PrepareOptions, captions: Optional[Dict[
         raise ValueError(f"--mask {options.mask!r}: one of {', '.join(MASKS)}")
     if options.resolution < 64 or options.resolution % 8:
         raise ValueError(f"--resolution {options.resolution}: a multiple of 8 of at least 64 (SD 1.5 trains at 512)")
-    mesh_model = None
-    if options.hint != "dataset":
-        from lib_handrefiner.mesh import get_mesh_model
-
-        mesh_model = get_mesh_model(options.hint, options.models_dir)
+    # Loaded here also when workers prepare the samples: a missing or wrong file is one error, before any starts.
+    mesh_model = hint_mesh_model(options)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     report = PrepareReport()

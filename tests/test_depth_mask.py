@@ -7,7 +7,7 @@ import open3d as o3d
 import pytest
 
 from lib_handrefiner.depth import hand_levels, render_depth
-from lib_handrefiner.masking import box_iou, build_mask, clamp_box, dilate, feather, hand_box, union_box
+from lib_handrefiner.masking import box_iou, build_mask, clamp_box, feather, hand_box, union_box
 from lib_handrefiner.mesh import HandMesh
 
 

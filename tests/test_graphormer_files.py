@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import pickletools
-import shutil
 from pathlib import Path
 
 import numpy as np

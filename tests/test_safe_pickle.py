@@ -3,7 +3,6 @@ load with their callbacks as placeholders, and no hostile pickle runs anything."
 from __future__ import annotations
 
 import collections
-import io
 import os
 import pickle
 import pickletools

@@ -13,7 +13,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 BN_MOMENTUM = 0.1
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import List, Sequence
 
 import numpy as np
-import torch
 
 from lib_handrefiner.args import HandRefinerArgs
 
@@ -33,13 +32,13 @@ def refine_sample(sd, controlnet, sample: ValidationSample, args: HandRefinerArg
                   seed: int) -> List[np.ndarray]:
     """The sample refined once per strength (one batch, one noise), composited into the sample's image."""
     from lib_handrefiner.masking import feather
-    from lib_handrefiner.pipeline import composite, resolve_negative, to_tensor, to_uint8, whole_image_region
+    from lib_handrefiner.pipeline import composite, resolve_negative, to_uint8, whole_image_region
     from lib_handrefiner.sampler import InpaintRequest, sample_inpaint, with_extra_negative
+    from lib_handrefiner.train.folder import sample_tensors
 
     h, w = sample.mask.shape
-    request = InpaintRequest(image=to_tensor(sample.rgb), mask=torch.from_numpy(sample.mask)[None, None].float(),
-                             hint=torch.from_numpy(np.array(sample.hint)).permute(2, 0, 1)[None].float() / 255.0,
-                             prompt=args.prompt or sample.caption,
+    image, mask, hint = sample_tensors(sample.rgb, sample.mask, sample.hint)  # the tensors training sees
+    request = InpaintRequest(image=image[None], mask=mask[None], hint=hint[None], prompt=args.prompt or sample.caption,
                              negative_prompt=with_extra_negative(resolve_negative(args, None), args.extra_negative),
                              steps=args.steps, cfg_scale=args.cfg_scale, denoising_strength=args.denoising_strength)
     refined = to_uint8(sample_inpaint(sd, controlnet, request, list(strengths), seed))

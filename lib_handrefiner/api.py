@@ -332,7 +332,7 @@ def check_models(args: HandRefinerArgs, listing: ModelListing) -> None:
             raise InputError(["inpaint_checkpoint"], str(e)) from e
     check_sampling(args, listing.samplers, listing.schedulers)
     status = listing.mesh_status(args.mesh_model)
-    if status is not None and not status.available and not args.mesh_fallback:
+    if status is not None and not status.available and not (args.mesh_fallback or listing.mesh_fallback):
         # The server's files, not the request: 503, with what to download (or mesh_fallback: true).
         raise HTTPException(503, detail=f"{status.reason}\nOr send mesh_fallback: true to use the landmark mesh.")
 

@@ -41,6 +41,9 @@ class ModelListing:
     # What `sampler` and `scheduler` may name: outside the WebUI only the built-in sampler.
     samplers: List[str] = field(default_factory=lambda: [BUILTIN_SAMPLER])
     schedulers: List[str] = field(default_factory=lambda: [AUTOMATIC_SCHEDULER])
+    # The server uses the landmark mesh where Mesh Graphormer cannot be made, whatever a request's mesh_fallback
+    # says (serve --mesh-fallback).
+    mesh_fallback: bool = False
 
     def mesh_status(self, name: str) -> Optional[MeshModelStatus]:
         return next((m for m in self.mesh_models if m.name == name), None)

@@ -58,13 +58,16 @@ class StandaloneService:
         self.controlnet = Path(controlnet)
         self.folders = standard_folders(models_dir)
         self.device = device
-        # The mesh model for requests that leave mesh_model at "auto" (serve --mesh), and whether to fall back.
+        # The mesh model for requests that leave mesh_model at "auto" (serve --mesh), and whether every request falls
+        # back to the landmark mesh when Mesh Graphormer cannot be made (serve --mesh-fallback).
         self.mesh_model, self.mesh_fallback = mesh_model, mesh_fallback
         self._models = ModelSlots()
 
     def listing(self) -> ModelListing:
-        return build_listing(self.folders.controlnet_dirs, self.folders.checkpoint_dirs, self.folders.mesh_dirs,
-                             controlnet_files=[self.controlnet], checkpoint_files=[self.checkpoint])
+        listing = build_listing(self.folders.controlnet_dirs, self.folders.checkpoint_dirs, self.folders.mesh_dirs,
+                                controlnet_files=[self.controlnet], checkpoint_files=[self.checkpoint])
+        listing.mesh_fallback = self.mesh_fallback
+        return listing
 
     def default_controlnet(self) -> Optional[str]:
         return self.controlnet.stem

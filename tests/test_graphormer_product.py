@@ -154,6 +154,19 @@ def test_api_graphormer_without_files_is_503_naming_them(tiny_models, no_env_fol
     assert models[1]["missing"] == list(files.FILE_NAMES)
 
 
+def test_api_server_started_with_mesh_fallback_falls_back_for_every_request(tiny_models, no_env_folder):
+    """`serve --mesh-fallback`: a request that names graphormer while its files are missing gets the landmark mesh
+    and the warning, as the service resolves it, not the 503 of a server without the fallback."""
+    from lib_handrefiner.service import StandaloneService
+
+    client = _client(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet, mesh_fallback=True))
+    body = {"image": _image_b64(SHIPPED[0]), "mesh_model": "graphormer", "steps": 1, "crop_resolution": 64}
+    response = client.post("/handrefiner/refine", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["hands"][0]["mesh"] == "landmarks" and "warning: used the landmark mesh" in answer["message"]
+
+
 def test_api_refines_with_mesh_graphormer(tiny_models, graphormer_folder):
     from lib_handrefiner.service import StandaloneService
 

@@ -7,7 +7,7 @@ The hint (`hint`):
   255·(1 − 0.8·(d − dmin)/(dmax − dmin)) (near bright, 50 the farthest, truncated as `depth.hand_levels` does), 0 elsewhere;
 - `landmarks` / `graphormer`: MediaPipe on the image, that mesh model's mesh, its depth rendered in the crop's
   camera, as the refiner does at inference. A ControlNet trained on `landmarks` hints learns exactly the hints the
-  MANO-free default mesh gives it.
+  MANO-free landmark mesh gives it.
 
 The mask (`mask`): `segmentation` (the dataset's hand pixels) or `inference`
 (what the refiner regenerates: each hand's padded keypoint box ∪ its depth pixels); `auto` takes segmentation with

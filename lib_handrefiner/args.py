@@ -61,10 +61,11 @@ class HandRefinerArgs(BaseModel):
     seed: int = Field(-1, ge=-1, le=2**32 - 1, title="HandRefiner seed",
                       description="-1: the job's seed (WebUI) or a random one (API, command line).")
     mask_padding: int = Field(30, ge=0, le=512, title="HandRefiner mask padding",
-                              description="Minimum padding (px) of the keypoint box.")
+                              description="Minimum padding (px) of a hand's mask box (its keypoints and its depth "
+                                          "pixels together), on each axis.")
     mask_padding_ratio: float = Field(0.15, ge=0.0, le=2.0, title="HandRefiner mask padding ratio",
-                                      description="Padding as a fraction of the keypoint box side; the larger "
-                                                  "of this and mask_padding is used.")
+                                      description="Padding as a fraction of the mask box's extent on each axis; "
+                                                  "the larger of this and mask_padding is used.")
     mask_dilation: int = Field(0, ge=0, le=256, title="HandRefiner mask dilation", description="Grow the mask (px).")
     mask_feather: int = Field(8, ge=0, le=256, title="HandRefiner mask feather",
                               description="Feather the mask's edge inward when compositing (px): nothing outside the mask "

@@ -307,8 +307,8 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
                  should_stop: Optional[Callable[[], bool]] = None, sample_fn: Optional[SampleFn] = None,
                  mesh_warning: str = "") -> RefineResult:
     """Refines the hands of `image` (any RGB input `imageio.to_rgb` takes). `args.prompt`/`negative_prompt`, when
-    set, override the job's prompts given here; without a job negative (None) the official one is used. `perception` skips detection (e.g. user-edited boxes).
-    `progress(done, total)` is called after every sampling step; `should_stop()` is polled before each one and
+    set, override the job's prompts given here; without a job negative (None) the official one is used.
+    `perception` skips detection (e.g. user-edited boxes). `progress(done, total)` is called after every sampling step; `should_stop()` is polled before each one and
     ends the run with the hands refined so far. `sample_fn` inpaints each crop (None: the built-in
     `sample_inpaint`); crops, masks, the adaptive search and compositing are the same whichever samples.
     `mesh_model` is the model `args.mesh_model` resolved to (None: resolved here) and `mesh_warning` the warning
@@ -339,11 +339,10 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
                          f"{original.shape[1]}x{original.shape[0]}; run perceive on this image")
     base_seed = choose_seed(seed, args)
     entries = args.copy(update={"enabled": True, "seed": base_seed}).infotext()
-    infotext = format_infotext(entries)
     units = _units(perception, args, base_seed, size_multiple(sd.unet))
     if not units:
         _add(timings, "total", started)
-        return RefineResult(original.copy(), perception, [], infotext, timings,
+        return RefineResult(original.copy(), perception, [], format_infotext(entries), timings,
                             with_mesh_warning(nothing_to_refine_message(perception, args), perception),
                             base_seed, resolve_negative(args, negative_prompt))
 

@@ -60,6 +60,27 @@ def tiny_controlnet(tiny_models):
     return load_controlnet(tiny_models.controlnet)
 
 
+def api_client(service):
+    """A TestClient of a real FastAPI app with the /handrefiner/* routes over `service`; server errors come back as
+    responses (500), not exceptions."""
+    import threading
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from lib_handrefiner.api import mount
+
+    app = FastAPI()
+    mount(app, service, threading.Lock())
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def b64_file(path: Path) -> str:
+    import base64
+
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
 def strict_loads(text: str):
     """json.loads as parsers outside Python read JSON: NaN, Infinity and -Infinity are errors."""
     import json

@@ -21,15 +21,11 @@ from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.models_registry import ModelNameError, build_listing, check_name_safe, resolve_name
 from lib_handrefiner.service import StandaloneService
 
-from conftest import OFFICIAL_NEGATIVE, infotext_value, strict_loads
+from conftest import OFFICIAL_NEGATIVE, api_client, b64_file, infotext_value, strict_loads
 from pickles import tiny_lightning_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MALFORMED = ROOT / "examples" / "malformed_1.jpg"
-
-
-def b64_file(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def b64_image(array: np.ndarray, fmt: str = "PNG") -> str:
@@ -57,9 +53,7 @@ def service(tiny_models) -> StandaloneService:
 
 @pytest.fixture(scope="session")
 def client(service) -> TestClient:
-    app = FastAPI()
-    mount(app, service, threading.Lock())
-    return TestClient(app, raise_server_exceptions=False)
+    return api_client(service)
 
 
 def error_of(response) -> tuple[list, str]:

@@ -4,13 +4,10 @@ fixture in the released layout."""
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from lib_handrefiner.args import HandRefinerArgs
@@ -19,6 +16,8 @@ from lib_handrefiner.imageio import load_image
 from lib_handrefiner.mesh import MeshModelError, resolve_mesh_model
 from lib_handrefiner.mesh.graphormer import files
 from lib_handrefiner.models_registry import ModelSlots
+
+from conftest import api_client, b64_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SHIPPED = sorted(EXAMPLES.glob("*.jpg"))
@@ -122,25 +121,11 @@ def test_detect_falls_back_with_a_warning(tmp_path, capsys, no_env_folder):
 
 # ---- the API -----------------------------------------------------------------------------------------------------
 
-def _client(service) -> TestClient:
-    from lib_handrefiner.api import mount
-
-    app = FastAPI()
-    mount(app, service, threading.Lock())
-    return TestClient(app, raise_server_exceptions=False)
-
-
-def _image_b64(path: Path) -> str:
-    import base64
-
-    return base64.b64encode(path.read_bytes()).decode()
-
-
 def test_api_graphormer_without_files_is_503_naming_them(tiny_models, no_env_folder):
     from lib_handrefiner.service import StandaloneService
 
-    client = _client(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet))
-    body = {"image": _image_b64(SHIPPED[0]), "mesh_model": "graphormer", "steps": 1, "crop_resolution": 64}
+    client = api_client(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet))
+    body = {"image": b64_file(SHIPPED[0]), "mesh_model": "graphormer", "steps": 1, "crop_resolution": 64}
     response = client.post("/handrefiner/refine", json=body)
     assert response.status_code == 503
     detail = response.json()["detail"]
@@ -159,8 +144,8 @@ def test_api_server_started_with_mesh_fallback_falls_back_for_every_request(tiny
     and the warning, as the service resolves it, not the 503 of a server without the fallback."""
     from lib_handrefiner.service import StandaloneService
 
-    client = _client(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet, mesh_fallback=True))
-    body = {"image": _image_b64(SHIPPED[0]), "mesh_model": "graphormer", "steps": 1, "crop_resolution": 64}
+    client = api_client(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet, mesh_fallback=True))
+    body = {"image": b64_file(SHIPPED[0]), "mesh_model": "graphormer", "steps": 1, "crop_resolution": 64}
     response = client.post("/handrefiner/refine", json=body)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -171,10 +156,10 @@ def test_api_refines_with_mesh_graphormer(tiny_models, graphormer_folder):
     from lib_handrefiner.service import StandaloneService
 
     service = StandaloneService(tiny_models.checkpoint, tiny_models.controlnet, graphormer_folder)
-    client = _client(service)
+    client = api_client(service)
     models = {m["name"]: m for m in client.get("/handrefiner/models").json()["mesh_models"]}
     assert models["auto"]["uses"] == "graphormer" and models["graphormer"]["available"]
-    body = {"image": _image_b64(EXAMPLES / "malformed_1.jpg"), "steps": 1, "crop_resolution": 64, "seed": 3}
+    body = {"image": b64_file(EXAMPLES / "malformed_1.jpg"), "steps": 1, "crop_resolution": 64, "seed": 3}
     answer = client.post("/handrefiner/refine", json=body).json()
     assert answer["hands"][0]["mesh"] == "graphormer" and answer["hands"][0]["refined"]
     assert "HandRefiner meshes: graphormer" in answer["infotext"]

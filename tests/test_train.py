@@ -3,12 +3,15 @@ saved file, resuming, validation, and the sample stream that makes them reproduc
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from PIL import Image
 
 from lib_handrefiner import sampler
 from lib_handrefiner.controlnet import controlnet_from_unet, load_controlnet, read_unet_state
@@ -194,8 +197,6 @@ def test_resume_continues_at_its_step_with_the_same_losses(tiny_sd, unet_state, 
 
 
 def test_validation_grid_at_three_strengths(tiny_sd, tiny_models, data, tmp_path):
-    from PIL import Image
-
     controlnet = load_controlnet(tiny_models.controlnet)  # random zero convolutions: the strengths differ
     train(config(data, tmp_path, steps=1, lr=1e-6, val_every=1, val_steps=2), models=(tiny_sd, controlnet))
     grid = np.asarray(Image.open(tmp_path / "validation" / "step-000001.png"))
@@ -241,15 +242,26 @@ def test_settings_errors_name_the_fix(tiny_sd, unet_state, data, tmp_path):
         train(config(tmp_path / "nowhere", tmp_path, steps=1), models=(tiny_sd, fresh_controlnet(unet_state)))
 
 
-def test_tensorboard_is_optional(tiny_sd, unet_state, data, tmp_path):
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(TrainError, match="pip install tensorboard"):
-            train(config(data, tmp_path, steps=1, log="tensorboard"), models=(tiny_sd, fresh_controlnet(unet_state)))
-        return
-    train(config(data, tmp_path, steps=1, log="tensorboard"), models=(tiny_sd, fresh_controlnet(unet_state)))
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+def test_tensorboard_logs_every_step_and_the_validation_grid(tiny_sd, tiny_models, data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    controlnet = load_controlnet(tiny_models.controlnet)
+    train(config(data, tmp_path, steps=2, val_every=2, val_steps=2, log="tensorboard"), models=(tiny_sd, controlnet))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [m["step"] for m in logged] == [1, 2]
+    assert [e.value for e in losses] == pytest.approx([m["loss"] for m in logged], rel=1e-6)
+    assert set(events.Tags()["scalars"]) == {f"train/{key}" for key in logged[0] if key != "step"}
+    (grid,) = events.Images("validation")
+    saved = Image.open(tmp_path / "validation" / "step-000002.png")
+    assert grid.step == 2 and (grid.width, grid.height) == saved.size
+
+
+def test_tensorboard_missing_names_the_install(tiny_sd, unet_state, data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what an environment without it raises
+    with pytest.raises(TrainError, match=r"pip install \"tensorboard<2.21\""):
+        train(config(data, tmp_path, steps=1, log="tensorboard"), models=(tiny_sd, fresh_controlnet(unet_state)))
 
 
 def test_train_command_reports_a_bad_checkpoint(data, tmp_path, capsys):

@@ -241,14 +241,14 @@ class _Metrics:
 
 
 def tensorboard_writer(out: Path):
-    """TensorBoard is optional: `pip install tensorboard` (it needs protobuf ≥ 3.19.6, which the WebUI's 3.20 and
-    MediaPipe's 4.25 both satisfy; it pulls grpcio, markdown and werkzeug, no pydantic)."""
+    """TensorBoard is optional for users (dev/setup.sh installs it). Below 2.21: 2.21 needs protobuf ≥ 6.31, and pip
+    would replace MediaPipe's protobuf 4.25 (or the WebUI's 3.20) with it; 2.20 takes any protobuf ≥ 3.19.6."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise TrainError("--log tensorboard needs the tensorboard package, which HandRefiner does not install: "
-                         "`pip install tensorboard`, or train without --log (OUT/metrics.jsonl has every step)"
-                         ) from None
+                         "`pip install \"tensorboard<2.21\"` (a newer one replaces the protobuf MediaPipe needs), or "
+                         "train without --log (OUT/metrics.jsonl has every step)") from None
     return SummaryWriter(str(out / "tensorboard"))
 
 

@@ -416,12 +416,17 @@ def read_controlnet_file(path) -> ControlNetFile:
 
 
 def load_controlnet(path, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
-                    config: Optional[ControlNetConfig] = None) -> ControlNet:
+                    config: Optional[ControlNetConfig] = None, fused_attention: bool = False) -> ControlNet:
     """A ControlNet from a file, cast to `dtype` (the released file is fp16) on `device`, in eval mode.
-    `config` overrides the stored/inferred configuration (e.g. another head count)."""
+    `config` overrides the stored/inferred configuration (e.g. another head count). `fused_attention` routes its
+    cross-attention through fused attention, as load_sd_checkpoint does for its UNet: for the standalone programs;
+    in the WebUI the WebUI's own attention optimisation (it patches the class) reaches the ControlNet instead."""
     found = read_controlnet_file(path)
     model = check_fits(found, config)
     model.load_state_dict(found.state, assign=True)
+    if fused_attention:
+        from lib_handrefiner.sd_model import use_fast_attention
+        use_fast_attention(model)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

@@ -104,7 +104,7 @@ class StandaloneService:
 
     def _load_controlnet(self, path: Path) -> Any:
         from .controlnet import load_controlnet
-        return load_controlnet(path, device=self.device)
+        return load_controlnet(path, device=self.device, fused_attention=True)
 
     def _load(self, kind: str, path: Path, loader: Callable[[Path], Any]) -> Any:
         def load() -> Any:

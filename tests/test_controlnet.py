@@ -430,3 +430,47 @@ def test_controlnet_from_unet_refuses_what_is_not_a_unet():
         controlnet_from_unet(build_unet(9).state_dict(), ControlNetConfig.tiny().__class__(
             model_channels=32, channel_mult=(1, 4), num_res_blocks=1, attention_resolutions=(1, 2), num_heads=2,
             context_dim=64))
+
+
+def _fused(module) -> bool:
+    from ldm.modules.attention import CrossAttention
+
+    layers = [m for m in module.modules() if type(m) is CrossAttention]
+    return bool(layers) and all("forward" in vars(m) for m in layers)  # use_fast_attention sets it per instance
+
+
+def test_fused_attention_on_loading_changes_only_the_speed(tiny_models, tiny_controlnet):
+    fused = load_controlnet(tiny_models.controlnet, fused_attention=True)
+    assert _fused(fused) and not any("forward" in vars(m) for m in tiny_controlnet.modules())
+    x, hint, ctx = torch.randn(1, 4, 16, 16), torch.rand(1, 3, 128, 128), torch.randn(1, 77, 64)
+    t = torch.tensor([500])
+    for ours, theirs in zip(fused(x, hint, t, ctx), tiny_controlnet(x, hint, t, ctx)):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("program", ["refine", "sweep", "serve"])
+def test_the_standalone_programs_sample_with_a_fused_attention_controlnet(program, tiny_models, tmp_path,
+                                                                          monkeypatch):
+    from lib_handrefiner import pipeline
+    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.cli import main
+    from lib_handrefiner.imageio import load_image
+    from lib_handrefiner.service import StandaloneService
+
+    from conftest import EXAMPLES
+
+    sampled = []
+    refine_image = pipeline.refine_image
+    monkeypatch.setattr(pipeline, "refine_image", lambda image, sd, controlnet, *a, **k: (
+        sampled.append(controlnet), refine_image(image, sd, controlnet, *a, **k))[1])
+    image = EXAMPLES / "malformed_1.jpg"
+    models = ["--checkpoint", str(tiny_models.checkpoint), "--controlnet", str(tiny_models.controlnet)]
+    if program == "serve":
+        service = StandaloneService(tiny_models.checkpoint, tiny_models.controlnet)
+        service.refine(load_image(image), HandRefinerArgs(enabled=True, steps=1, crop_resolution=64,
+                                                          controlnet=service.default_controlnet()), seed=1)
+    else:
+        size = ["--crop-resolution", "64"] if program == "sweep" else ["--set", "crop_resolution=64"]
+        out = tmp_path / ("grid.png" if program == "sweep" else "out")
+        assert main([program, str(image), *models, "--steps", "1", *size, "--out", str(out)]) == 0
+    assert sampled and all(_fused(controlnet) for controlnet in sampled)

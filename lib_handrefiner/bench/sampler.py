@@ -36,13 +36,12 @@ class CallTimer:
 
 def load_models(models_dir: Path, device: str):
     from lib_handrefiner.controlnet import load_controlnet
-    from lib_handrefiner.sd_model import load_sd_checkpoint, use_fast_attention
+    from lib_handrefiner.sd_model import load_sd_checkpoint
     from lib_handrefiner.tiny import ensure_tiny_models
 
     paths = ensure_tiny_models(models_dir)
     sd = load_sd_checkpoint(paths.checkpoint, device=device)
-    controlnet = load_controlnet(paths.controlnet, device=device)
-    use_fast_attention(controlnet)
+    controlnet = load_controlnet(paths.controlnet, device=device, fused_attention=True)
     return sd, controlnet
 
 

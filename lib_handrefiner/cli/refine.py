@@ -111,7 +111,7 @@ def run(ns: argparse.Namespace) -> int:
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.mesh import MeshModelError
     from lib_handrefiner.pipeline import refine_image
-    from lib_handrefiner.sd_model import CheckpointError, load_sd_checkpoint, use_fast_attention
+    from lib_handrefiner.sd_model import CheckpointError, load_sd_checkpoint
 
     try:
         args = settings(ns)
@@ -126,8 +126,7 @@ def run(ns: argparse.Namespace) -> int:
     device, dtype = _device()
     try:
         sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
-        controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype)
-        use_fast_attention(controlnet)
+        controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype, fused_attention=True)
     except (CheckpointError, ControlNetLoadError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -98,7 +98,7 @@ def run(ns: argparse.Namespace) -> int:
         rgb = load_image(ns.image)
         device, dtype = _device()
         sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
-        controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype)
+        controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype, fused_attention=True)
     except (ValueError, ImageError, CheckpointError, ControlNetLoadError, FileNotFoundError) as error:
         print(f"error: {settings_error(error)}", file=sys.stderr)
         return 2

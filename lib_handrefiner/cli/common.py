@@ -1,5 +1,5 @@
-"""What the command-line commands share: the negative-prompt option, one-line errors for bad settings and unusable
-output folders."""
+"""What the command-line commands share: the negative-prompt and mesh options, the sampling device, one-line errors
+for bad settings and unusable output folders."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,16 @@ def settings_error(error: Exception) -> str:
     if isinstance(error, ValidationError):
         return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
     return str(error)
+
+
+def sampling_device():
+    """(device, dtype) the commands that sample (refine, sweep) load their models with: CUDA in fp16 when there is
+    one, else the CPU in fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.float16
+    return "cpu", torch.float32
 
 
 def make_output_folder(folder: Path) -> Optional[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs, parse_setting
 from lib_handrefiner.cli.common import (add_mesh_arguments, add_negative_argument, load_mesh_model, make_output_folder,
-                                        settings_error)
+                                        sampling_device, settings_error)
 
 DEFAULTS = HandRefinerArgs()
 
@@ -95,14 +95,6 @@ def output_paths(image: Path, out_dir: Path, ns: argparse.Namespace) -> list:
     return [out_dir / f"{image.stem}.{kind}" for kind in kinds]
 
 
-def _device():
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda", torch.float16
-    return "cpu", torch.float32
-
-
 def run(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -123,7 +115,7 @@ def run(ns: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    device, dtype = _device()
+    device, dtype = sampling_device()
     try:
         sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
         controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype, fused_attention=True)

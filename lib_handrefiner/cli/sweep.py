@@ -21,7 +21,7 @@ import numpy as np
 
 from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs
-from lib_handrefiner.cli.common import add_mesh_arguments, add_negative_argument, load_mesh_model
+from lib_handrefiner.cli.common import add_mesh_arguments, add_negative_argument, load_mesh_model, sampling_device
 
 DEFAULTS = HandRefinerArgs()
 DEFAULT_STRENGTHS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
@@ -71,7 +71,6 @@ def parse_strengths(text: str) -> List[float]:
 
 def run(ns: argparse.Namespace) -> int:
     from lib_handrefiner.cli.common import settings_error
-    from lib_handrefiner.cli.refine import _device
     from lib_handrefiner.controlnet import ControlNetLoadError, load_controlnet
     from lib_handrefiner.imageio import ImageError, load_image
     from lib_handrefiner.mesh import MeshModelError
@@ -96,7 +95,7 @@ def run(ns: argparse.Namespace) -> int:
         args = HandRefinerArgs(enabled=True, steps=ns.steps, cfg_scale=ns.cfg, crop_resolution=ns.crop_resolution,
                                mesh_model=ns.mesh, mesh_fallback=ns.mesh_fallback)
         rgb = load_image(ns.image)
-        device, dtype = _device()
+        device, dtype = sampling_device()
         sd = load_sd_checkpoint(ns.checkpoint, device=device, dtype=dtype)
         controlnet = load_controlnet(ns.controlnet, device=device, dtype=dtype, fused_attention=True)
     except (ValueError, ImageError, CheckpointError, ControlNetLoadError, FileNotFoundError) as error:

@@ -8,6 +8,7 @@ javascript/handrefiner.js with style.css, which the WebUI loads by itself and `c
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import random
@@ -153,6 +154,35 @@ def hands_summary(perception: Any) -> List[dict]:
 
 # ---- the editor -------------------------------------------------------------------------------------------------
 
+def image_signature(image: np.ndarray) -> str:
+    """Identifies an image cheaply (size and a digest of a coarse sample of its pixels): the boxes remember the
+    image they were made on, so a new image can be told from the same one sent again."""
+    height, width = image.shape[:2]
+    sample = np.ascontiguousarray(image[:: max(1, height // 64), :: max(1, width // 64)])
+    return f"{width}x{height}:{hashlib.sha1(sample.tobytes()).hexdigest()[:16]}"
+
+
+def boxes_inside(boxes: Sequence[Sequence[float]], width: int, height: int) -> Tuple[List[Box], List[Box]]:
+    """(boxes inside a width×height image, boxes that are not)."""
+    inside, outside = [], []
+    for box in boxes:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        (inside if 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height else outside).append((x0, y0, x1, y1))
+    return inside, outside
+
+
+def stale_boxes_note(kept: int, removed: int, width: int, height: int) -> str:
+    """What happened to the boxes of an earlier image when a new one came (empty: nothing to say)."""
+    parts = []
+    if removed:
+        parts.append(f"removed {removed} box(es) that lie outside this {width}×{height} image")
+    if kept:
+        parts.append(f"kept {kept} box(es) from the previous image (they fit this one): check them, or press "
+                     "Detect hands")
+    text = "; ".join(parts)
+    return f"⚠ {text[:1].upper()}{text[1:]}." if text else ""
+
+
 @dataclass
 class Editor:
     image: gr.Image
@@ -163,41 +193,69 @@ class Editor:
     mask: gr.Image
     depth: gr.Image
     hands: gr.JSON
+    note: gr.HTML
+    bound: gr.State       # the signature of the image the boxes were made on ("" when none)
+    lock: Any
+    prefix: str
+
+    def connect(self, service: HandRefinerService, settings: Sequence[gr.components.Component] = (),
+                read: Callable[[Sequence[Any]], HandRefinerArgs] = lambda values: HandRefinerArgs()) -> None:
+        """The editor's events, with `settings` (controls of HandRefinerArgs fields) read by `read(values)`; call
+        it once every setting exists (in the WebUI the editor sits above the settings it reads)."""
+        connect_editor(self, service, settings, read)
 
 
 def build_editor(service: HandRefinerService, image: Optional[gr.Image] = None,
                  settings: Sequence[gr.components.Component] = (), setting_names: Sequence[str] = (),
                  lock: Any = None, prefix: str = "handrefiner",
                  base_args: Callable[[], HandRefinerArgs] = HandRefinerArgs, boxes: Optional[gr.Textbox] = None,
-                 read_settings: Optional[Callable[[Sequence[Any]], HandRefinerArgs]] = None) -> Editor:
-    """Adds Detect, the box editor, the box table and the mask/depth previews.
+                 read_settings: Optional[Callable[[Sequence[Any]], HandRefinerArgs]] = None,
+                 connect: bool = True) -> Editor:
+    """Adds Detect, the box editor, the box table, a note on boxes kept or removed for a new image, and the
+    mask/depth previews.
 
     `image`: the image to edit (numpy or PIL; e.g. img2img's input); None adds an upload field. `settings` are
     controls holding HandRefinerArgs fields (detection thresholds, padding, …), read as `base_args()` updated with
     `setting_names`, or by `read_settings(values)` when their values need converting (the WebUI's widgets).
     `boxes`: an existing textbox (with an elem_id) to edit instead of a new one; it may hold JSON or
-    "x0 y0 x1 y1; …". `lock` is held while perceiving (the WebUI's queue_lock there); `prefix` keeps element ids
-    unique when the editor appears in several tabs."""
+    "x0 y0 x1 y1; …"; None adds one. `lock` is held while perceiving (the WebUI's queue_lock there); `prefix` keeps
+    element ids unique when the editor appears in several tabs. `connect=False` leaves the events to
+    `Editor.connect`, for settings made after the editor."""
     lock = lock if lock is not None else nullcontext()
-    read = read_settings or (lambda values: args_from_controls(base_args(), setting_names, values))
     if image is None:
         image = gr.Image(label="Image", type="numpy", source="upload", elem_id=f"{prefix}_image")
     with gr.Group():
         detect = gr.Button("Detect hands", elem_id=f"{prefix}_detect")
+        note = gr.HTML(elem_id=f"{prefix}_note", elem_classes=["handrefiner-note"])
         view = gr.HTML(elem_id=f"{prefix}_editor")
         if boxes is None:
             boxes = gr.Textbox(label="Boxes [[x0, y0, x1, y1], …] (pixels)", value="[]", lines=1,
                                elem_id=f"{prefix}_boxes")
         if not boxes.elem_id:
             raise ValueError("the boxes textbox needs an elem_id: the editor's script finds it by that id")
+        # Shown once there are boxes: an empty table would still show a row of zeros.
         table = gr.Dataframe(headers=["x0", "y0", "x1", "y1"], datatype=["number"] * 4, col_count=(4, "fixed"),
-                             row_count=(1, "dynamic"), type="array", interactive=True,
+                             row_count=(1, "dynamic"), type="array", interactive=True, visible=False,
                              label="Boxes as numbers (edit for precision; add or delete rows)",
                              elem_id=f"{prefix}_table")
     with gr.Row():
         mask = gr.Image(label="Mask preview", interactive=False, elem_id=f"{prefix}_mask_preview")
         depth = gr.Image(label="Depth preview", interactive=False, elem_id=f"{prefix}_depth_preview")
     hands = gr.JSON(label="Hands", elem_id=f"{prefix}_hands")
+    editor = Editor(image, detect, view, boxes, table, mask, depth, hands, note, gr.State(""), lock, prefix)
+    if connect:
+        editor.connect(service, settings,
+                       read_settings or (lambda values: args_from_controls(base_args(), setting_names, values)))
+    return editor
+
+
+def table_update(boxes: Sequence[Box]) -> dict:
+    return gr.update(value=table_rows(boxes), visible=bool(boxes))
+
+
+def connect_editor(editor: Editor, service: HandRefinerService, settings: Sequence[gr.components.Component],
+                   read: Callable[[Sequence[Any]], HandRefinerArgs]) -> None:
+    image, boxes, lock = editor.image, editor.boxes, editor.lock
 
     def perceive(img: np.ndarray, args: HandRefinerArgs) -> Any:
         with lock:
@@ -218,8 +276,27 @@ def build_editor(service: HandRefinerService, image: Optional[gr.Image] = None,
         img = to_rgb(img)
         perception = perceive(img, with_boxes(values, []))
         found = [tuple(p.box) for p in perception.hands]
-        return (editor_html(img, boxes.elem_id), boxes_json(found), table_rows(found), perception.mask,
-                perception.depth, hands_summary(perception))
+        return (editor_html(img, boxes.elem_id), boxes_json(found), table_update(found), perception.mask,
+                perception.depth, hands_summary(perception), "", image_signature(img))
+
+    def on_new_image(img: Any, text: str, bound: str):
+        """A new image: the editor shows it, the boxes that do not fit it go (with a note), those that fit stay
+        (with a note: they were drawn on another image). The same image again (sent back, re-uploaded) keeps all."""
+        if img is None:
+            return gr.update(value=""), gr.update(), gr.update(), None, None, None, "", bound
+        img = to_rgb(img)
+        signature = image_signature(img)
+        if signature == bound:
+            return (gr.update(),) * 7 + (bound,)
+        height, width = img.shape[:2]
+        try:
+            given = parse_boxes(text, 1 << 30, 1 << 30)   # as written: clipping to this image is the question
+        except gr.Error:
+            given = []
+        kept, removed = boxes_inside(given, width, height)
+        view = editor_html(img, boxes.elem_id) if kept else ""
+        return (view, boxes_json(kept) if removed else gr.update(), table_update(kept), None, None, None,
+                stale_boxes_note(len(kept), len(removed), width, height), signature)
 
     def edited_preview(img: Any, edits: Any, parse: Callable, echo: Callable, values: Sequence[Any]):
         """After an edit of the boxes (as text or as table rows): the other view of the boxes, and the previews."""
@@ -231,17 +308,23 @@ def build_editor(service: HandRefinerService, image: Optional[gr.Image] = None,
         return echo(edited), perception.mask, perception.depth, hands_summary(perception)
 
     def on_boxes(img: Any, text: str, *values: Any):
-        return edited_preview(img, text, parse_boxes, table_rows, values)
+        return edited_preview(img, text, parse_boxes, table_update, values)
 
     def on_table(img: Any, rows: Any, *values: Any):
         return edited_preview(img, rows, rows_to_boxes, boxes_json, values)
 
-    detect.click(on_detect, inputs=[image, *settings], outputs=[view, boxes, table, mask, depth, hands])
+    editor.detect.click(on_detect, inputs=[image, *settings],
+                 outputs=[editor.view, boxes, editor.table, editor.mask, editor.depth, editor.hands, editor.note,
+                          editor.bound])
+    image.change(on_new_image, inputs=[image, boxes, editor.bound],
+                 outputs=[editor.view, boxes, editor.table, editor.mask, editor.depth, editor.hands, editor.note,
+                          editor.bound])
     # "input" fires on user edits only (the script fires it after a drag), never on values set from Python: so
     # Detect, the drag and the table each update the others without loops or a second perception.
-    boxes.input(on_boxes, inputs=[image, boxes, *settings], outputs=[table, mask, depth, hands])
-    table.input(on_table, inputs=[image, table, *settings], outputs=[boxes, mask, depth, hands])
-    return Editor(image, detect, view, boxes, table, mask, depth, hands)
+    boxes.input(on_boxes, inputs=[image, boxes, *settings], outputs=[editor.table, editor.mask, editor.depth,
+                                                                      editor.hands])
+    editor.table.input(on_table, inputs=[image, editor.table, *settings],
+                       outputs=[boxes, editor.mask, editor.depth, editor.hands])
 
 
 # ---- the standalone page ----------------------------------------------------------------------------------------

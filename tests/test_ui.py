@@ -10,7 +10,7 @@ import pytest
 
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.ui import (args_from_controls, boxes_json, clip_boxes, create_blocks, editor_html,
-                                field_control, parse_boxes, rows_to_boxes)
+                                field_control, image_signature, parse_boxes, rows_to_boxes)
 
 
 def test_boxes_are_clipped_ordered_and_rounded():
@@ -118,10 +118,50 @@ def test_editor_on_a_pil_image_with_an_existing_boxes_field(tiny_models):
     handler = {(dep["targets"][0], dep["trigger"]): fn.fn for dep, fn in zip(blocks.dependencies, blocks.fns)}
     detect, on_boxes = handler[(editor.detect._id, "click")], handler[(boxes._id, "input")]
     photo = Image.open(Path(__file__).resolve().parents[1] / "examples" / "malformed_1.jpg")
-    html, found, rows, mask, depth, hands = detect(photo, "12")
+    html, found, rows, mask, depth, hands, note, bound = detect(photo, "12")
     assert 'data-boxes-id="script_boxes"' in html and seen == [("12",)]
     x0, y0, x1, y1 = json.loads(found)[0]
-    assert rows[0] == [x0, y0, x1, y1] and mask[y0:y1, x0:x1].min() == 255 and hands[0]["handedness"]
+    assert rows["value"][0] == [x0, y0, x1, y1] and rows["visible"] is True
+    assert mask[y0:y1, x0:x1].min() == 255 and hands[0]["handedness"] and note == ""
+    assert bound == image_signature(np.asarray(photo.convert("RGB")))
     rows, mask, depth, hands = on_boxes(photo, f"{x0} {y0} {x1} {y1}; 10 10 60 60", "12")
-    assert rows == [[x0, y0, x1, y1], [10, 10, 60, 60]] and mask[10:60, 10:60].min() == 255
+    assert rows["value"] == [[x0, y0, x1, y1], [10, 10, 60, 60]] and mask[10:60, 10:60].min() == 255
     assert [h["handedness"] is None for h in hands] == [False, True]  # no hand in the second box
+
+
+def new_image_handler(tiny_models):
+    from lib_handrefiner.service import StandaloneService
+    from lib_handrefiner.ui import build_editor
+
+    with gr.Blocks() as blocks:
+        image = gr.Image(type="pil")
+        editor = build_editor(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet), image,
+                              boxes=gr.Textbox(value="", elem_id="script_boxes"))
+    handler = {(dep["targets"][0], dep["trigger"]): fn.fn for dep, fn in zip(blocks.dependencies, blocks.fns)}
+    return handler[(image._id, "change")]
+
+
+def test_a_new_image_drops_the_boxes_that_do_not_fit_it_and_says_so(tiny_models):
+    """The issue's case: boxes detected on a 512×512 image, then a 224×224 image uploaded."""
+    from PIL import Image
+
+    on_new_image = new_image_handler(tiny_models)
+    first = Image.open(Path(__file__).resolve().parents[1] / "examples" / "malformed_1.jpg").convert("RGB")
+    small = Image.new("RGB", (224, 224), (90, 120, 150))
+    bound = image_signature(np.asarray(first))
+    view, boxes, table, mask, depth, hands, note, new_bound = on_new_image(small, "[[312, 127, 512, 358]]", bound)
+    assert json.loads(boxes) == [] and table["value"] == [] and table["visible"] is False
+    assert view == "" and mask is None and hands is None and new_bound == image_signature(np.asarray(small))
+    assert note == "⚠ Removed 1 box(es) that lie outside this 224×224 image."
+    # A box that fits the new image stays, with a note, and the editor shows the new image with it.
+    view, boxes, table, _, _, _, note, _ = on_new_image(small, "10 10 60 60; 300 10 400 60", bound)
+    assert json.loads(boxes) == [[10, 10, 60, 60]] and table["value"] == [[10, 10, 60, 60]]
+    assert 'data-width="224"' in view
+    assert note.startswith("⚠ Removed 1 box(es) that lie outside this 224×224 image; kept 1 box(es) from the "
+                           "previous image")
+    # The image the boxes were made on (sent again, or the same upload): nothing changes.
+    unchanged = on_new_image(first, "[[312, 127, 512, 358]]", bound)
+    assert unchanged[:7] == (gr.update(),) * 7 and unchanged[7] == bound
+    # Cleared: the editor and previews go, the boxes wait for the next image.
+    view, boxes, table, mask, _, _, note, _ = on_new_image(None, "[[312, 127, 512, 358]]", bound)
+    assert view["value"] == "" and boxes == gr.update() and mask is None and note == ""

@@ -170,6 +170,43 @@ def test_known_region_is_the_original_renoised_at_every_call(wui, callbacks, tin
             draws()
 
 
+def test_an_adaptive_step_sampler_costs_what_a_fixed_step_one_does(wui, callbacks, tiny_controlnet):
+    """DPM adaptive sizes its steps from an error estimate. With fresh noise in the known region at every call the
+    estimate is noise and the solver keeps shrinking its step; with one noise for the pass (known region at every
+    call = x0 + σ·ε, ε the pass's first draw after the initial noise) it makes about as many denoiser calls as a
+    fixed-step sampler, and far fewer than with fresh noise."""
+    from lib_handrefiner.webui import sampling
+
+    modules, sd = wui
+    req = request(steps=10)
+    counts = {}
+    for sampler in ("Euler", "Heun", "DPM adaptive"):
+        callbacks["denoiser"].clear()
+        engine(wui, sampler)(sd, tiny_controlnet, req, [1.0], SEED)
+        counts[sampler] = len(callbacks["denoiser"])
+    calls = list(callbacks["denoiser"])
+    assert counts["Euler"] == 10 and counts["Heun"] == 19
+    assert counts["DPM adaptive"] <= 3 * counts["Euler"], counts
+
+    p = prepared(wui, "DPM adaptive", req)
+    known, hand = p.init_latent, blend_mask(req.mask)
+    outside = (1 - hand).bool().expand_as(known)
+    draws = Draws(known.shape[1:])
+    draws()   # the initial noise
+    noise = draws()
+    for x_in, level, _, _ in calls:
+        torch.testing.assert_close(x_in[:1][outside], (known + level[0] * noise)[outside], rtol=1e-5, atol=1e-5)
+
+    real_once = sampling.once
+    sampling.once = lambda draw: draw   # fresh noise at every call, as for the other samplers
+    try:
+        callbacks["denoiser"].clear()
+        engine(wui, "DPM adaptive")(sd, tiny_controlnet, req, [1.0], SEED)
+    finally:
+        sampling.once = real_once
+    assert len(callbacks["denoiser"]) > 2 * counts["DPM adaptive"], (len(callbacks["denoiser"]), counts)
+
+
 def test_last_step_is_not_masked(wui, callbacks, tiny_controlnet):
     """The pass returns the sampler's last output as it is (Euler's last step lands on its denoised latent): the
     WebUI's own blend with the original after the last step is off, so the known region is the model's too."""

@@ -10,12 +10,13 @@ from modules import devices, sd_samplers_cfg_denoiser, sd_samplers_common, sd_sc
 from modules.script_callbacks import ExtraNoiseParams, extra_noise_callback
 from modules.shared import opts
 
-# A subset of the WebUI's list: a first-order, an ancestral, a second-order and a multistep sampler.
+# A subset of the WebUI's list: a first-order, an ancestral, a second-order, a multistep and an adaptive sampler.
 samplers_k_diffusion = [
     ('DPM++ 2M', 'sample_dpmpp_2m', ['k_dpmpp_2m'], {'scheduler': 'karras'}),
     ('Euler a', 'sample_euler_ancestral', ['k_euler_a', 'k_euler_ancestral'], {"uses_ensd": True}),
     ('Euler', 'sample_euler', ['k_euler'], {}),
     ('Heun', 'sample_heun', ['k_heun'], {"second_order": True}),
+    ('DPM adaptive', 'sample_dpm_adaptive', ['k_dpm_ad'], {"uses_ensd": True}),
 ]
 
 samplers_data_k_diffusion = [
@@ -94,6 +95,10 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
 
         extra_params_kwargs = self.initialize(p)
         parameters = inspect.signature(self.func).parameters
+        if 'sigma_min' in parameters:   # DPM adaptive: the schedule's range, its last (zero) sigma left out
+            extra_params_kwargs['sigma_min'] = sigma_sched[-2]
+        if 'sigma_max' in parameters:
+            extra_params_kwargs['sigma_max'] = sigma_sched[0]
         if 'sigmas' in parameters:
             extra_params_kwargs['sigmas'] = sigma_sched
 

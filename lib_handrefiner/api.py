@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,13 +30,14 @@ from pydantic import BaseModel, Field, ValidationError, validator
 from . import __version__
 from .args import HandRefinerArgs
 from .detection import DetectorUnavailable
+from .imageio import MAX_PIXELS, MAX_PIXELS_ENV, ImageTooLarge, check_pixels, max_pixels
 from .mesh import MeshModelError
 from .models_registry import ModelListing, ModelNameError, resolve_name
 from .perception import nothing_to_refine_message, with_mesh_warning
 from .pipeline import tried_entries
 from .service import HandRefinerService, ModelLoadError
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # imageio's limit, the same as the command line's and the WebUI's
 MAX_TEXT_CHARS = 10_000  # prompts and names: CLIP reads 77 tokens; megabytes would only cost tokenizer time
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*(;base64)?,", re.IGNORECASE)
@@ -68,8 +69,8 @@ def decode_image(data: object, field: str = "image", max_pixels: int = DEFAULT_M
         try:
             image = Image.open(io.BytesIO(raw))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise InputError([field], f"{field} is too large to decode safely ({e}); the limit is {max_pixels} "
-                                      "pixels", 413) from e
+            raise InputError([field], f"{field} is too large to decode safely ({e}), over HandRefiner's limit of "
+                                      f"{max_pixels:,} pixels ({MAX_PIXELS_ENV}); downscale it first", 413) from e
         except UnidentifiedImageError as e:
             raise InputError([field], f"{field} is not a PNG, JPEG or WebP image (the decoded bytes are no known image "
                                       f"format; first bytes {raw[:8]!r})") from e
@@ -80,9 +81,10 @@ def decode_image(data: object, field: str = "image", max_pixels: int = DEFAULT_M
     width, height = image.size
     if width < 1 or height < 1:
         raise InputError([field], f"{field} has an empty size {width}x{height}")
-    if width * height > max_pixels:
-        raise InputError([field], f"{field} has {width}x{height} = {width * height} pixels, over the limit of "
-                                  f"{max_pixels}; downscale it first", 413)
+    try:
+        check_pixels(width, height, field, max_pixels)
+    except ImageTooLarge as e:
+        raise InputError([field], str(e), 413) from e
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -359,7 +361,7 @@ def check_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> No
 
 @dataclass
 class ApiConfig:
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = dataclass_field(default_factory=max_pixels)  # imageio's limit (HANDREFINER_MAX_PIXELS) at start
 
     @property
     def max_body_bytes(self) -> int:

@@ -57,6 +57,7 @@ def create_app(service, notice: Optional[str] = None, defaults: HandRefinerArgs 
     import gradio as gr
     from fastapi import FastAPI
 
+    from lib_handrefiner.admission import max_queue
     from lib_handrefiner.api import mount
     from lib_handrefiner.ui import create_blocks
 
@@ -64,7 +65,7 @@ def create_app(service, notice: Optional[str] = None, defaults: HandRefinerArgs 
     app = FastAPI(title="HandRefiner")
     mount(app, service, lock)
     blocks = create_blocks(service, lock, defaults=defaults, notice=notice or "")
-    blocks.queue(concurrency_count=1)
+    blocks.queue(concurrency_count=1, max_size=max_queue())  # the editor's queue: as bounded as the API's
     return gr.mount_gradio_app(app, blocks, path="/")
 
 

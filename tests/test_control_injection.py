@@ -3,6 +3,8 @@ layers itself (the old Forge backend's way, reForge), a forward replaced by anot
 that every residual got in; and, where reForge's source is at hand, its own UNet against ldm's."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -10,8 +12,9 @@ from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from lib_handrefiner.control_injection import ControlNotAppliedError, inject_control
 from lib_handrefiner.controlnet import ControlNet, ControlNetConfig
 
-from unets import (BypassingUNet, LayerwiseUNet, as_control, build_unet, controlled_unet_reference, inputs,
-                   randomise)
+import reforge_source
+from unets import (TINY_UNET, BypassingUNet, LayerwiseUNet, as_control, build_unet, controlled_unet_reference,
+                   inputs, randomise)
 
 FAMILIES = {"ldm": UNetModel, "layerwise": LayerwiseUNet}
 
@@ -238,3 +241,67 @@ def test_a_pass_that_never_called_the_controlled_unet_is_an_error(pair):
         handle.stopped = True   # the user stopped the pass before its first step: not a failure
     with inject_control(unet, controlnet, hint, strength=0.0):
         pass
+
+
+# ---- reForge's own UNet, where its source is at hand ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reforge(tmp_path_factory):
+    src = reforge_source.source()
+    if src is None:
+        pytest.skip("reForge's source is not at hand (set HANDREFINER_REFORGE_SRC to a reForge checkout or its bare "
+                    "git repository): nothing to compare ldm's UNet against")
+    folder = reforge_source.checkout(src, tmp_path_factory.mktemp("reforge"))
+    with reforge_source.reforge_openaimodel(folder) as openaimodel:
+        yield openaimodel
+
+
+def reforge_unet(openaimodel, ldm_unet):
+    """reForge's UNet (ldm_patched) in the tiny configuration, with `ldm_unet`'s weights (same key names)."""
+    levels = len(TINY_UNET["channel_mult"])
+    unet = openaimodel.UNetModel(
+        image_size=TINY_UNET["image_size"], in_channels=ldm_unet.in_channels, model_channels=TINY_UNET["model_channels"],
+        out_channels=TINY_UNET["out_channels"], num_res_blocks=TINY_UNET["num_res_blocks"],
+        channel_mult=tuple(TINY_UNET["channel_mult"]), num_heads=TINY_UNET["num_heads"], use_spatial_transformer=True,
+        transformer_depth=[1] * levels * TINY_UNET["num_res_blocks"],   # attention at every level of the tiny UNet
+        transformer_depth_output=[1] * levels * (TINY_UNET["num_res_blocks"] + 1), transformer_depth_middle=1,
+        context_dim=TINY_UNET["context_dim"], legacy=False, use_linear_in_transformer=False)
+    unet.load_state_dict(ldm_unet.state_dict(), strict=True)
+    return unet.eval()
+
+
+@torch.no_grad()
+def test_reforges_unet_gets_our_residuals_as_its_own_control_argument_gives_them(reforge):
+    ldm_unet = build_unet(9, seed=5)
+    unet = reforge_unet(reforge, ldm_unet)
+    controlnet = randomise(ControlNet.from_config(ControlNetConfig.tiny()), seed=7)
+    x, t, context, hint = inputs(9)
+    residuals = [r * 0.8 for r in controlnet(x[:, :4], hint, t, context)]
+    native = unet(x, t, context, control=as_control(residuals), transformer_options={})
+    assert (native - unet(x, t, context, transformer_options={})).abs().max() > 1e-2
+    with inject_control(unet, controlnet, hint, strength=0.8) as handle:
+        ours = unet(x, t, context=context, transformer_options={})
+    assert handle.added == len(residuals)
+    torch.testing.assert_close(ours, native, rtol=0, atol=1e-6)
+    with inject_control(ldm_unet, controlnet, hint, strength=0.8):
+        torch.testing.assert_close(ldm_unet(x, t, context), ours, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_hand_pass_on_reforges_unet_equals_the_same_pass_on_ldms(reforge, tiny_sd, tiny_controlnet):
+    """The built-in sampler's whole pass (DDIM, known-region blend, CFG, ControlNet at 0 and 1) with the tiny SD
+    model's weights in ldm's UNet (A1111) and in reForge's: the same images within float noise."""
+    from lib_handrefiner.sampler import InpaintRequest, sample_inpaint
+
+    g = torch.Generator().manual_seed(1)
+    image, hint = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, torch.rand(1, 3, 64, 64, generator=g)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:40, 16:48] = 1
+    request = InpaintRequest(image=image, mask=mask, hint=hint, prompt="a hand", negative_prompt="fake 3D rendered "
+                             "image", steps=4, cfg_scale=7.0)
+    on_reforge = copy.copy(tiny_sd)
+    on_reforge.unet = reforge_unet(reforge, tiny_sd.unet)
+    ldm_images = sample_inpaint(tiny_sd, tiny_controlnet, request, [0.0, 1.0], seed=3)
+    reforge_images = sample_inpaint(on_reforge, tiny_controlnet, request, [0.0, 1.0], seed=3)
+    assert (ldm_images[1] - ldm_images[0]).abs().max() > 1e-2   # the ControlNet acts
+    torch.testing.assert_close(reforge_images, ldm_images, rtol=0, atol=1e-4)

@@ -3,8 +3,6 @@ layers itself (the old Forge backend's way, reForge), a forward replaced by anot
 that every residual got in; and, where reForge's source is at hand, its own UNet against ldm's."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -288,7 +286,7 @@ def test_reforges_unet_gets_our_residuals_as_its_own_control_argument_gives_them
 
 
 @torch.no_grad()
-def test_a_hand_pass_on_reforges_unet_equals_the_same_pass_on_ldms(reforge, tiny_sd, tiny_controlnet):
+def test_a_hand_pass_on_reforges_unet_equals_the_same_pass_on_ldms(reforge, tiny_models, tiny_sd, tiny_controlnet):
     """The built-in sampler's whole pass (DDIM, known-region blend, CFG, ControlNet at 0 and 1) with the tiny SD
     model's weights in ldm's UNet (A1111) and in reForge's: the same images within float noise."""
     from lib_handrefiner.sampler import InpaintRequest, sample_inpaint
@@ -299,8 +297,10 @@ def test_a_hand_pass_on_reforges_unet_equals_the_same_pass_on_ldms(reforge, tiny
     mask[..., 16:40, 16:48] = 1
     request = InpaintRequest(image=image, mask=mask, hint=hint, prompt="a hand", negative_prompt="fake 3D rendered "
                              "image", steps=4, cfg_scale=7.0)
-    on_reforge = copy.copy(tiny_sd)
-    on_reforge.unet = reforge_unet(reforge, tiny_sd.unet)
+    from lib_handrefiner.sd_model import load_sd_checkpoint
+
+    on_reforge = load_sd_checkpoint(tiny_models.checkpoint)   # its own copy: the session's tiny_sd stays ldm's
+    on_reforge.unet = reforge_unet(reforge, on_reforge.unet)
     ldm_images = sample_inpaint(tiny_sd, tiny_controlnet, request, [0.0, 1.0], seed=3)
     reforge_images = sample_inpaint(on_reforge, tiny_controlnet, request, [0.0, 1.0], seed=3)
     assert (ldm_images[1] - ldm_images[0]).abs().max() > 1e-2   # the ControlNet acts

@@ -203,3 +203,18 @@ def test_under_torchrun_every_process_resumes_from_the_checkpoint_rank_0_picks(w
     update = torch.cat([(one[k] - start[k]).flatten() for k in start])
     difference = torch.cat([(one[k] - two[k]).flatten() for k in start])
     assert update.norm() > 0 and difference.norm() <= 1e-3 * update.norm()
+
+
+def test_ctrl_c_while_saving_a_checkpoint_leaves_no_folder_behind(tiny_sd, unet_state, data, tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(obj, f, *args, **kwargs):
+        calls.append(f)
+        f.write(b"PK half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, tmp_path / "run", steps=1), models=(tiny_sd, controlnet_from_unet(unet_state)))
+    assert calls and list((tmp_path / "run" / "checkpoints").iterdir()) == []
+    assert not (tmp_path / "run" / "controlnet.safetensors").exists()

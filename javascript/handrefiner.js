@@ -170,6 +170,66 @@
         });
     }
 
+    // The accordion's help as hover text: each `.handrefiner-hints` element holds {element id: text}; the text
+    // becomes the title of that element and of the label, input and buttons inside it (the WebUI's own tooltips
+    // would otherwise answer for labels such as "Steps" or "Seed" with their text for the job's settings).
+    function applyHints() {
+        root().querySelectorAll(".handrefiner-hints:not([data-applied])").forEach((holder) => {
+            let hints = {};
+            try {
+                hints = JSON.parse(holder.dataset.hints || "{}");
+            } catch (e) {
+                return;
+            }
+            let missing = 0;
+            Object.entries(hints).forEach(([id, text]) => {
+                const el = root().querySelector("#" + CSS.escape(id));
+                if (!el) {
+                    missing += 1;
+                    return;
+                }
+                [el, ...el.querySelectorAll("label, span, input, textarea, button")].forEach((node) => {
+                    node.title = text;
+                });
+            });
+            if (!missing) holder.dataset.applied = "1";
+        });
+    }
+
+    // txt2img → img2img: the WebUI's own "Send to img2img" (image and parameters), then, once img2img shows the
+    // image, HandRefiner's "Edit hand boxes" opened and its hands detected there.
+    function sendToImg2img() {
+        const send = root().querySelector("#txt2img_send_to_img2img");
+        if (!send) return [];
+        const before = root().querySelector("#img2img_image img");
+        const previous = before ? before.src : null;
+        send.click();
+        const started = Date.now();
+        const wait = setInterval(() => {
+            const img = root().querySelector("#img2img_image img");
+            if (img && img.src && img.src !== previous) {
+                clearInterval(wait);
+                const group = root().querySelector("#script_img2img_handrefiner_edit_hand_boxes");
+                const hr = root().querySelector("#script_img2img_handrefiner_enabled");
+                [hr, group].forEach((acc) => {
+                    const wrap = acc && acc.querySelector(".label-wrap");
+                    if (wrap && !wrap.classList.contains("open")) wrap.click();
+                });
+                setTimeout(() => {
+                    const detect = root().querySelector("#script_img2img_handrefiner_editor_detect");
+                    if (detect) detect.click();
+                }, 300);
+            } else if (Date.now() - started > 30000) {
+                clearInterval(wait);
+            }
+        }, 200);
+        return [];
+    }
+
     window.handRefinerEditor = {readBoxes, dragged, poll};
-    setInterval(poll, POLL_MS);
+    window.handRefinerSendToImg2img = sendToImg2img;
+    setInterval(() => {
+        poll();
+        applyHints();
+    }, POLL_MS);
 })();

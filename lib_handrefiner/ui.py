@@ -47,11 +47,13 @@ def field_label(name: str) -> str:
     return title[:1].upper() + title[1:]
 
 
-def field_control(name: str, value: Any, choices: Optional[Sequence[str]] = None) -> gr.components.Component:
-    """A Gradio control for one HandRefinerArgs field: its title (without "HandRefiner "), description, range."""
+def field_control(name: str, value: Any, choices: Optional[Sequence[str]] = None,
+                  with_info: bool = True) -> gr.components.Component:
+    """A Gradio control for one HandRefinerArgs field: its title (without "HandRefiner "), description (under
+    the label; `with_info=False` leaves it to the caller, e.g. as hover text), range."""
     field = HandRefinerArgs.__fields__[name]
     label = field_label(name)
-    info = field.field_info.description
+    info = field.field_info.description if with_info else None
     elem_id = f"handrefiner_setting_{name}"
     if choices is not None or getattr(field.outer_type_, "__origin__", None) is not None:
         options = list(choices) if choices is not None else list(field.outer_type_.__args__)

@@ -5,7 +5,10 @@ is tested) and registers the settings, the XYZ-grid axes and the /handrefiner/* 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import html
+import json
 
 import gradio as gr
 
@@ -13,7 +16,7 @@ from modules import devices, extra_networks, prompt_parser, script_callbacks, sc
 from modules.ui_components import InputAccordion
 
 from lib_handrefiner import webui
-from lib_handrefiner.webui import sampling as webui_sampling
+from lib_handrefiner.webui import accordion, sampling as webui_sampling
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.ui import field_control, field_label
 
@@ -59,18 +62,33 @@ def _defaults(controlnets):
                                            refiner.default_controlnet)
 
 
-def _container(group: str):
+RANDOM_SYMBOL, REUSE_SYMBOL = "\U0001f3b2\ufe0f", "\u267b\ufe0f"   # the WebUI's own seed buttons: dice, recycle
+
+
+@contextlib.contextmanager
+def _container(group: str, elem_id: str):
     kind, label = group.split(":", 1)
     if kind == "accordion":
-        return gr.Accordion(label, open=False)
-    return gr.Row() if kind == "row" else gr.Column()
+        # Collapsed; its fields side by side in a row that wraps (the editor's group stacks its parts).
+        with gr.Accordion(label, open=False, elem_id=elem_id):
+            with (gr.Column() if group == accordion.EDITOR_GROUP else gr.Row()):
+                yield
+        return
+    with (gr.Row() if kind == "row" else gr.Column()):
+        yield
+
+
+def _group_slug(group: str) -> str:
+    """"accordion:Edit hand boxes" → "edit_hand_boxes" (for the group's element id)."""
+    return "_".join(group.split(":", 1)[1].lower().replace(",", "").split())
 
 
 def _widget(spec: webui.WidgetSpec):
     if spec.name in webui.LIST_FIELDS:
-        return gr.Textbox(value=spec.value, label=field_label(spec.name),
-                          info=HandRefinerArgs.__fields__[spec.name].field_info.description, lines=1)
-    return field_control(spec.name, spec.value, spec.choices)
+        return gr.Textbox(value=spec.value, label=field_label(spec.name), lines=1)
+    if spec.name in ("prompt", "negative_prompt"):
+        return gr.Textbox(value=spec.value, label=field_label(spec.name), lines=1, max_lines=4)
+    return field_control(spec.name, spec.value, spec.choices, with_info=False)
 
 
 class HandRefinerScript(scripts.Script):
@@ -93,35 +111,74 @@ class HandRefinerScript(scripts.Script):
         specs = {s.name: s for s in webui.widget_specs(defaults, listing.controlnets, listing.checkpoints,
                                                        webui_sampling.sampler_choices(SAMPLING),
                                                        webui_sampling.scheduler_choices(SAMPLING))}
-        widgets = {}
+        widgets, hints, editor = {}, {}, None
         with InputAccordion(defaults.enabled, label="HandRefiner", elem_id=self.elem_id("enabled")) as enabled:
-            for group, names in webui.layout():
-                with _container(group):
+            for group, names in webui.layout(img2img=is_img2img):
+                with _container(group, self.elem_id(_group_slug(group))):
                     for name in names:
-                        widgets[name] = _widget(specs[name])
+                        widgets[name] = self._seed(specs[name], hints) if name == "seed" else _widget(specs[name])
                         widgets[name].elem_id = self.elem_id(name)  # unique across the txt2img/img2img tabs
+                        hints[widgets[name].elem_id] = accordion.hover_text(name)
                         if name in webui.SETTING_FIELDS:
                             # Settings → HandRefiner holds these defaults; ui-config.json must not override them.
                             widgets[name].do_not_save_to_config = True
-                        if name == "boxes" and is_img2img and self.init_image is not None:
-                            self._box_editor(["enabled", *widgets], [enabled, *widgets.values()], defaults)
+                    if group == accordion.EDITOR_GROUP and self.init_image is not None:
+                        editor = self._box_editor(widgets["boxes"])
+                    if group == accordion.BOXES_GROUP and not is_img2img:
+                        send = gr.Button("Send the image to img2img and edit its hand boxes",
+                                         elem_id=self.elem_id("send_boxes"))
+                        hints[send.elem_id] = ("The image selected in the gallery goes to img2img with its "
+                                               "parameters (the WebUI's own Send to img2img), and its hands are "
+                                               "detected there, ready to adjust in Edit hand boxes.")
+                        send.click(fn=None, _js="handRefinerSendToImg2img", inputs=[], outputs=[])
+            # The help of every field, as hover text (javascript/handrefiner.js), not paragraphs under the fields.
+            gr.HTML(f'<div class="handrefiner-hints" data-hints="{html.escape(json.dumps(hints))}"></div>',
+                    elem_id=self.elem_id("hints"))
         controls = [enabled] + [widgets[name] for name in HandRefinerArgs.field_names()[1:]]
+        if editor is not None:
+            names = HandRefinerArgs.field_names()
+            editor.connect(refiner, controls,
+                           lambda values: webui.args_from_named_values(names, values, defaults))
         # Infotext keys (not functions) as targets, so that "Send to img2img" copies the widgets too;
         # webui.fill_pasted_defaults supplies the keys an infotext leaves out.
         self.paste_field_names = webui.paste_field_names()
         self.infotext_fields = list(zip(controls, self.paste_field_names))
         return controls
 
-    def _box_editor(self, names, controls, defaults):
-        """Detect / drag / type hand boxes on img2img's input image with the settings made so far (`controls`,
-        fields `names`); edits the boxes widget (the last control)."""
+    def _seed(self, spec, hints):
+        """The hand seed with the WebUI's own seed buttons: dice (-1, random) and recycle (the seed of the image
+        selected in the gallery)."""
+        from modules.ui_components import ToolButton
+
+        elem_id = self.elem_id("seed")
+        with gr.Row():
+            seed = gr.Number(value=spec.value, label=field_label("seed"), precision=0, min_width=100)
+            dice = ToolButton(RANDOM_SYMBOL, elem_id=f"{elem_id}_random")
+            recycle = ToolButton(REUSE_SYMBOL, elem_id=f"{elem_id}_reuse")
+        hints[dice.elem_id] = "Set the hand seed to -1: the image's own seed"
+        hints[recycle.elem_id] = "Reuse the hand seed of the image selected in the gallery"
+        dice.click(fn=None, _js=f"function(){{setRandomSeed('{elem_id}')}}", show_progress=False, inputs=[],
+                   outputs=[])
+        self.on_after_component(lambda x: self._connect_reuse(recycle, seed, x.component),
+                                elem_id=f"generation_info_{self.tabname}")
+        return seed
+
+    @staticmethod
+    def _connect_reuse(recycle, seed, generation_info):
+        from modules.infotext_utils import parse_generation_parameters
+
+        recycle.click(fn=lambda info, index: accordion.reused_seed(info, index, parse_generation_parameters),
+                      _js="(info, seed) => [info, selected_gallery_index()]", show_progress=False,
+                      inputs=[generation_info, seed], outputs=[seed])
+
+    def _box_editor(self, boxes):
+        """Detect / drag / type hand boxes on img2img's input image; connected once every setting exists."""
         from modules.call_queue import queue_lock
 
         from lib_handrefiner.ui import build_editor
 
-        build_editor(refiner, self.init_image, settings=controls, lock=queue_lock, prefix=self.elem_id("editor"),
-                     boxes=controls[-1],
-                     read_settings=lambda values: webui.args_from_named_values(names, values, defaults))
+        return build_editor(refiner, self.init_image, lock=queue_lock, prefix=self.elem_id("editor"), boxes=boxes,
+                            connect=False)
 
     def postprocess_image_after_composite(self, p, pp, *args):
         # After img2img's original is pasted back over the unmasked area (WebUI 1.8+): hands outside an inpaint

@@ -142,15 +142,70 @@ def test_ui_has_one_component_per_field_in_order_and_defaults_map_back(script):
     assert "HandRefiner strength" in script.paste_field_names
 
 
+def test_img2img_accordion_opens_with_the_box_editor_reading_every_setting(script):
+    """img2img: "Edit hand boxes" is the accordion's first group, with the editor on img2img's input image; Detect
+    reads every widget (the settings below it included); a new image in img2img clears stale boxes."""
+    script.is_img2img = True
+    try:
+        with gr.Blocks() as blocks:
+            script.init_image = gr.Image(type="pil", elem_id="img2img_image")
+            controls = script.ui(True)
+    finally:
+        script.is_img2img, script.init_image = False, None
+    ids = [b.elem_id for b in blocks.blocks.values() if getattr(b, "elem_id", None)]
+    editor_group = ids.index("script_img2img_handrefiner_edit_hand_boxes")
+    assert editor_group < ids.index("script_img2img_handrefiner_strength")
+    assert editor_group < ids.index("script_img2img_handrefiner_editor_detect")
+    by_id = {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
+    triggers = {(blocks.blocks[d["targets"][0]].elem_id, d["trigger"]): d for d in blocks.dependencies}
+    detect = triggers[("script_img2img_handrefiner_editor_detect", "click")]
+    assert detect["inputs"][1:] == [c._id for c in controls]
+    assert ("img2img_image", "change") in triggers
+    hints = by_id["script_img2img_handrefiner_hints"].value
+    assert "script_img2img_handrefiner_mesh_model" in hints and "landmarks" in hints
+
+
 def test_a_field_without_a_group_goes_in_more_at_the_end(monkeypatch):
     groups = dict(webui.GROUPS)
-    groups["row:sampling"] = ("steps", "cfg_scale", "denoising_strength")  # as if "seed" were new
+    groups["accordion:Sampling"] = ("sampler", "scheduler", "steps", "cfg_scale", "denoising_strength",
+                                    "extra_negative")  # as if "seed" were new
     monkeypatch.setattr(webui.accordion, "GROUPS", groups)
     assert sorted(webui.layout_fields()) == sorted(HandRefinerArgs.field_names()[1:])
     assert webui.layout()[-1] == ("accordion:More", ["seed", "adaptive_batch"])
-    # the sampler and its schedule sit beside the other sampling settings, though they were added last
-    groups_in_order = [group for group, _ in webui.layout()]
-    assert groups_in_order.index("row:sampler") == groups_in_order.index("row:sampling") - 1
+
+
+def test_the_accordion_shows_the_main_settings_and_groups_the_rest():
+    """Visible at once: strength, mode, the hands' prompts, ControlNet and checkpoint; everything else in collapsed
+    groups. In img2img the hand boxes (with the editor) come first; every field is placed once in either tab."""
+    from lib_handrefiner.webui import accordion
+
+    for img2img in (False, True):
+        layout = webui.layout(img2img=img2img)
+        visible = [n for group, names in layout if not group.startswith("accordion:") for n in names]
+        assert visible == ["strength", "mode", "prompt", "negative_prompt", "controlnet", "inpaint_checkpoint"]
+        assert sorted(webui.layout_fields(img2img)) == sorted(HandRefinerArgs.field_names()[1:])
+        groups = [group for group, _ in layout]
+        assert (groups[0] == accordion.EDITOR_GROUP) == img2img
+        assert (accordion.BOXES_GROUP in groups) == (not img2img)
+        assert dict(layout)[groups[0] if img2img else accordion.BOXES_GROUP] == ["boxes", "boxes_mode"]
+    assert accordion.hover_text("mode").startswith("fixed: use strength; adaptive:")
+    assert all("`" not in accordion.hover_text(n) and "\n" not in accordion.hover_text(n)
+               for n in HandRefinerArgs.field_names())
+
+
+def test_the_recycle_button_reuses_the_hand_seed_of_the_selected_image(wui):
+    import json
+
+    from lib_handrefiner.webui.accordion import reused_seed
+    from modules.infotext_utils import parse_generation_parameters
+
+    info = json.dumps({"infotexts": ["a hand\nSteps: 2, Seed: 11, HandRefiner: True",
+                                     "a hand\nSteps: 2, Seed: 12, HandRefiner: True, HandRefiner seed: 99"]})
+    assert reused_seed(info, 0, parse_generation_parameters) == 11    # -1 refined with the image's seed
+    assert reused_seed(info, 1, parse_generation_parameters) == 99
+    assert reused_seed(info, -1, parse_generation_parameters) == 11   # nothing selected: the first image
+    assert reused_seed("", 0, parse_generation_parameters) == -1
+    assert reused_seed("not json", 0, parse_generation_parameters) == -1
 
 
 def test_widget_values_and_api_values_map_to_the_fields():

@@ -24,3 +24,19 @@ class InputAccordion(gr.Checkbox):
 
     def get_block_name(self):
         return "checkbox"
+
+
+class FormComponent:
+    def get_expected_parent(self):
+        return gr.components.Form
+
+
+class ToolButton(FormComponent, gr.Button):
+    """A small button holding one symbol, that fits in a form row (the WebUI's seed dice and recycle)."""
+
+    def __init__(self, *args, **kwargs):
+        classes = kwargs.pop("elem_classes", [])
+        super().__init__(*args, elem_classes=["tool", *classes], **kwargs)
+
+    def get_block_name(self):
+        return "button"

@@ -844,6 +844,21 @@ def test_img2img_box_editor_edits_the_boxes_widget_and_boxes_follow_the_resize(w
     assert webui.boxes_on_output(args, make_p(), (512, 1024)).boxes == args.boxes  # txt2img: output pixels
 
 
+def test_img2img_boxes_of_another_image_give_a_result_that_names_the_box(script):
+    """The issue's case: boxes detected on a 512×512 image, then a 224×224 input: the result says which box lies
+    outside which image (as the API does), not "no hands found"; the image is kept and nothing runs."""
+    small = np.full((224, 224, 3), 120, np.uint8)
+    p = make_p()
+    p.init_images = [Image.fromarray(small)]
+    p, pp = run(script, small, [{"enabled": True, "boxes": [[312, 127, 512, 358]], "boxes_mode": "replace", **FAST}],
+                p)
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    assert result == ("box [312, 127, 512, 358] lies outside the 224x224 input image; draw the boxes on this image "
+                      "(Detect hands) or clear them; the image is kept")
+    assert p.extra_generation_params["HandRefiner boxes"] == "312 127 512 358"
+    assert np.array_equal(np.asarray(pp.image), small)
+
+
 def test_a_lightning_ckpt_as_the_handrefiner_checkpoint_refines_as_its_weights(wui, script, malformed, tiny_sd,
                                                                                tiny_controlnet, tiny_models):
     """The accordion's "checkpoint" naming a .ckpt that pickles Lightning callbacks (as sd-v1-5-inpainting.ckpt

@@ -63,6 +63,13 @@ def postprocess_image(refiner: WebUIRefiner, p: Any, pp: Any, script_args: Seque
         return None
     if not args.enabled:
         return None
+    problem = boxes_problem(args, p, pp.image.size)
+    if problem:
+        # Boxes of another image (e.g. kept from an earlier upload): say so, not "no hands found".
+        message = f"{problem}; the image is kept"
+        _comment(p, message)
+        p.extra_generation_params.update({RESULT_KEY: message, **args.infotext()})
+        return None
     job = job_for_image(p, pp.image)
     outcome = refiner.process_image(job, boxes_on_output(args, p, pp.image.size))
     pp.image = outcome.image
@@ -81,6 +88,20 @@ def postprocess_image(refiner: WebUIRefiner, p: Any, pp: Any, script_args: Seque
                 except OSError as e:  # a full disk must not cost the generated image
                     log.warning("HandRefiner: could not save the %s preview: %s", suffix, e)
     return outcome
+
+
+def boxes_problem(args: HandRefinerArgs, p: Any, size: Tuple[int, int]) -> str:
+    """Why the user's boxes cannot be used on this image ("" when they can): a box outside the image they are
+    drawn on (img2img's input image, else the output), as the API says it."""
+    init_images = getattr(p, "init_images", None)
+    width, height = init_images[0].size if init_images else size
+    what = "input image" if init_images else "image"
+    for x0, y0, x1, y1 in args.boxes:
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            box = [int(v) if float(v).is_integer() else v for v in (x0, y0, x1, y1)]
+            return (f"box {box} lies outside the {width}x{height} {what}; draw the boxes on this image (Detect "
+                    "hands) or clear them")
+    return ""
 
 
 def boxes_on_output(args: HandRefinerArgs, p: Any, size: Tuple[int, int]) -> HandRefinerArgs:

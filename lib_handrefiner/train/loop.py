@@ -283,7 +283,7 @@ def train(config: TrainConfig, on_step: Optional[Callable[[int, float], None]] =
 def _train(config: TrainConfig, processes, entries, on_step, models) -> TrainResult:
     from tqdm import tqdm
 
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.controlnet import save_controlnet
 
     if config.steps < 1:

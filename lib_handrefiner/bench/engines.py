@@ -181,7 +181,7 @@ class StandIn:
         """The official loop turned into the WebUI's DDIM one difference at a time, on the captured crop."""
         import torch
 
-        from lib_handrefiner.controlnet import inject_control
+        from lib_handrefiner.control_injection import inject_control
         from lib_handrefiner.pipeline import refine_image, to_uint8
         from lib_handrefiner.sampler import (DDIMSchedule, blend_mask, cfg_denoiser, ddim_inpaint, ddim_schedule,
                                              sample_inpaint)

@@ -8,6 +8,7 @@ the sampler's per-step known-region blend, extra negative prompt, ControlNet on 
 loop are the very same code.
 
 One module per concern; this package only re-exports them (and the settings the glue uses) for the glue:
+- backend: one adapter per WebUI backend (A1111's ldm, reForge/old Forge's ldm_patched)
 - env: what the glue hands in (WebUIEnv), one image's job and outcome, the infotext keys, HandRefinerFailure
 - folders: the model folders
 - arguments: the script's args → HandRefinerArgs (settings.script_args), the settings section's defaults
@@ -24,6 +25,7 @@ from ..settings import (CURRENT_MODEL, GROUPS, LIST_FIELDS, OTHER_GROUP, SETTING
 from .accordion import WidgetSpec, widget_specs
 from .arguments import (KEEP_LOADED_SETTING, SETTINGS_SECTION, args_from_named_values, args_from_script_args,
                         defaults_from_opts, setting_key, setting_spec, with_available_controlnet)
+from .backend import ForgeBackend, LdmBackend, UnsupportedBackendError, backend_for
 from .env import (MODEL_USED_KEY, RESULT_KEY, SCRIPT_TITLE, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv,
                   job_for_image)
 from .folders import ModelFolders, model_folders
@@ -37,7 +39,8 @@ from .sd_adapter import (ModelChoice, UnsupportedModelError, WebUISDModel, check
 from .xyz import (XYZ_ATTRIBUTE, apply_xyz_overrides, find_xyz_module, register_xyz_axes, xyz_confirm,
                   xyz_confirm_choice, xyz_setter)
 
-__all__ = ["CURRENT_MODEL", "DEFAULT_CONTROLNET_URL", "GROUPS", "HandRefinerFailure", "ImageJob", "ImageOutcome",
+__all__ = ["CURRENT_MODEL", "DEFAULT_CONTROLNET_URL", "ForgeBackend", "GROUPS", "HandRefinerFailure", "ImageJob",
+           "ImageOutcome", "LdmBackend", "UnsupportedBackendError", "backend_for",
            "KEEP_LOADED_SETTING", "LIST_FIELDS", "MODEL_USED_KEY", "ModelChoice", "ModelFolders", "OTHER_GROUP",
            "PREVIEWS_ATTRIBUTE", "RESULT_KEY", "SCRIPT_TITLE", "SETTINGS_SECTION", "SETTING_FIELDS", "SavePreview",
            "UnsupportedModelError", "WebUIEnv", "WebUIProgress", "WebUIRefiner", "WebUISDModel", "WidgetSpec",

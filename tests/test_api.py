@@ -17,7 +17,7 @@ from PIL import Image
 from lib_handrefiner import __version__
 from lib_handrefiner.api import (DEFAULT_MAX_PIXELS, ApiConfig, InputError, decode_image, install_alwayson_validation,
                                  mount, validate_script_args)
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.models_registry import ModelNameError, build_listing, check_name_safe, resolve_name
 from lib_handrefiner.service import StandaloneService
 

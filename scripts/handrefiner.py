@@ -1,4 +1,4 @@
-"""HandRefiner for the AUTOMATIC1111 WebUI (1.9, 1.10): the always-on "HandRefiner" script.
+"""HandRefiner for the AUTOMATIC1111 WebUI (1.9, 1.10) and reForge: the always-on "HandRefiner" script.
 
 Thin glue: it builds the accordion, hands the WebUI's objects to lib_handrefiner.webui (where the logic lives and
 is tested) and registers the settings, the XYZ-grid axes and the /handrefiner/* API routes.
@@ -33,6 +33,18 @@ def _sampling_modules() -> webui_sampling.WebUIModules:
 SAMPLING = _sampling_modules()
 
 
+def _forge_model_management():
+    """reForge / old Forge: its model management, which loads the UNet before HandRefiner's own sampling loop."""
+    try:
+        from ldm_patched.modules import model_management
+    except ImportError:   # AUTOMATIC1111
+        return None
+    return model_management
+
+
+FORGE_MODEL_MANAGEMENT = _forge_model_management()
+
+
 def _env() -> webui.WebUIEnv:
     cmd = shared.cmd_opts
     return webui.WebUIEnv(
@@ -47,7 +59,8 @@ def _env() -> webui.WebUIEnv:
         keep_models_on_device=bool(getattr(shared.opts, webui.KEEP_LOADED_SETTING, False)),
         offload_to_cpu=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", False)),
         devices=devices, opts=shared.opts, sampling=SAMPLING, prompt_parser=prompt_parser,
-        extra_networks=extra_networks)
+        extra_networks=extra_networks,
+        backend=functools.partial(webui.backend_for, model_management=FORGE_MODEL_MANAGEMENT))
 
 
 refiner = webui.WebUIRefiner(_env)

@@ -8,6 +8,7 @@ the sampler's per-step known-region blend, extra negative prompt, ControlNet on 
 loop are the very same code.
 
 One module per concern; this package only re-exports them for the glue:
+- backend: one adapter per WebUI backend (A1111's ldm, reForge/old Forge's ldm_patched)
 - env: what the glue hands in (WebUIEnv), one image's job and outcome, the infotext keys, HandRefinerFailure
 - folders: the model folders
 - arguments: the widgets' / `alwayson_scripts` values ↔ HandRefinerArgs, the settings section's defaults
@@ -23,6 +24,7 @@ from .accordion import GROUPS, OTHER_GROUP, WidgetSpec, layout, layout_fields, w
 from .arguments import (KEEP_LOADED_SETTING, LIST_FIELDS, SETTING_FIELDS, SETTINGS_SECTION, args_from_named_values,
                         args_from_script_args, defaults_from_opts, describe_error, format_boxes, parse_boxes,
                         parse_strengths, setting_key, setting_spec, to_widget, with_available_controlnet)
+from .backend import ForgeBackend, LdmBackend, UnsupportedBackendError, backend_for
 from .env import (CURRENT_MODEL, MODEL_USED_KEY, RESULT_KEY, SCRIPT_TITLE, HandRefinerFailure, ImageJob, ImageOutcome,
                   WebUIEnv, job_for_image)
 from .folders import ModelFolders, model_folders
@@ -36,7 +38,8 @@ from .sd_adapter import (ModelChoice, UnsupportedModelError, WebUISDModel, check
 from .xyz import (XYZ_ATTRIBUTE, XYZ_FIELDS, apply_xyz_overrides, find_xyz_module, register_xyz_axes, xyz_confirm,
                   xyz_confirm_choice, xyz_setter)
 
-__all__ = ["CURRENT_MODEL", "DEFAULT_CONTROLNET_URL", "GROUPS", "HandRefinerFailure", "ImageJob", "ImageOutcome",
+__all__ = ["CURRENT_MODEL", "DEFAULT_CONTROLNET_URL", "ForgeBackend", "GROUPS", "HandRefinerFailure", "ImageJob",
+           "ImageOutcome", "LdmBackend", "UnsupportedBackendError", "backend_for",
            "KEEP_LOADED_SETTING", "LIST_FIELDS", "MODEL_USED_KEY", "ModelChoice", "ModelFolders", "OTHER_GROUP",
            "PREVIEWS_ATTRIBUTE", "RESULT_KEY", "SCRIPT_TITLE", "SETTINGS_SECTION", "SETTING_FIELDS", "SavePreview",
            "UnsupportedModelError", "WebUIEnv", "WebUIProgress", "WebUIRefiner", "WebUISDModel", "WidgetSpec",

@@ -7,6 +7,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import torch
 
+from .backend import backend_for
 from .folders import ModelFolders
 
 SCRIPT_TITLE = "HandRefiner"                  # the script's title: the `alwayson_scripts` key
@@ -36,6 +37,7 @@ class WebUIEnv:
     sampling: Any = None                      # sampling.WebUIModules: the WebUI's own samplers (None: none)
     prompt_parser: Any = None                 # modules.prompt_parser
     extra_networks: Any = None                # modules.extra_networks (parse_prompt)
+    backend: Callable[[Any], Any] = backend_for   # loaded model -> its backend adapter (backend.py)
 
 
 @dataclass

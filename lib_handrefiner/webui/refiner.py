@@ -166,15 +166,18 @@ class WebUIRefiner:
         ldm = env.sd_model()
         choice = choose_model(args.inpaint_checkpoint, ldm, lambda: inpainting_checkpoints(listing), webui_model_only)
         scheduling = dict(steps=args.steps, use_old_scheduling=bool(getattr(env.opts, "use_old_scheduling", False)))
+        ready = contextlib.nullcontext()
         if choice.checkpoint:
             model = self._checkpoint(choice.checkpoint, listing, env)
             model.to(env.device)
         else:
-            model = WebUISDModel(ldm, env.device, env.dtype, env.devices, env.opts)
+            backend = env.backend(ldm)
+            model = WebUISDModel(ldm, env.device, env.dtype, env.devices, env.opts, backend)
+            ready = backend.unet_ready(ldm)
         encoder = WebUIPromptEncoder(ldm, env.prompt_parser, env.extra_networks, **scheduling) \
             if choice.webui_prompts else OwnPromptEncoder(model, env.prompt_parser, env.extra_networks, **scheduling)
         controlnet.to(env.device)
-        with _without_controlnet_extension_hook(model.unet):
+        with ready, _without_controlnet_extension_hook(model.unet):
             yield WithPromptEncoder(model, encoder), controlnet, choice
 
     def _release(self, env: WebUIEnv) -> None:

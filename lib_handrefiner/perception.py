@@ -12,6 +12,7 @@ import numpy as np
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.depth import render_depth
 from lib_handrefiner.detection import Hand, detect_hands, uncrop_hand
+from lib_handrefiner.hand_search import find_hands, hand_in_box
 from lib_handrefiner.imageio import ImageLike, to_rgb
 from lib_handrefiner.masking import IntBox, box_iou, build_mask, clamp_box, hand_box, union_box
 from lib_handrefiner.mesh import HandMesh, MeshModel, resolve_mesh_model
@@ -31,6 +32,8 @@ class PerceivedHand:
     box: IntBox               # the box of this hand's mask: (keypoint ∪ depth extrema, padded) ∪ user box
     refinable: bool           # has a mesh and is at least min_hand_size
     from_user_box: bool = False
+    found_by: str = ""        # how the hand was found: hand_search.FOUND_BY ("palm", "tile", "flip", "pose",
+                              # "user_box": the landmark model alone on the user's box); "" for no hand
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class _Candidate:
     hand: Optional[Hand]
     box: Optional[IntBox]     # the user's box (clamped) for a hand given or confirmed by one, else None
     from_user_box: bool
+    found_by: str
 
 
 def perceive(image: ImageLike, args: HandRefinerArgs = HandRefinerArgs(),
@@ -100,20 +104,20 @@ def _find_hands(rgb: np.ndarray, args: HandRefinerArgs) -> List[_Candidate]:
     height, width = rgb.shape[:2]
     candidates: List[_Candidate] = []
     if not (args.boxes and args.boxes_mode == "replace"):
-        candidates = [_Candidate(h, None, False) for h in detect_hands(
-            rgb, args.max_hands, args.detection_confidence, args.presence_confidence)]
+        candidates = [_Candidate(f.hand, None, False, f.found_by) for f in find_hands(
+            rgb, args.max_hands, args.detection_confidence, args.presence_confidence).hands]
     detected = list(candidates)
     for user_box in args.boxes:
         box = clamp_box(user_box, width, height)
         if box[2] <= box[0] or box[3] <= box[1]:
             continue  # entirely off the image
-        hand = detect_in_box(rgb, box, args)
-        same = _same_hand(hand, detected) if hand is not None else None
+        found = hand_in_box(rgb, box, args.detection_confidence, args.presence_confidence)
+        same = _same_hand(found.hand, detected)
         if same is not None:
             same.box = union_box(box, same.box)  # None for a detected hand: the user's box
             same.from_user_box = True
         else:
-            candidates.append(_Candidate(hand, box, True))
+            candidates.append(_Candidate(found.hand, box, True, found.found_by))
     return candidates
 
 
@@ -124,9 +128,11 @@ def _same_hand(hand: Hand, detected: Sequence[_Candidate]) -> Optional[_Candidat
     return None
 
 
-def detect_in_box(rgb: np.ndarray, box: IntBox, args: HandRefinerArgs) -> Optional[Hand]:
-    """The most confident hand whose keypoint-box centre lies in `box`, searched in an upscaled crop around the
-    box (small or cut-off hands that whole-image detection misses are often found this way)."""
+def detect_in_box_crop(rgb: np.ndarray, box: Sequence[float], detection_confidence: float,
+                       presence_confidence: float) -> Optional[Hand]:
+    """The most confident hand whose keypoint-box centre lies in `box`, searched by the palm detector in a crop
+    around the box resized to USER_BOX_CROP_SIDE (small or cut-off hands that whole-image detection misses are
+    often found this way); None if there is none."""
     import cv2
 
     height, width = rgb.shape[:2]
@@ -137,7 +143,7 @@ def detect_in_box(rgb: np.ndarray, box: IntBox, args: HandRefinerArgs) -> Option
     crop = cv2.resize(rgb[cy0:cy1, cx0:cx1], (max(1, round((cx1 - cx0) * scale)), max(1, round((cy1 - cy0) * scale))),
                       interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
     found = [uncrop_hand(h, scale, (cx0, cy0)) for h in detect_hands(
-        crop, args.max_hands, args.detection_confidence, args.presence_confidence)]
+        crop, 0, detection_confidence, presence_confidence)]
     inside = [h for h in found if _centre_in(h.keypoint_box, box)]
     return max(inside, key=lambda h: h.score) if inside else None
 
@@ -155,7 +161,7 @@ def _perceived(candidate: _Candidate, mesh: Optional[HandMesh], depth_extent: Op
         box = union_box(hand_box(hand.landmarks, width, height, args.mask_padding, args.mask_padding_ratio,
                                  depth_extent), box)
     refinable = hand is not None and mesh is not None and hand.size >= args.min_hand_size
-    return PerceivedHand(hand, mesh, box, refinable, candidate.from_user_box)
+    return PerceivedHand(hand, mesh, box, refinable, candidate.from_user_box, candidate.found_by if hand else "")
 
 
 # ---- pictures ---------------------------------------------------------------------------------------------------

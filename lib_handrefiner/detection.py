@@ -397,6 +397,8 @@ class Arm:
 
 
 # The pose model's landmark indices: (elbow, wrist, pinky, index, thumb) of the person's left and right arm.
+# The pose detector's threshold (it finds a person by the face and body; stylized people score low).
+POSE_DETECTION = 0.5
 _POSE_ARMS = {"left": (13, 15, 17, 19, 21), "right": (14, 16, 18, 20, 22)}
 
 
@@ -409,7 +411,7 @@ def _pose_graph():
             binary_graph_path=mp_pose._BINARYPB_FILE_PATH,
             side_inputs={"model_complexity": 1, "smooth_landmarks": False, "enable_segmentation": False,
                          "smooth_segmentation": False, "use_prev_landmarks": False},
-            calculator_params={"posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": 0.5},
+            calculator_params={"posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": POSE_DETECTION},
             outputs=["pose_landmarks"])
     return _cached(("pose",), build)
 

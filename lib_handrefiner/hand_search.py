@@ -7,8 +7,9 @@ Passes, in order (each hand keeps the name of the pass that found it first, in `
 - "low": the same (whole image, and with the border) taking the palm detector's weak candidates too
   (LOW_DETECTION), each kept only when the landmark model's presence score passes CONFIRM_PRESENCE: malformed
   and partly hidden hands get low palm scores but still look like hands to the landmark model.
+- "flip": the palm detector on the mirrored image (it is not mirror-symmetric), its candidates mirrored back and
+  confirmed like "low"'s.
 - "tile": overlapping square tiles, for hands too small for the palm detector's 192 px view of the whole image.
-- "flip" (not by default): the image mirrored.
 - "pose" (not by default): MediaPipe's pose model's wrists, elbows and hand points give each arm's hand region;
   the landmark model alone looks there (no palm detector), as MediaPipe's holistic graph does.
 A hand found by a later pass that overlaps one already found is the same hand (`same_hand`).
@@ -27,12 +28,12 @@ import numpy as np
 
 from lib_handrefiner import detection
 from lib_handrefiner.detection import (Hand, PalmCandidate, landmarks_in_region, make_hand, padded_pass,
-                                       palm_candidates, palm_pass, pose_arms)
+                                       palm_candidates, pose_arms)
 
-FOUND_BY = ("palm", "low", "tile", "flip", "pose", "user_box")
-PASSES = ("palm", "low", "tile", "flip", "pose")
-# "flip" and "pose" found no hand the others missed on the dev set (README, "Finding hands"): not by default.
-DEFAULT_PASSES = ("palm", "low", "tile")
+FOUND_BY = ("palm", "low", "flip", "tile", "pose", "user_box")
+PASSES = ("palm", "low", "flip", "tile", "pose")
+# "pose" found no hand the others missed on the dev set (README, "Finding hands"): not by default.
+DEFAULT_PASSES = ("palm", "low", "flip", "tile")
 # Two hands whose keypoint boxes overlap this much (intersection over the smaller box) are one hand.
 SAME_HAND_OVERLAP = 0.3
 # The passes after the first take the palm detector's weak candidates too (LOW_DETECTION) and keep a hand only
@@ -162,10 +163,12 @@ class _Search:
         return hands
 
     def flip_pass(self) -> List[Hand]:
+        """The palm detector on the mirrored image (it is not mirror-symmetric: it proposes other palms); its
+        candidates, mirrored back, are looked at by the landmark model in the image itself."""
         width = self.rgb.shape[1]
-        mirrored = np.ascontiguousarray(self.rgb[:, ::-1])
-        return [_unmirror(h, width) for h in palm_pass(mirrored, LOW_CANDIDATES, min(LOW_DETECTION, self.detection),
-                                                       self.confirm)]
+        mirrored = palm_candidates(np.ascontiguousarray(self.rgb[:, ::-1]), min(LOW_DETECTION, self.detection))
+        back = [PalmCandidate(c.score, (width - c.centre[0], c.centre[1]), c.side, -c.rotation) for c in mirrored]
+        return self._landmark(back, self.confirm, LOW_CANDIDATES)
 
     def pose_pass(self) -> List[Hand]:
         hands = []
@@ -214,15 +217,6 @@ def _starts(length: int, side: int) -> List[int]:
     """Tile origins along one axis: tiles of `side` overlapping by TILE_OVERLAP, the last one flush with the end."""
     count = max(1, math.ceil((length - side) / (side * (1 - TILE_OVERLAP))) + 1)
     return sorted({round(i * (length - side) / max(count - 1, 1)) for i in range(count)})
-
-
-def _unmirror(hand: Hand, width: int) -> Hand:
-    landmarks = hand.landmarks.copy()
-    landmarks[:, 0] = width - landmarks[:, 0]
-    world = hand.world_landmarks.copy()
-    world[:, 0] = -world[:, 0]
-    other = "left" if hand.handedness == "right" else "right"
-    return make_hand(other, hand.score, landmarks, world, hand.handedness_score)
 
 
 def pose_hand_region(arm) -> Tuple[Tuple[float, float], float, float]:

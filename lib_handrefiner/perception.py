@@ -229,15 +229,9 @@ def nothing_to_refine_message(perception, args: HandRefinerArgs) -> str:
     """Why an image with no refinable hand is left unchanged."""
     if not perception.hands:
         return "no hands found; image unchanged"
-    reasons = []
-    handless = sum(h.hand is None for h in perception.hands)
-    if handless:
-        reasons.append(f"{handless} box(es) with no hand the detector could find inside (no pose to guide the "
-                       "ControlNet: move or enlarge the box, or lower detection_confidence)")
-    small = len(perception.hands) - handless
-    if small:
-        reasons.append(f"{small} hand(s) smaller than min_hand_size ({args.min_hand_size}px)")
-    return f"nothing to refine: {'; '.join(reasons)}; image unchanged"
+    # Every hand is refinable but for its size: a user's box always gets a hand (hand_search.hand_in_box).
+    return (f"nothing to refine: {len(perception.hands)} hand(s) smaller than min_hand_size "
+            f"({args.min_hand_size}px); image unchanged")
 
 
 def with_mesh_warning(message: str, perception: PerceptionResult) -> str:

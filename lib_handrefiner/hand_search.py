@@ -27,8 +27,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lib_handrefiner import detection
-from lib_handrefiner.detection import (Hand, PalmCandidate, landmarks_in_region, make_hand, padded_pass,
-                                       palm_candidates, pose_arms)
+from lib_handrefiner.detection import (Hand, PalmCandidate, detect_hands, landmarks_in_region, make_hand,
+                                       padded_pass, palm_candidates, pose_arms, uncrop_hand)
+from lib_handrefiner.masking import clamp_box
 
 FOUND_BY = ("palm", "low", "flip", "tile", "pose", "user_box")
 PASSES = ("palm", "low", "flip", "tile", "pose")
@@ -64,6 +65,10 @@ POSE_MIN_VISIBILITY = 0.3
 # A user's box: the landmark model alone on the box's square (grown by this), at these rotations (degrees),
 # first at the confirming presence threshold, then at none (the user said there is a hand).
 USER_BOX_GROW = 1.2
+# Before that, the palm passes look in a crop around the box grown by this fraction of its side on every side (the
+# palm detector needs some context), resized so that its longer side is this many pixels.
+USER_BOX_CONTEXT = 0.25
+USER_BOX_CROP_SIDE = 512
 USER_BOX_ROTATIONS = (0, 90, -90, 180, 45, -45, 135, -135)
 
 
@@ -247,8 +252,6 @@ def hand_in_box(rgb: np.ndarray, box: Sequence[float], detection_confidence: flo
     """A hand for a box the user drew (image pixels x0, y0, x1, y1): the most confident hand the palm passes find
     in a crop around the box, else the landmark model alone on the box at several rotations, first where it is
     confident, else wherever it is most upright (the user said a hand is there). Always returns a hand."""
-    from lib_handrefiner.perception import detect_in_box_crop
-
     hand = detect_in_box_crop(rgb, box, detection_confidence, presence_confidence)
     if hand is not None:
         return FoundHand(hand, "palm")
@@ -261,3 +264,28 @@ def hand_in_box(rgb: np.ndarray, box: Sequence[float], detection_confidence: flo
             if hand is not None:
                 return FoundHand(hand, "user_box")
     raise AssertionError("the landmark model with no presence threshold always answers")
+
+
+def detect_in_box_crop(rgb: np.ndarray, box: Sequence[float], detection_confidence: float,
+                       presence_confidence: float) -> Optional[Hand]:
+    """The most confident hand whose keypoint-box centre lies in `box`, searched by the palm detector in a crop
+    around the box resized to USER_BOX_CROP_SIDE (small or cut-off hands that whole-image detection misses are
+    often found this way); None if there is none."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    x0, y0, x1, y1 = box
+    grow = USER_BOX_CONTEXT * max(x1 - x0, y1 - y0)
+    cx0, cy0, cx1, cy1 = clamp_box((x0 - grow, y0 - grow, x1 + grow, y1 + grow), width, height)
+    scale = USER_BOX_CROP_SIDE / max(cx1 - cx0, cy1 - cy0)
+    crop = cv2.resize(rgb[cy0:cy1, cx0:cx1], (max(1, round((cx1 - cx0) * scale)), max(1, round((cy1 - cy0) * scale))),
+                      interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    found = [uncrop_hand(h, scale, (cx0, cy0)) for h in detect_hands(
+        crop, 0, detection_confidence, presence_confidence)]
+    inside = [h for h in found if _centre_in(h.keypoint_box, box)]
+    return max(inside, key=lambda h: h.score) if inside else None
+
+
+def _centre_in(inner: Sequence[float], box: Sequence[float]) -> bool:
+    cx, cy = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2
+    return box[0] <= cx < box[2] and box[1] <= cy < box[3]

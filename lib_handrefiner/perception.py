@@ -11,23 +11,19 @@ import numpy as np
 
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.depth import render_depth
-from lib_handrefiner.detection import Hand, detect_hands, uncrop_hand
+from lib_handrefiner.detection import Hand
 from lib_handrefiner.hand_search import find_hands, hand_in_box
 from lib_handrefiner.imageio import ImageLike, to_rgb
 from lib_handrefiner.masking import IntBox, box_iou, build_mask, clamp_box, hand_box, union_box
 from lib_handrefiner.mesh import HandMesh, MeshModel, resolve_mesh_model
 
-# A user box is searched for a hand in a crop grown by this fraction of its side on every side (the palm
-# detector needs some context) and resized so its longer side is this many pixels.
-USER_BOX_CONTEXT = 0.25
-USER_BOX_CROP_SIDE = 512
 # In "add" mode, a hand found in a user box that overlaps a detected hand this much is that hand.
 SAME_HAND_IOU = 0.5
 
 
 @dataclass(frozen=True)
 class PerceivedHand:
-    hand: Optional[Hand]      # None: a user box in which no hand was found (mask only)
+    hand: Optional[Hand]      # always a hand: hand_search finds one for every user box
     mesh: Optional[HandMesh]
     box: IntBox               # the box of this hand's mask: (keypoint ∪ depth extrema, padded) ∪ user box
     refinable: bool           # has a mesh and is at least min_hand_size
@@ -126,31 +122,6 @@ def _same_hand(hand: Hand, detected: Sequence[_Candidate]) -> Optional[_Candidat
         if box_iou(hand.keypoint_box, candidate.hand.keypoint_box) > SAME_HAND_IOU:
             return candidate
     return None
-
-
-def detect_in_box_crop(rgb: np.ndarray, box: Sequence[float], detection_confidence: float,
-                       presence_confidence: float) -> Optional[Hand]:
-    """The most confident hand whose keypoint-box centre lies in `box`, searched by the palm detector in a crop
-    around the box resized to USER_BOX_CROP_SIDE (small or cut-off hands that whole-image detection misses are
-    often found this way); None if there is none."""
-    import cv2
-
-    height, width = rgb.shape[:2]
-    x0, y0, x1, y1 = box
-    grow = USER_BOX_CONTEXT * max(x1 - x0, y1 - y0)
-    cx0, cy0, cx1, cy1 = clamp_box((x0 - grow, y0 - grow, x1 + grow, y1 + grow), width, height)
-    scale = USER_BOX_CROP_SIDE / max(cx1 - cx0, cy1 - cy0)
-    crop = cv2.resize(rgb[cy0:cy1, cx0:cx1], (max(1, round((cx1 - cx0) * scale)), max(1, round((cy1 - cy0) * scale))),
-                      interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-    found = [uncrop_hand(h, scale, (cx0, cy0)) for h in detect_hands(
-        crop, 0, detection_confidence, presence_confidence)]
-    inside = [h for h in found if _centre_in(h.keypoint_box, box)]
-    return max(inside, key=lambda h: h.score) if inside else None
-
-
-def _centre_in(inner: Sequence[float], box: Sequence[float]) -> bool:
-    cx, cy = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2
-    return box[0] <= cx < box[2] and box[1] <= cy < box[3]
 
 
 def _perceived(candidate: _Candidate, mesh: Optional[HandMesh], depth_extent: Optional[Tuple[int, int, int, int]],

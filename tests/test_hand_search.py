@@ -109,9 +109,9 @@ def test_a_user_box_over_a_hand_the_palm_detector_misses_gets_that_hand():
 
 
 def test_a_user_box_landmarks_the_hand_directly_where_no_palm_is_found(monkeypatch):
-    import lib_handrefiner.perception as perception
+    import lib_handrefiner.hand_search as hand_search
 
-    monkeypatch.setattr(perception, "detect_in_box_crop", lambda *args, **kwargs: None)  # no palm anywhere
+    monkeypatch.setattr(hand_search, "detect_in_box_crop", lambda *args, **kwargs: None)  # no palm anywhere
     rgb = _example("malformed_3")
     hand = find_hands(rgb, passes=["palm"]).hands[0].hand
     x0, y0, x1, y1 = hand.keypoint_box

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.depth import render_depth
 from lib_handrefiner.detection import Hand
 from lib_handrefiner.hand_search import find_hands, hand_in_box

@@ -17,7 +17,7 @@ from PIL import Image
 from lib_handrefiner import __version__
 from lib_handrefiner.api import (DEFAULT_MAX_PIXELS, ApiConfig, InputError, decode_image, install_alwayson_validation,
                                  mount, validate_script_args)
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.models_registry import ModelNameError, build_listing, check_name_safe, resolve_name
 from lib_handrefiner.service import StandaloneService
 
@@ -208,7 +208,7 @@ def test_bad_input_is_a_422_naming_the_field(client, payload, field, words):
     assert words in msg, msg
 
 
-@pytest.mark.parametrize("side, words", [(5000, "5000x5000 = 25000000 pixels"), (30000, "too large")])
+@pytest.mark.parametrize("side, words", [(5000, "5000×5000 = 25,000,000 pixels"), (30000, "too large")])
 def test_decompression_bomb_is_refused_before_decoding(client, side, words):
     bomb = base64.b64encode(png_header_only(side, side)).decode()
     assert len(bomb) < 100  # decoding its pixels would need side*side*3 bytes
@@ -230,7 +230,7 @@ def test_oversized_body_is_refused_before_reading(service):
 def test_pixel_limit_is_configurable():
     with pytest.raises(InputError) as e:
         decode_image(b64_image(np.zeros((40, 40, 3), np.uint8)), max_pixels=1000)
-    assert e.value.status == 413 and "40x40 = 1600 pixels" in e.value.message
+    assert e.value.status == 413 and "40×40 = 1,600 pixels, over HandRefiner's limit of 1,000" in e.value.message
     assert decode_image(b64_image(np.zeros((30, 30, 3), np.uint8)), max_pixels=1000).shape == (30, 30, 3)
     assert DEFAULT_MAX_PIXELS >= 4096 * 4096
 

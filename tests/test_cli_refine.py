@@ -85,7 +85,7 @@ def test_bad_set_values_are_one_line_errors_naming_the_setting(tiny_models, sett
 
 
 def test_set_accepts_the_usual_spellings_of_booleans():
-    from lib_handrefiner.args import parse_setting
+    from lib_handrefiner.settings import parse_setting
 
     assert [parse_setting(f"crop={v}")[1] for v in ("true", "False", "1", "0", "yes", "NO", "on", "off")] == \
         [True, False, True, False, True, False, True, False]

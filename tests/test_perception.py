@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.imageio import load_image
 from lib_handrefiner.perception import overlay_image, perceive
 

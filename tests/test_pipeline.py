@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs, to_infotext
 from lib_handrefiner.imageio import load_image
 from lib_handrefiner.pipeline import (CropRegion, composite, cut, format_infotext, hand_crop_region, refine_image,
                                       whole_image_region)
@@ -78,7 +78,7 @@ def test_composite_keeps_every_unweighted_pixel():
 
 def test_infotext_line():
     args = HandRefinerArgs(enabled=True, boxes=[(1, 2, 3, 4)], prompt="hand, detailed")
-    text = format_infotext(args.infotext())
+    text = format_infotext(to_infotext(args))
     assert text.startswith("HandRefiner: True, HandRefiner strength: 0.55, HandRefiner mode: fixed")
     assert 'HandRefiner prompt: "hand, detailed"' in text
 

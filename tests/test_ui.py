@@ -8,7 +8,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.ui import (args_from_controls, boxes_json, clip_boxes, create_blocks, editor_html,
                                 field_control, parse_boxes, rows_to_boxes)
 

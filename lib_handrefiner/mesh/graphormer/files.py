@@ -6,12 +6,17 @@ looked for, what a missing or wrong one is told, and how each is read without ru
   objects become inert placeholders, turned into arrays by `safe_pickle.plain_data`; nothing is imported or run).
 - mano_downsampling.npz: an npz of pickled scipy.sparse matrices, through `safe_pickle.load_npz` (never
   `np.load(allow_pickle=True)`).
+
+A hostile or damaged file is a `GraphormerFileError` (a MeshModelError: with mesh_fallback the landmark mesh is
+used) with one line saying why: safe_pickle bounds its depth, objects and array sizes, and no sparse matrix is
+made dense before its shape is checked.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
@@ -107,6 +112,22 @@ def _wrong(required: RequiredFile, path: Path, problem: str) -> GraphormerFileEr
                                f"{required.where}.")
 
 
+# The real files are 3.8 MB (MANO_RIGHT.pkl) and 2.3 MB: a thousandth of the default limits is plenty.
+MANO_LIMITS = safe_pickle.Limits(max_operations=1_000_000, max_objects=1_000_000, max_bytes=256 << 20)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
+def _dense(value: Any, shape: tuple) -> Any:
+    """A scipy.sparse matrix of `shape` as a dense array; one of another shape is left sparse (the shape check
+    that follows names it) instead of being made dense at whatever size it declares."""
+    if hasattr(value, "toarray") and hasattr(value, "shape"):
+        return value.toarray() if tuple(value.shape) == tuple(shape) else value
+    return value
+
+
 # ---- MANO_RIGHT.pkl -------------------------------------------------------------------------------------------
 
 _MANO_SHAPES = {
@@ -121,16 +142,17 @@ def read_mano(path: Union[str, Path]) -> Mano:
     hand model (a hostile pickle only ever yields inert placeholders, which fail these checks)."""
     path = Path(path)
     try:
-        content = safe_pickle.plain_data(safe_pickle.load(path, safe_pickle.NUMPY_GLOBALS, encoding="latin1"))
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise _wrong(MANO_MODEL, path, f"it cannot be read as a pickle ({e})") from None
+        content = safe_pickle.plain_data(safe_pickle.load(path, safe_pickle.NUMPY_GLOBALS, encoding="latin1",
+                                                          limits=MANO_LIMITS))
+    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
+        raise _wrong(MANO_MODEL, path, f"it cannot be read as a pickle ({_one_line(e)})") from None
+    except OSError as e:
+        raise _wrong(MANO_MODEL, path, f"it cannot be read ({e.strerror or e})") from None
     if not isinstance(content, dict):
         raise _wrong(MANO_MODEL, path, f"it holds a {type(content).__name__}, not MANO's dictionary of arrays")
     arrays: Dict[str, np.ndarray] = {}
     for key, shape in _MANO_SHAPES.items():
-        value = content.get(key)
-        if hasattr(value, "toarray"):  # a scipy.sparse matrix (J_regressor)
-            value = value.toarray()
+        value = _dense(content.get(key), shape)
         if not isinstance(value, np.ndarray) or value.dtype == object or value.shape != shape:
             found = getattr(value, "shape", type(value).__name__)
             raise _wrong(MANO_MODEL, path, f"'{key}' should be an array of shape {shape}, it is {found}")
@@ -156,16 +178,15 @@ def read_sampling(path: Union[str, Path]) -> MeshSampling:
     official code takes them)."""
     path = Path(path)
     try:
-        members = safe_pickle.load_npz(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError, zipfile.BadZipFile) as e:
-        raise _wrong(SAMPLING, path, f"it cannot be read as an npz archive ({e})") from None
+        members = safe_pickle.load_npz(path, limits=MANO_LIMITS)
+    except (pickle.UnpicklingError, ValueError, TypeError, OSError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
+        raise _wrong(SAMPLING, path, f"it cannot be read as an npz archive ({_one_line(e)})") from None
 
     def level(name: str, index: int, shape: tuple) -> np.ndarray:
         items = members.get(name)
         item = items[index] if isinstance(items, np.ndarray) and items.dtype == object and len(items) > index \
             else None
-        if hasattr(item, "toarray"):
-            item = item.toarray()
+        item = _dense(item, shape)
         if not isinstance(item, np.ndarray) or item.dtype == object or item.shape != shape:
             raise _wrong(SAMPLING, path, f"{name}[{index}] should be a {shape} matrix")
         return item

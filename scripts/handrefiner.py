@@ -14,7 +14,7 @@ from modules.ui_components import InputAccordion
 
 from lib_handrefiner import webui
 from lib_handrefiner.webui import sampling as webui_sampling
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import FIELDS, field_names
 from lib_handrefiner.ui import field_control, field_label
 
 
@@ -82,7 +82,7 @@ def _container(group: str):
 def _widget(spec: webui.WidgetSpec):
     if spec.name in webui.LIST_FIELDS:
         return gr.Textbox(value=spec.value, label=field_label(spec.name),
-                          info=HandRefinerArgs.__fields__[spec.name].field_info.description, lines=1)
+                          info=FIELDS[spec.name].description, lines=1)
     return field_control(spec.name, spec.value, spec.choices)
 
 
@@ -118,7 +118,7 @@ class HandRefinerScript(scripts.Script):
                             widgets[name].do_not_save_to_config = True
                         if name == "boxes" and is_img2img and self.init_image is not None:
                             self._box_editor(["enabled", *widgets], [enabled, *widgets.values()], defaults)
-        controls = [enabled] + [widgets[name] for name in HandRefinerArgs.field_names()[1:]]
+        controls = [enabled] + [widgets[name] for name in field_names()[1:]]
         # Infotext keys (not functions) as targets, so that "Send to img2img" copies the widgets too;
         # webui.fill_pasted_defaults supplies the keys an infotext leaves out.
         self.paste_field_names = webui.paste_field_names()

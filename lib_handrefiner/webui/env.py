@@ -13,7 +13,6 @@ from .folders import ModelFolders
 SCRIPT_TITLE = "HandRefiner"                  # the script's title: the `alwayson_scripts` key
 RESULT_KEY = "HandRefiner result"             # infotext entry with what happened to the image
 MODEL_USED_KEY = "HandRefiner model used"     # infotext entry: the inpainting checkpoint HandRefiner chose itself
-CURRENT_MODEL = "Current model"               # the checkpoint dropdown's entry for "the WebUI's loaded model"
 
 
 class HandRefinerFailure(RuntimeError):

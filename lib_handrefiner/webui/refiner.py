@@ -10,12 +10,12 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, HandRefinerArgs
+from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, CURRENT_MODEL, HandRefinerArgs, to_infotext
 from ..detection import DetectorUnavailable
 from ..imageio import ImageTooLarge
 from ..mesh import MeshModelError
 from ..models_registry import ModelListing, ModelNameError, ModelSlots, build_listing, check_name_safe, resolve_name
-from .env import CURRENT_MODEL, MODEL_USED_KEY, RESULT_KEY, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv
+from .env import MODEL_USED_KEY, RESULT_KEY, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv
 from .folders import ModelFolders
 from .progress import WebUIProgress
 from .sd_adapter import ModelChoice, WebUISDModel, choose_model, inpainting_checkpoints
@@ -121,7 +121,7 @@ class WebUIRefiner:
     def process_image(self, job: ImageJob, args: HandRefinerArgs) -> ImageOutcome:
         """Refines one generated image. Never raises: on any failure the image is kept and the outcome's message
         says why (also logged). Re-entrant calls (the inner pass reaching the script again) are refused."""
-        infotext = args.infotext()
+        infotext = to_infotext(args)
         if not self._busy.acquire(blocking=False):
             message = "skipped: HandRefiner is already running (re-entry)"
             return ImageOutcome(job.image, message, False, {**infotext, RESULT_KEY: message})

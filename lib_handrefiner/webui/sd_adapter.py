@@ -9,7 +9,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from ..args import BUILTIN_SAMPLER
+from ..settings import BUILTIN_SAMPLER
 from ..models_registry import ModelListing
 from .backend import LdmBackend, UnsupportedBackendError, backend_for
 from .env import HandRefinerFailure

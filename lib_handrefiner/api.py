@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field, ValidationError, validator
 
 from . import __version__
 from .admission import Admission, Busy, max_queue
-from .args import HandRefinerArgs
+from .settings import HandRefinerArgs, field_names, from_script_args
 from .detection import DetectorUnavailable
 from .imageio import MAX_PIXELS, MAX_PIXELS_ENV, ImageTooLarge, check_pixels, max_pixels
 from .mesh import MeshModelError
@@ -215,7 +215,7 @@ class RefineRequest(HandRefinerArgs):
         return value if expected is None else _check_scalar(value, expected)
 
     def settings(self) -> HandRefinerArgs:
-        return HandRefinerArgs(**self.dict(include=set(HandRefinerArgs.__fields__)))
+        return HandRefinerArgs(**self.dict(include=set(field_names())))
 
 
 def _scalar_type(annotation: Any) -> Optional[type]:
@@ -266,6 +266,9 @@ class HandInfo(BaseModel):
                                                        "its MPJPE.")
     mesh: Optional[str] = Field(None, description="The mesh model its depth guide was rendered from ('graphormer' or "
                                                   "'landmarks'); None: no mesh (no hand found in a user box).")
+    found_by: Optional[str] = Field(None, description="How the hand was found: 'palm', 'low', 'tile', 'flip', 'pose' "
+                                                      "(the hand search's passes) or 'user_box' (the landmark model "
+                                                      "alone on a box you gave, where no palm was found).")
 
 
 class RefineResponse(BaseModel):
@@ -284,7 +287,7 @@ class RefineResponse(BaseModel):
 # ---- validation helpers (also for the WebUI's alwayson_scripts) ----------------------------------------------
 
 def validation_detail(error: ValidationError, prefix: Sequence[Any] = (),
-                      fields: Sequence[str] = tuple(HandRefinerArgs.__fields__)) -> List[dict]:
+                      fields: Sequence[str] = tuple(field_names())) -> List[dict]:
     """pydantic's errors as [{loc, msg, type}], an unknown field's named with the closest of `fields`."""
     return [named_extra_field({"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]}, fields)
             for e in error.errors()]
@@ -297,7 +300,7 @@ def named_extra_field(error: dict, fields: Sequence[str]) -> dict:
 
 
 def script_args_errors(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "HandRefiner", "args"),
-                       parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args) -> List[dict]:
+                       parse: Callable[[Any], HandRefinerArgs] = from_script_args) -> List[dict]:
     """Validation errors (FastAPI's shape) of `alwayson_scripts` args: a dict, a list holding one dict, or
     positional values (named by their field); [] when they are valid."""
     try:
@@ -312,7 +315,7 @@ def script_args_errors(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "
 
 
 def validate_script_args(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "HandRefiner", "args"),
-                         parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args
+                         parse: Callable[[Any], HandRefinerArgs] = from_script_args
                          ) -> HandRefinerArgs:
     """HandRefinerArgs from `alwayson_scripts` args, or an HTTPException 422 naming each bad field."""
     errors = script_args_errors(args, prefix, parse)
@@ -321,7 +324,7 @@ def validate_script_args(args: Any, prefix: Sequence[Any] = ("alwayson_scripts",
     return parse(args)
 
 
-def alwayson_errors(body: bytes, parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args,
+def alwayson_errors(body: bytes, parse: Callable[[Any], HandRefinerArgs] = from_script_args,
                     title: str = "HandRefiner") -> List[dict]:
     """Errors of the HandRefiner entry of a txt2img/img2img request's `alwayson_scripts` (matched like the
     WebUI does, ignoring case); [] when it is valid, absent, or the body is not for us to judge."""
@@ -348,7 +351,7 @@ class AlwaysonValidation:
 
     PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 
-    def __init__(self, app: Any, parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args):
+    def __init__(self, app: Any, parse: Callable[[Any], HandRefinerArgs] = from_script_args):
         self.app = app
         self.parse = parse
 
@@ -377,7 +380,7 @@ class AlwaysonValidation:
 
 
 def install_alwayson_validation(app: FastAPI,
-                                parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args) -> None:
+                                parse: Callable[[Any], HandRefinerArgs] = from_script_args) -> None:
     """Adds AlwaysonValidation to an app that may already be serving (as the WebUI's is at on_app_started)."""
     app.middleware_stack = None  # rebuilt from user_middleware on the next request
     app.add_middleware(AlwaysonValidation, parse=parse)
@@ -591,7 +594,8 @@ def hand_infos(perceived: Sequence[Any], refined: Sequence[Any]) -> List[HandInf
             score=float(p.hand.score) if p.hand is not None else None,
             refined=match is not None, strength=kept,
             mpjpe=next((t["mpjpe"] for t in tried if t["strength"] == kept), None),
-            tried=[TriedStrength(**t) for t in tried], mesh=p.mesh.model if p.mesh is not None else None))
+            tried=[TriedStrength(**t) for t in tried], mesh=p.mesh.model if p.mesh is not None else None,
+            found_by=p.found_by or None))
     return infos
 
 

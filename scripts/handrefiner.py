@@ -1,4 +1,4 @@
-"""HandRefiner for the AUTOMATIC1111 WebUI (1.9, 1.10): the always-on "HandRefiner" script.
+"""HandRefiner for the AUTOMATIC1111 WebUI (1.9, 1.10) and reForge: the always-on "HandRefiner" script.
 
 Thin glue: it builds the accordion, hands the WebUI's objects to lib_handrefiner.webui (where the logic lives and
 is tested) and registers the settings, the XYZ-grid axes and the /handrefiner/* API routes.
@@ -17,7 +17,7 @@ from modules.ui_components import InputAccordion
 
 from lib_handrefiner import webui
 from lib_handrefiner.webui import accordion, sampling as webui_sampling
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import EDITOR_GROUP, BOXES_GROUP, field_names
 from lib_handrefiner.ui import field_control, field_label
 
 
@@ -36,6 +36,18 @@ def _sampling_modules() -> webui_sampling.WebUIModules:
 SAMPLING = _sampling_modules()
 
 
+def _forge_model_management():
+    """reForge / old Forge: its model management, which loads the UNet before HandRefiner's own sampling loop."""
+    try:
+        from ldm_patched.modules import model_management
+    except ImportError:   # AUTOMATIC1111
+        return None
+    return model_management
+
+
+FORGE_MODEL_MANAGEMENT = _forge_model_management()
+
+
 def _env() -> webui.WebUIEnv:
     cmd = shared.cmd_opts
     return webui.WebUIEnv(
@@ -50,7 +62,8 @@ def _env() -> webui.WebUIEnv:
         keep_models_on_device=bool(getattr(shared.opts, webui.KEEP_LOADED_SETTING, False)),
         offload_to_cpu=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", False)),
         devices=devices, opts=shared.opts, sampling=SAMPLING, prompt_parser=prompt_parser,
-        extra_networks=extra_networks)
+        extra_networks=extra_networks,
+        backend=functools.partial(webui.backend_for, model_management=FORGE_MODEL_MANAGEMENT))
 
 
 refiner = webui.WebUIRefiner(_env)
@@ -71,7 +84,7 @@ def _container(group: str, elem_id: str):
     if kind == "accordion":
         # Collapsed; its fields side by side in a row that wraps (the editor's group stacks its parts).
         with gr.Accordion(label, open=False, elem_id=elem_id):
-            with (gr.Column() if group == accordion.EDITOR_GROUP else gr.Row()):
+            with (gr.Column() if group == EDITOR_GROUP else gr.Row()):
                 yield
         return
     with (gr.Row() if kind == "row" else gr.Column()):
@@ -122,9 +135,9 @@ class HandRefinerScript(scripts.Script):
                         if name in webui.SETTING_FIELDS:
                             # Settings → HandRefiner holds these defaults; ui-config.json must not override them.
                             widgets[name].do_not_save_to_config = True
-                    if group == accordion.EDITOR_GROUP and self.init_image is not None:
+                    if group == EDITOR_GROUP and self.init_image is not None:
                         editor = self._box_editor(widgets["boxes"])
-                    if group == accordion.BOXES_GROUP and not is_img2img:
+                    if group == BOXES_GROUP and not is_img2img:
                         send = gr.Button("Send the image to img2img and edit its hand boxes",
                                          elem_id=self.elem_id("send_boxes"))
                         hints[send.elem_id] = ("The image selected in the gallery goes to img2img with its "
@@ -134,9 +147,9 @@ class HandRefinerScript(scripts.Script):
             # The help of every field, as hover text (javascript/handrefiner.js), not paragraphs under the fields.
             gr.HTML(f'<div class="handrefiner-hints" data-hints="{html.escape(json.dumps(hints))}"></div>',
                     elem_id=self.elem_id("hints"))
-        controls = [enabled] + [widgets[name] for name in HandRefinerArgs.field_names()[1:]]
+        controls = [enabled] + [widgets[name] for name in field_names()[1:]]
         if editor is not None:
-            names = HandRefinerArgs.field_names()
+            names = field_names()
             editor.connect(refiner, controls,
                            lambda values: webui.args_from_named_values(names, values, defaults))
         # Infotext keys (not functions) as targets, so that "Send to img2img" copies the widgets too;

@@ -262,7 +262,7 @@ def test_fused_attention_on_loading_changes_only_the_speed(tiny_models, tiny_con
 def test_the_standalone_programs_sample_with_a_fused_attention_controlnet(program, tiny_models, tmp_path,
                                                                           monkeypatch):
     from lib_handrefiner import pipeline
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.cli import main
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.service import StandaloneService

@@ -52,7 +52,7 @@ def main(argv: List[str]) -> int:
         print(f"needs {STUB} (the WebUI stand-in of the repository's tests)", file=sys.stderr)
         return 2
 
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.imageio import load_image
 
     image = load_image(EXAMPLE)
@@ -136,7 +136,7 @@ class StandIn:
         import torch
 
         from lib_handrefiner import webui
-        from lib_handrefiner.args import HandRefinerArgs
+        from lib_handrefiner.settings import HandRefinerArgs
         from lib_handrefiner.controlnet import load_controlnet
         from lib_handrefiner.sd_model import find_config, load_sd_checkpoint
         from lib_handrefiner.tiny import ensure_tiny_models

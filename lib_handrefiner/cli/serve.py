@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Optional, Tuple
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.cli.common import add_mesh_arguments
 from lib_handrefiner.mesh import MODELS_DIR_ENV
 

@@ -368,7 +368,7 @@ def _run(config: TrainConfig, processes, dtype: torch.dtype, layout: StreamLayou
          settings, saved, on_step, models, notes: List[str]) -> TrainResult:
     from tqdm import tqdm
 
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
 
     device = processes.device
     out = Path(config.out)

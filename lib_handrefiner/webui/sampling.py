@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
+from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
 from ..sampler import InpaintRequest, SamplingInterrupted, blend_mask
 
 Scales = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]   # noise level -> (x0 scale, ε scale)

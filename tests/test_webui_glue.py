@@ -615,7 +615,8 @@ def test_xyz_grid_axes_override_strength_mode_sampler_and_schedule(wui, script, 
     assert [o.label for o in xyz.axis_options] == ["[HandRefiner] Strength", "[HandRefiner] Mode",
                                                    "[HandRefiner] Sampler", "[HandRefiner] Schedule type"]
     assert mode.choices() == ["fixed", "adaptive"]
-    assert sampler.choices() == ["DDIM (HandRefiner)", "DPM++ 2M", "Euler a", "Euler", "Heun", "DDIM"]
+    assert sampler.choices() == ["DDIM (HandRefiner)", "DPM++ 2M", "Euler a", "Euler", "Heun", "DPM adaptive",
+                                 "DDIM"]
     assert scheduler.choices() == ["Automatic", "Uniform", "Karras", "Exponential"]
     with pytest.raises(Exception):
         strength.confirm(None, [0.5, 5.0])

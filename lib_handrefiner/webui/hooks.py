@@ -67,7 +67,7 @@ def postprocess_image(refiner: WebUIRefiner, p: Any, pp: Any, script_args: Seque
         # Boxes of another image (e.g. kept from an earlier upload): say so, not "no hands found".
         message = f"{problem}; the image is kept"
         _comment(p, message)
-        p.extra_generation_params.update({RESULT_KEY: message, **args.infotext()})
+        p.extra_generation_params.update({RESULT_KEY: message, **to_infotext(args)})
         return None
     job = job_for_image(p, pp.image)
     outcome = refiner.process_image(job, boxes_on_output(args, p, pp.image.size))

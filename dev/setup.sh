@@ -24,5 +24,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pip_install -r requirements.txt
     # The WebUI's own ldm modules, byte-identical in this package; its own pins are ancient, so no deps.
     pip_install --no-deps stable-diffusion-sdkit==2.1.5
+    # k-diffusion as the WebUI 1.10.1 clones it (0.0.16, the same files), for the tests' WebUI stand-in. No deps:
+    # they include torchvision (no CPU build for our torch), clean-fid, CLIP and wandb, which only its training and
+    # evaluation modules import; requirements.txt has what k_diffusion.sampling needs.
+    pip_install --no-deps k-diffusion==0.0.16
     echo "$want" > "$stamp"
 fi

@@ -1,16 +1,21 @@
 """REST API: `/handrefiner/refine`, `/models`, `/version`, `/schema`, on the WebUI's FastAPI app or any other.
 
-Every bad input is answered with a 4xx whose `detail` has FastAPI's validation shape
-(`[{"loc": [...], "msg": ..., "type": ...}]`) so that clients read one format; the image is checked in this order:
-base64 → container format → dimensions (before any pixel is decoded) → pixels. Requests take the lock one at a
+Every error of a `/handrefiner/*` route, whatever raised it (a bad field, an unknown field, malformed JSON, a body
+over the limit, a missing model on the server, an unknown path, a bug), is answered in one shape, FastAPI's
+validation shape: `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}` (`error_response`). The routes answer
+it themselves, so the host app's exception handlers (the WebUI's adds `error`, `body`, `errors`) never reshape it.
+An unknown field is answered with the closest valid name. The image is checked in this order: base64 → container
+format → dimensions (before any pixel is decoded) → pixels. Requests take the lock one at a
 time (the WebUI's queue lock when mounted there), so API and UI never drive the model at once.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import io
 import json
+import logging
 import math
 import random
 import re
@@ -22,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -41,6 +47,7 @@ MAX_TEXT_CHARS = 10_000  # prompts and names: CLIP reads 77 tokens; megabytes wo
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*(;base64)?,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
+log = logging.getLogger(__name__)
 
 
 class InputError(Exception):
@@ -56,6 +63,49 @@ class InputError(Exception):
     def http(self, prefix: Sequence[Any] = ("body",)) -> HTTPException:
         return HTTPException(self.status, detail=[{"loc": [*prefix, *self.loc], "msg": self.message,
                                                    "type": self.kind}])
+
+    def response(self, prefix: Sequence[Any] = ("body",)) -> JSONResponse:
+        return error_response(self.status, self.message, [*prefix, *self.loc], self.kind)
+
+
+# ---- the one error shape --------------------------------------------------------------------------------------
+
+def error_response(status: int, msg: str, loc: Sequence[Any] = (), kind: str = "value_error") -> JSONResponse:
+    """The shape of every `/handrefiner/*` error: `{"detail": [{"loc", "msg", "type"}]}`."""
+    return errors_response(status, [{"loc": list(loc), "msg": msg, "type": kind}])
+
+
+def errors_response(status: int, errors: Sequence[dict]) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": [
+        {"loc": list(e.get("loc", [])), "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))}
+        for e in errors]})
+
+
+def http_error_response(error: HTTPException) -> JSONResponse:
+    """An HTTPException in the one shape: a list detail is kept (it is already [{loc, msg, type}]), text becomes
+    one entry without a location."""
+    if isinstance(error.detail, list) and all(isinstance(e, dict) for e in error.detail):
+        return errors_response(error.status_code, error.detail)
+    kind = "server_error.unavailable" if error.status_code == 503 else f"http_error.{error.status_code}"
+    return error_response(error.status_code, str(error.detail), [], kind)
+
+
+def closest_field(name: Any, valid: Sequence[str]) -> Optional[str]:
+    """The valid field name a misspelt one most likely means ("strenght" → "strength"), or None."""
+    if not isinstance(name, str):
+        return None
+    lowered = {v.lower(): v for v in valid}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None
+
+
+def unknown_field_message(name: Any, valid: Sequence[str]) -> str:
+    closest = closest_field(name, valid)
+    if closest is not None:
+        return f"unknown field {name!r}; did you mean {closest!r}?"
+    return f"unknown field {name!r}; the fields are: {', '.join(valid)}"
 
 
 # ---- image decoding -----------------------------------------------------------------------------------------
@@ -228,8 +278,17 @@ class RefineResponse(BaseModel):
 
 # ---- validation helpers (also for the WebUI's alwayson_scripts) ----------------------------------------------
 
-def validation_detail(error: ValidationError, prefix: Sequence[Any] = ()) -> List[dict]:
-    return [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+def validation_detail(error: ValidationError, prefix: Sequence[Any] = (),
+                      fields: Sequence[str] = tuple(HandRefinerArgs.__fields__)) -> List[dict]:
+    """pydantic's errors as [{loc, msg, type}], an unknown field's named with the closest of `fields`."""
+    return [named_extra_field({"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]}, fields)
+            for e in error.errors()]
+
+
+def named_extra_field(error: dict, fields: Sequence[str]) -> dict:
+    if error.get("type") != "value_error.extra" or not error.get("loc"):
+        return error
+    return {**error, "msg": unknown_field_message(error["loc"][-1], fields)}
 
 
 def script_args_errors(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "HandRefiner", "args"),
@@ -334,7 +393,8 @@ def check_models(args: HandRefinerArgs, listing: ModelListing) -> None:
     status = listing.mesh_status(args.mesh_model)
     if status is not None and not status.available and not (args.mesh_fallback or listing.mesh_fallback):
         # The server's files, not the request: 503, with what to download (or mesh_fallback: true).
-        raise HTTPException(503, detail=f"{status.reason}\nOr send mesh_fallback: true to use the landmark mesh.")
+        raise InputError(["mesh_model"], f"{status.reason}\nOr send mesh_fallback: true to use the landmark mesh.",
+                         503, "server_error.unavailable")
 
 
 def check_sampling(args: HandRefinerArgs, samplers: Sequence[str], schedulers: Sequence[str]) -> None:
@@ -366,25 +426,38 @@ class ApiConfig:
         return max_base64_chars(self.max_pixels) + (1 << 20)  # the image plus room for the settings
 
 
-def body_limited_route(limit: int) -> type:
-    """An APIRoute class that answers 413 before reading a body whose Content-Length is over `limit` (a route
-    class works on any app, unlike a middleware, so the limit holds on the WebUI's app too)."""
+REQUEST_FIELDS = tuple(RefineRequest.__fields__)
 
-    class BodyLimitedRoute(APIRoute):
+
+def body_limited_route(limit: int) -> type:
+    """An APIRoute class that answers 413 before reading a body whose Content-Length is over `limit`, and every
+    error of its route in the one shape (`error_response`), itself: a route class works on any app, unlike a
+    middleware or an exception handler, so the limit and the shape hold on the WebUI's app too."""
+
+    class HandRefinerRoute(APIRoute):
         def get_route_handler(self):
             handler = super().get_route_handler()
 
-            async def limited(request: Request) -> Response:
+            async def answer(request: Request) -> Response:
                 length = request.headers.get("content-length", "")
                 if length.isdigit() and int(length) > limit:
-                    return JSONResponse(status_code=413, content={"detail": [{
-                        "loc": ["body"], "msg": f"body is {int(length)} bytes, over the limit of {limit}; send a "
-                                                 "smaller image", "type": "value_error.too_large"}]})
-                return await handler(request)
+                    return error_response(413, f"body is {int(length)} bytes, over the limit of {limit}; send a "
+                                               "smaller image", ["body"], "value_error.too_large")
+                try:
+                    return await handler(request)
+                except RequestValidationError as e:
+                    return errors_response(422, [named_extra_field(dict(err), REQUEST_FIELDS) for err in e.errors()])
+                except InputError as e:
+                    return e.response()
+                except HTTPException as e:
+                    return http_error_response(e)
+                except Exception as e:  # a bug: the client still gets the shape, the log the traceback
+                    log.exception("HandRefiner: %s %s failed", request.method, request.url.path)
+                    return error_response(500, f"internal error: {type(e).__name__}: {e}", [], "server_error")
 
-            return limited
+            return answer
 
-    return BodyLimitedRoute
+    return HandRefinerRoute
 
 
 def create_router(service: HandRefinerService, lock: Optional[Any] = None,
@@ -416,6 +489,18 @@ def create_router(service: HandRefinerService, lock: Optional[Any] = None,
             raise InputError(["controlnet"], str(e)).http() from e
         except (ModelLoadError, DetectorUnavailable, MeshModelError) as e:  # the server's set-up, not the request
             raise HTTPException(503, detail=str(e)) from e
+
+    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown(path: str, request: Request) -> Response:
+        # Last: an unknown path or method under /handrefiner/ in the same shape as every other error.
+        known = {route.path: route.methods for route in router.routes
+                 if isinstance(route, APIRoute) and "{path:path}" not in route.path}
+        full = f"{router.prefix}/{path}"
+        if full in known:
+            return error_response(405, f"{request.method} is not allowed on {full}; use "
+                                       f"{', '.join(sorted(known[full]))}", [], "http_error.405")
+        return error_response(404, f"no route {full}; the routes are: {', '.join(sorted(known))}", [],
+                              "http_error.404")
 
     return router
 

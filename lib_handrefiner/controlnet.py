@@ -284,6 +284,13 @@ def _unet_keys(keys: Sequence[str]) -> List[str]:
     return list(keys)
 
 
+def _remedy_for_unreadable(path: Path) -> str:
+    """A training run's own file is re-made by resuming it; any other file is downloaded again."""
+    from lib_handrefiner.train.checkpoint import training_output_advice
+
+    return training_output_advice(path) or "download it again"
+
+
 def read_tensors(path, pick=_control_keys) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """(key → tensor, safetensors metadata) of a checkpoint on the CPU. Keys that `pick` leaves out are listed
     with their shape only (enough to say what a file is) and, from safetensors files, never read."""
@@ -303,7 +310,8 @@ def read_tensors(path, pick=_control_keys) -> Tuple[Dict[str, Any], Dict[str, st
                            for k in keys}
                 return tensors, dict(f.metadata() or {})
         except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-            raise ControlNetLoadError(f"{path}: not a readable safetensors file ({e}); download it again") from None
+            raise ControlNetLoadError(f"{path}: not a readable safetensors file ({e}); "
+                                      f"{_remedy_for_unreadable(path)}") from None
     if suffix not in PICKLE_SUFFIXES:
         raise ControlNetLoadError(f"{path}: unknown file type {path.suffix!r}; expected .safetensors "
                                   f"(or {', '.join(PICKLE_SUFFIXES)})")
@@ -431,13 +439,16 @@ def load_controlnet(path, device: Union[str, torch.device] = "cpu", dtype: torch
 
 
 def save_controlnet(controlnet: ControlNet, path, fp16: bool = False) -> None:
-    """Safetensors with the `control_model.` prefix (the released layout) and the configuration as metadata."""
-    from safetensors.torch import save_file
+    """Safetensors with the `control_model.` prefix (the released layout) and the configuration as metadata, written
+    atomically (never a half-written file under `path`, never through a link)."""
+    from safetensors.torch import save
+
+    from lib_handrefiner.safe_write import write_file
 
     dtype = torch.float16 if fp16 else None
     state = {CONTROL_PREFIX + k: (v.to(dtype) if dtype else v).detach().cpu().contiguous()
              for k, v in controlnet.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt", METADATA_KEY: controlnet.config.to_json()})
+    write_file(path, save(state, metadata={"format": "pt", METADATA_KEY: controlnet.config.to_json()}))
 
 
 # ---- creation from a UNet --------------------------------------------------------------------------------------

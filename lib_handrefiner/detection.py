@@ -20,11 +20,18 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 NUM_LANDMARKS = 21
+# Every image handed to MediaPipe is first shrunk to fit these (issue 20: OpenCV's remap inside MediaPipe aborts
+# the process on a side of 32767 px or more). The palm detector looks at 192 px and the landmark model at 224 px,
+# so nothing is lost: a larger image only costs the resize.
+MAX_SIDE = 2048
+MAX_PIXELS = 2048 * 2048
+# Palm detections the graph keeps when the caller asks for all hands (max_hands 0).
+ALL_HANDS = 16
 # When nothing is found, the image is retried with a border and, if its shorter side is below this, upscaled.
 _RETRY_MIN_SIDE = 512
 # Border added around the image for the retry: the palm detector misses hands cut by the image edge.
@@ -79,27 +86,55 @@ def crop_hand(hand: Hand, scale: float, offset_xy: Tuple[float, float]) -> Hand:
 
 def detect_hands(rgb: np.ndarray, max_hands: int = 2, detection_confidence: float = 0.2,
                  presence_confidence: float = 0.2) -> List[Hand]:
-    """Finds up to `max_hands` hands in an RGB uint8 image. When none is found, the image is retried with a grey
-    border (and upscaled to a 512 px shorter side if smaller), which recovers hands cut by the image edge."""
+    """Finds up to `max_hands` hands (0: all) in an RGB uint8 image with MediaPipe's palm detector and landmark
+    model, in one pass over the whole image. When none is found, the image is retried with a grey border (and
+    upscaled towards a 512 px shorter side if smaller), which recovers hands cut by the image edge.
+    `lib_handrefiner.hand_search.find_hands` adds the other passes (tiles, flips, the pose model)."""
     rgb = _check_rgb(rgb)
-    hands = _run(rgb, max_hands, detection_confidence, presence_confidence)
+    hands = palm_pass(rgb, max_hands, detection_confidence, presence_confidence)
     if not hands:
-        hands = _detect_padded(rgb, max_hands, detection_confidence, presence_confidence)
+        hands = padded_pass(rgb, max_hands, detection_confidence, presence_confidence)
     return hands
 
 
-def _detect_padded(rgb: np.ndarray, max_hands: int, detection_confidence: float,
-                            presence_confidence: float) -> List[Hand]:
+def palm_pass(rgb: np.ndarray, max_hands: int = 0, detection_confidence: float = 0.2,
+              presence_confidence: float = 0.2) -> List[Hand]:
+    """The palm detector then the landmark model over the whole image (shrunk to MediaPipe's bounds)."""
+    small, scale = bounded(rgb)
+    return [uncrop_hand(h, scale, (0.0, 0.0)) if scale != 1.0 else h
+            for h in _run(small, max_hands, detection_confidence, presence_confidence)]
+
+
+def padded_pass(rgb: np.ndarray, max_hands: int = 0, detection_confidence: float = 0.2,
+                presence_confidence: float = 0.2) -> List[Hand]:
+    """The image with a grey border, upscaled towards a 512 px shorter side but never past MediaPipe's bounds
+    (a 2000×20 image is not made 51,200 px wide)."""
     import cv2
 
-    scale = max(1.0, _RETRY_MIN_SIDE / min(rgb.shape[:2]))
-    big = rgb if scale == 1.0 else cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
+    height, width = rgb.shape[:2]
+    grown = 1.0 + 2.0 * _RETRY_PAD_RATIO
+    scale = max(1.0, min(_RETRY_MIN_SIDE / min(height, width), MAX_SIDE / (max(height, width) * grown),
+                         (MAX_PIXELS / (height * width * grown * grown)) ** 0.5))
+    big = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
                                               interpolation=cv2.INTER_CUBIC)
     pad = round(_RETRY_PAD_RATIO * min(big.shape[:2]))
     padded = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(127, 127, 127))
-    found = _run(padded, max_hands, detection_confidence, presence_confidence)
+    found = palm_pass(padded, max_hands, detection_confidence, presence_confidence)
     # Shift back by the border first, then undo the upscale: p = (p_padded - pad) / scale.
     return [uncrop_hand(h, scale, (-pad / scale, -pad / scale)) for h in found]
+
+
+def bounded(rgb: np.ndarray) -> Tuple[np.ndarray, float]:
+    """The image shrunk (if needed) so that no side exceeds MAX_SIDE and it holds at most MAX_PIXELS, with the
+    scale applied (≤ 1). Every image given to MediaPipe passes through here."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    scale = min(1.0, MAX_SIDE / max(height, width), (MAX_PIXELS / (height * width)) ** 0.5)
+    if scale >= 1.0:
+        return rgb, 1.0
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -110,7 +145,7 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-_GRAPHS: Dict[Tuple[int, float, float], object] = {}
+_GRAPHS: Dict[tuple, object] = {}
 _GRAPHS_LOCK = threading.Lock()
 
 
@@ -119,10 +154,15 @@ def _graph(max_hands: int, detection_confidence: float, presence_confidence: flo
     from mediapipe.python.solution_base import SolutionBase
     from mediapipe.python.solutions import hands as mp_hands
 
-    key = (int(max_hands), float(detection_confidence), float(presence_confidence))
+    key = (int(max_hands) if max_hands > 0 else ALL_HANDS, float(detection_confidence), float(presence_confidence))
+    return _cached(key, lambda: _build_graph(SolutionBase, mp_hands, key))
+
+
+def _cached(key: tuple, build):
+    """The graph `build()` makes, built once per key (under _GRAPHS_LOCK, held by the caller)."""
     if key not in _GRAPHS:
         try:
-            _GRAPHS[key] = _build_graph(SolutionBase, mp_hands, key)
+            _GRAPHS[key] = build()
         except RuntimeError as e:
             raise graph_error(e) from e
     return _GRAPHS[key]
@@ -216,6 +256,8 @@ def _without_native_noise() -> Iterator[None]:
 
 def _run(rgb: np.ndarray, max_hands: int, detection_confidence: float, presence_confidence: float) -> List[Hand]:
     height, width = rgb.shape[:2]
+    if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
+        raise ValueError(f"internal: a {width}x{height} image reached MediaPipe unbounded")
     with _GRAPHS_LOCK, _without_native_noise():
         result = _graph(max_hands, detection_confidence, presence_confidence).process({"image": rgb})
     if not result.multi_hand_landmarks:
@@ -254,3 +296,106 @@ def _palm_score(normalised: np.ndarray, palms, default: float) -> float:
     distances = [np.hypot((b[0] + b[2]) / 2 - centre[0], (b[1] + b[3]) / 2 - centre[1]) for b, _ in palms]
     return palms[int(np.argmin(distances))][1]
 
+
+
+# ---- the landmark model on a given region, and the pose model's arms ----------------------------------------
+
+# MediaPipe's HandLandmarkCpu subgraph alone (no palm detector): it crops the region given as a rotated rectangle
+# and emits the 21 landmarks only when its hand-presence score is above the threshold.
+_LANDMARK_GRAPH = """
+input_stream: "IMAGE:image"
+input_stream: "ROI:roi"
+output_stream: "LANDMARKS:landmarks"
+output_stream: "WORLD_LANDMARKS:world_landmarks"
+output_stream: "HANDEDNESS:handedness"
+node {
+  calculator: "HandLandmarkCpu"
+  input_side_packet: "MODEL_COMPLEXITY:model_complexity"
+  input_stream: "IMAGE:image"
+  input_stream: "ROI:roi"
+  output_stream: "LANDMARKS:landmarks"
+  output_stream: "WORLD_LANDMARKS:world_landmarks"
+  output_stream: "HANDEDNESS:handedness"
+}
+"""
+
+
+def _landmark_graph(presence_confidence: float):
+    def build():
+        from google.protobuf import text_format
+        from mediapipe.framework import calculator_pb2
+        from mediapipe.python.solution_base import SolutionBase
+
+        config = text_format.Parse(_LANDMARK_GRAPH, calculator_pb2.CalculatorGraphConfig())
+        return SolutionBase(graph_config=config, side_inputs={"model_complexity": 1},
+                            calculator_params={"handlandmarkcpu__ThresholdingCalculator.threshold":
+                                               float(presence_confidence)},
+                            outputs=["landmarks", "world_landmarks", "handedness"])
+    return _cached(("landmarks", float(presence_confidence)), build)
+
+
+def landmarks_in_region(rgb: np.ndarray, centre_xy: Tuple[float, float], side: float, rotation: float,
+                        presence_confidence: float) -> Optional[Hand]:
+    """The landmark model alone on the square region of `side` px centred at `centre_xy` (image pixels; it may
+    reach past the image's edge), turned by `rotation` radians (MediaPipe's convention: the angle that brings the
+    wrist-to-middle-finger direction upright). None when the model's hand-presence score is below
+    `presence_confidence`. The hand's `score` is that threshold: a lower bound of the presence it passed."""
+    from mediapipe.framework.formats import rect_pb2
+
+    rgb = _check_rgb(rgb)
+    small, scale = bounded(rgb)
+    height, width = small.shape[:2]
+    roi = rect_pb2.NormalizedRect(x_center=centre_xy[0] * scale / width, y_center=centre_xy[1] * scale / height,
+                                  width=side * scale / width, height=side * scale / height, rotation=rotation)
+    with _GRAPHS_LOCK, _without_native_noise():
+        result = _landmark_graph(presence_confidence).process({"image": small, "roi": roi})
+    if result.landmarks is None:
+        return None
+    normalised = np.array([[p.x, p.y, p.z] for p in result.landmarks.landmark], dtype=np.float32)
+    landmarks = normalised * np.array([width, height, width], dtype=np.float32) / np.float32(scale)
+    world = np.array([[p.x, p.y, p.z] for p in result.world_landmarks.landmark], dtype=np.float32)
+    label = result.handedness.classification[0]
+    return make_hand(_persons_own(label.label), presence_confidence, landmarks, world, label.score)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a person found by MediaPipe's pose model, in image pixels."""
+    side: str                       # "left" / "right": the person's own
+    elbow: np.ndarray               # (2,)
+    wrist: np.ndarray               # (2,)
+    hand_points: np.ndarray         # (3, 2): pinky, index and thumb points (the pose model's, coarse)
+    visibility: float               # the wrist's visibility, 0..1
+
+
+# The pose model's landmark indices: (elbow, wrist, pinky, index, thumb) of the person's left and right arm.
+_POSE_ARMS = {"left": (13, 15, 17, 19, 21), "right": (14, 16, 18, 20, 22)}
+
+
+def _pose_graph():
+    def build():
+        from mediapipe.python.solution_base import SolutionBase
+        from mediapipe.python.solutions import pose as mp_pose
+
+        return SolutionBase(
+            binary_graph_path=mp_pose._BINARYPB_FILE_PATH,
+            side_inputs={"model_complexity": 1, "smooth_landmarks": False, "enable_segmentation": False,
+                         "smooth_segmentation": False, "use_prev_landmarks": False},
+            calculator_params={"posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": 0.5},
+            outputs=["pose_landmarks"])
+    return _cached(("pose",), build)
+
+
+def pose_arms(rgb: np.ndarray) -> List[Arm]:
+    """The arms of the most prominent person (MediaPipe's pose model finds one person per image); [] if none."""
+    rgb = _check_rgb(rgb)
+    small, scale = bounded(rgb)
+    height, width = small.shape[:2]
+    with _GRAPHS_LOCK, _without_native_noise():
+        result = _pose_graph().process({"image": small})
+    if result.pose_landmarks is None:
+        return []
+    points = np.array([[p.x * width, p.y * height] for p in result.pose_landmarks.landmark]) / scale
+    visibility = np.array([p.visibility for p in result.pose_landmarks.landmark])
+    return [Arm(side, points[e], points[w], points[[pk, ix, th]], float(visibility[w]))
+            for side, (e, w, pk, ix, th) in _POSE_ARMS.items()]

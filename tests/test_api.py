@@ -155,7 +155,7 @@ GREY = b64_image(np.full((64, 64, 3), 128, np.uint8))
 
 
 @pytest.mark.parametrize("payload, field, words", [
-    ({"image": GREY, "colour": 1}, "colour", "extra fields"),
+    ({"image": GREY, "colour": 1}, "colour", "unknown field 'colour'"),
     ({"image": GREY, "steps": "thirty"}, "steps", "integer"),
     ({"image": GREY, "steps": 2.5}, "steps", "integer"),
     ({"image": GREY, "crop": 1}, "crop", "boolean"),
@@ -268,7 +268,7 @@ def test_alwayson_args_dict_and_positional():
 
 
 @pytest.mark.parametrize("args, loc_end, words", [
-    ({"strenght": 0.5}, "strenght", "extra fields"),
+    ({"strenght": 0.5}, "strenght", "did you mean 'strength'?"),
     ({"strength": 9}, "strength", "less than or equal"),
     ([True, "strong"], "strength", "float"),
     ([True] * 60, "args", "at most"),
@@ -342,7 +342,9 @@ def test_refine_when_mediapipe_cannot_run_answers_503_with_the_reason(client, mo
     failing_graph(monkeypatch, GRAPH_INIT_FAILURE)
     response = client.post("/handrefiner/refine", json={"image": b64_file(MALFORMED), "detection_confidence": 0.33})
     assert response.status_code == 503
-    assert "cannot run with protobuf" in response.json()["detail"]
+    (error,) = response.json()["detail"]
+    assert error["loc"] == [] and error["type"] == "server_error.unavailable"
+    assert "cannot run with protobuf" in error["msg"]
 
 
 def test_model_slots_hold_one_model_per_kind():
@@ -394,3 +396,73 @@ def test_a_request_without_a_negative_prompt_samples_with_the_official_one(clien
     client.post("/handrefiner/refine", json={"image": b64_file(MALFORMED), "steps": 1, "crop_resolution": 64,
                                              "negative_prompt": "blurry"})
     assert sampled_negatives[1] == "fake 3D rendered image, blurry"
+
+
+# ---- one error shape ------------------------------------------------------------------------------------------
+
+def app_that_reshapes_errors(service) -> FastAPI:
+    """An app whose own exception handlers reshape errors as the WebUI's do (`error`, `detail`, `body`, `errors`):
+    the /handrefiner/* routes must answer in their one shape anyway."""
+    from fastapi import HTTPException
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    def reshaped(request, e):
+        return JSONResponse(status_code=getattr(e, "status_code", 500), content={
+            "error": type(e).__name__, "detail": getattr(e, "detail", ""), "body": "", "errors": str(e)})
+
+    app.add_exception_handler(HTTPException, reshaped)
+    app.add_exception_handler(Exception, reshaped)
+    mount(app, service, threading.Lock(), ApiConfig(max_pixels=64 * 64))
+    return app
+
+
+def test_every_handrefiner_error_has_one_shape_on_an_app_that_reshapes_errors(service, monkeypatch):
+    client = TestClient(app_that_reshapes_errors(service), raise_server_exceptions=False)
+    answers = {
+        "bad value": client.post("/handrefiner/refine", json={"image": GREY, "steps": 0}),
+        "bad image": client.post("/handrefiner/refine", json={"image": "not base64!"}),
+        "too many pixels": client.post("/handrefiner/refine", json={"image": base64.b64encode(
+            png_header_only(100, 100)).decode()}),
+        "malformed JSON": client.post("/handrefiner/refine", content=b"{", headers={"content-type": "application/json"}),
+        "missing field": client.post("/handrefiner/refine", json={}),
+        "unknown controlnet": client.post("/handrefiner/refine", json={"image": GREY, "controlnet": "nope"}),
+        "unknown path": client.get("/handrefiner/nothing"),
+        "wrong method": client.get("/handrefiner/refine"),
+    }
+    monkeypatch.setattr("lib_handrefiner.api.run_refine", lambda *a: 1 / 0)
+    answers["a bug"] = client.post("/handrefiner/refine", json={"image": GREY})
+    statuses = {what: r.status_code for what, r in answers.items()}
+    assert statuses == {"bad value": 422, "bad image": 422, "too many pixels": 413, "malformed JSON": 422,
+                        "missing field": 422, "unknown controlnet": 422, "unknown path": 404, "wrong method": 405,
+                        "a bug": 500}
+    for what, response in answers.items():
+        body = response.json()
+        assert set(body) == {"detail"}, (what, body)
+        assert body["detail"] and all(set(e) == {"loc", "msg", "type"} and isinstance(e["loc"], list)
+                                      and e["msg"] for e in body["detail"]), (what, body)
+    assert answers["wrong method"].json()["detail"][0]["msg"].endswith("use POST")
+    assert "ZeroDivisionError" in answers["a bug"].json()["detail"][0]["msg"]
+
+
+def test_a_misspelt_field_is_answered_with_the_closest_valid_name(client):
+    response = client.post("/handrefiner/refine", json={"image": GREY, "strenght": 0.6})
+    assert response.status_code == 422
+    assert response.json()["detail"] == [{"loc": ["body", "strenght"], "type": "value_error.extra",
+                                          "msg": "unknown field 'strenght'; did you mean 'strength'?"}]
+    near = {"Steps": "steps", "crop_resolutoin": "crop_resolution", "return_dpeth": "return_depth",
+            "negative prompt": "negative_prompt"}
+    for wrong, right in near.items():
+        msg = client.post("/handrefiner/refine", json={"image": GREY, wrong: 1}).json()["detail"][0]["msg"]
+        assert msg.endswith(f"did you mean {right!r}?"), msg
+    far = client.post("/handrefiner/refine", json={"image": GREY, "zzz": 1}).json()["detail"][0]["msg"]
+    assert far.startswith("unknown field 'zzz'; the fields are: enabled, strength,") and "return_mask" in far
+
+
+def test_a_misspelt_alwayson_field_is_answered_with_the_closest_valid_name():
+    from lib_handrefiner.api import script_args_errors
+
+    (error,) = script_args_errors([{"enabled": True, "strenght": 0.6}])
+    assert error["loc"] == ["alwayson_scripts", "HandRefiner", "args", "strenght"]
+    assert error["msg"] == "unknown field 'strenght'; did you mean 'strength'?"

@@ -1,6 +1,8 @@
 """MediaPipe detection on the shipped images (real models, offline)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +199,32 @@ def test_errors_written_while_mediapipe_runs_stay_visible():
     assert errors and errors[0].startswith("E0000") and "a python message" in lines
     assert lines.index(errors[0]) < lines.index("a python message")
     assert "a warning" not in done.stderr
+
+
+@pytest.mark.parametrize("width, height", [(2000, 20), (20, 2000), (1, 1), (40000, 2), (5000, 5000)])
+def test_no_image_shape_reaches_mediapipe_unbounded(width, height):
+    # Issue 20: a 2000×20 PNG made the retry upscale it to 51,200 px wide and OpenCV's remap inside MediaPipe
+    # aborted the process. Every pass now shrinks what it hands MediaPipe to MAX_SIDE and MAX_PIXELS.
+    from lib_handrefiner.detection import MAX_PIXELS, MAX_SIDE, bounded
+
+    rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    assert detect_hands(rgb) == []
+    small, scale = bounded(rgb)
+    assert max(small.shape[:2]) <= MAX_SIDE and small.shape[0] * small.shape[1] <= MAX_PIXELS
+    assert scale == pytest.approx(min(1.0, MAX_SIDE / max(width, height),
+                                      (MAX_PIXELS / (width * height)) ** 0.5))
+
+
+def test_the_2000x20_png_of_issue_20_does_not_kill_the_process(tmp_path):
+    # The crash was an abort (SIGABRT) of the whole interpreter: run it in a child to see its exit status.
+    from PIL import Image
+
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 2000, 3), dtype=np.uint8)).save(path)
+    done = subprocess.run([sys.executable, "-c",
+                           "import sys; from lib_handrefiner.imageio import load_image\n"
+                           "from lib_handrefiner.detection import detect_hands\n"
+                           f"print(len(detect_hands(load_image({str(path)!r}))))"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "0"

@@ -128,8 +128,9 @@ def test_api_graphormer_without_files_is_503_naming_them(tiny_models, no_env_fol
     body = {"image": b64_file(SHIPPED[0]), "mesh_model": "graphormer", "steps": 1, "crop_resolution": 64}
     response = client.post("/handrefiner/refine", json=body)
     assert response.status_code == 503
-    detail = response.json()["detail"]
-    assert all(f"- {name}:" in detail for name in files.FILE_NAMES) and "mesh_fallback" in detail
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "mesh_model"] and error["type"] == "server_error.unavailable"
+    assert all(f"- {name}:" in error["msg"] for name in files.FILE_NAMES) and "mesh_fallback" in error["msg"]
     response = client.post("/handrefiner/refine", json={**body, "mesh_fallback": True})
     assert response.status_code == 200, response.text
     answer = response.json()

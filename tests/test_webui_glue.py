@@ -145,7 +145,7 @@ def test_ui_has_one_component_per_field_in_order_and_defaults_map_back(script):
 def test_a_field_without_a_group_goes_in_more_at_the_end(monkeypatch):
     groups = dict(webui.GROUPS)
     groups["row:sampling"] = ("steps", "cfg_scale", "denoising_strength")  # as if "seed" were new
-    monkeypatch.setattr(webui, "GROUPS", groups)
+    monkeypatch.setattr(webui.accordion, "GROUPS", groups)
     assert sorted(webui.layout_fields()) == sorted(HandRefinerArgs.field_names()[1:])
     assert webui.layout()[-1] == ("accordion:More", ["seed", "adaptive_batch"])
     # the sampler and its schedule sit beside the other sampling settings, though they were added last

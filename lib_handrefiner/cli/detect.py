@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.cli.common import add_mesh_arguments, load_mesh_model, make_output_folder, settings_error
+from lib_handrefiner.safe_write import OutputError, OutputFolder, png
 
 DEFAULTS = HandRefinerArgs()
 _FIELD = HandRefinerArgs.__fields__
@@ -93,12 +94,6 @@ def _compact_json(data: dict) -> str:
     return re.sub(r"\[\s+([-0-9.e,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
-def _save_png(path: Path, array) -> None:
-    from PIL import Image
-
-    Image.fromarray(array).save(path)
-
-
 def box_outside(path: Path, boxes, width: int, height: int) -> str | None:
     """The error for a user box that misses the image entirely (perception would drop it silently and report no
     hand); boxes partly outside are clipped to the image."""
@@ -144,11 +139,13 @@ def _detect_one(path: Path, out_dir: Path, args: HandRefinerArgs, mesh_model, me
     if outside:
         raise ImageError(outside)
     result = perceive(rgb, args, mesh_model=mesh_model, mesh_warning=mesh_warning)
+    # The JSON first: an image that is there always has its JSON.
+    OutputFolder(out_dir, create=False).write_set([
+        (f"{path.stem}.hands.json", _compact_json({"image": str(path), **hands_json(result)})),
+        (f"{path.stem}.depth.png", png(result.depth)),
+        (f"{path.stem}.mask.png", png(result.mask)),
+        (f"{path.stem}.overlay.png", png(overlay_image(rgb, result)))])
     stem = out_dir / path.stem
-    Path(f"{stem}.hands.json").write_text(_compact_json({"image": str(path), **hands_json(result)}))
-    _save_png(Path(f"{stem}.depth.png"), result.depth)
-    _save_png(Path(f"{stem}.mask.png"), result.mask)
-    _save_png(Path(f"{stem}.overlay.png"), overlay_image(rgb, result))
     if not result.hands:
         return f"{path}: no hands found (hands: []) -> {stem}.*"
     found = ", ".join(f"{p.hand.handedness} {p.hand.score:.2f}" if p.hand else "box without a hand"
@@ -179,10 +176,13 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     paths: List[Path] = [Path(p) for p in ns.images]
     guard = OutputGuard(paths)
+    folder = OutputFolder(out_dir, create=False)
     failures = 0
     with tqdm(paths, unit="image", disable=len(paths) < 2, file=sys.stderr) as bar:
         for path in bar:
-            clash = guard.clash(path, output_paths(path, out_dir))
+            outputs = output_paths(path, out_dir)
+            unwritable = folder.problem([o.name for o in outputs])  # before perception, which it would waste
+            clash = guard.clash(path, outputs) or (unwritable and f"{path}: {unwritable}")
             if clash:
                 tqdm.write(f"error: {clash}", file=sys.stderr)
                 failures += 1
@@ -191,6 +191,9 @@ def run(ns: argparse.Namespace) -> int:
                 tqdm.write(_detect_one(path, out_dir, args, mesh_model, mesh_warning), file=sys.stdout)
             except ImageError as e:
                 tqdm.write(f"error: {e}", file=sys.stderr)
+                failures += 1
+            except OutputError as e:
+                tqdm.write(f"error: {path}: {e}", file=sys.stderr)
                 failures += 1
             except OSError as e:
                 tqdm.write(f"error: {path}: cannot write its results to {out_dir}: {e.strerror or e}",

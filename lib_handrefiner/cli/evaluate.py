@@ -25,6 +25,7 @@ import numpy as np
 from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.cli.common import make_output_folder
+from lib_handrefiner.safe_write import OutputFolder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 REFINED_TAG = ".refined"  # cli refine's output name: <stem>.refined.png
@@ -101,6 +102,8 @@ def run(ns: argparse.Namespace) -> int:
 
     out = Path(ns.out)
     problem = make_output_folder(out)
+    folder = OutputFolder(out, create=False)
+    problem = problem or folder.problem(["evaluation.json", "evaluation.md"])  # before the costly evaluation
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -115,8 +118,12 @@ def run(ns: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     table = markdown_table(evaluation)
-    (out / "evaluation.md").write_text(table)
-    (out / "evaluation.json").write_text(strict_json.dumps(to_json(evaluation), indent=2))
+    try:
+        folder.write_set([("evaluation.json", strict_json.dumps(to_json(evaluation), indent=2)),
+                          ("evaluation.md", table)])
+    except OSError as error:
+        print(f"error: cannot write the evaluation to {out}: {error.strerror or error}", file=sys.stderr)
+        return 1
     print(table, end="")
     print(f"wrote {out / 'evaluation.md'} and {out / 'evaluation.json'}")
     return 0

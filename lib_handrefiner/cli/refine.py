@@ -15,6 +15,7 @@ from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs, parse_setting
 from lib_handrefiner.cli.common import (add_mesh_arguments, add_negative_argument, load_mesh_model, make_output_folder,
                                         sampling_device, settings_error)
+from lib_handrefiner.safe_write import OutputFolder, png
 
 DEFAULTS = HandRefinerArgs()
 
@@ -63,15 +64,13 @@ def parameters_text(prompt: str, negative: str, infotext: str) -> str:
     return "\n".join(lines + [infotext])
 
 
-def save_png(path: Path, rgb, parameters: str | None = None) -> None:
-    from PIL import Image
+def png_with_parameters(rgb, parameters: str):
+    """PNG content with the WebUI's `parameters` text chunk."""
     from PIL.PngImagePlugin import PngInfo
 
-    info = None
-    if parameters is not None:
-        info = PngInfo()
-        info.add_text("parameters", parameters)
-    Image.fromarray(rgb).save(path, pnginfo=info)
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    return png(rgb, pnginfo=info)
 
 
 def report(image_path: Path, output: Path, result, args: HandRefinerArgs) -> dict:
@@ -128,10 +127,13 @@ def run(ns: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     failures = 0
+    folder = OutputFolder(out_dir, create=False)
     guard = OutputGuard([Path(name) for name in ns.images])
     for name in ns.images:
         path = Path(name)
-        clash = guard.clash(path, output_paths(path, out_dir, ns))
+        outputs = output_paths(path, out_dir, ns)
+        unwritable = folder.problem([o.name for o in outputs])  # before sampling, which it would waste
+        clash = guard.clash(path, outputs) or (unwritable and f"{path}: {unwritable}")
         if clash:
             print(f"error: {clash}", file=sys.stderr)
             failures += 1
@@ -155,12 +157,19 @@ def run(ns: argparse.Namespace) -> int:
             result = refine_image(rgb, sd, controlnet, args, prompt=ns.prompt, negative_prompt=ns.negative,
                                   progress=progress, mesh_model=mesh_model, mesh_warning=mesh_warning)
         output = out_dir / f"{path.stem}.refined.png"
-        save_png(output, result.image, parameters_text(ns.prompt, result.negative_prompt, result.infotext))
+        # The JSON first and the refined image last: a refined image that is there has all its companions.
+        files = [(f"{path.stem}.refine.json", strict_json.dumps(report(path, output, result, args), indent=2))]
         if ns.save_depth:
-            save_png(out_dir / f"{path.stem}.depth.png", result.perception.depth)
+            files.append((f"{path.stem}.depth.png", png(result.perception.depth)))
         if ns.save_mask:
-            save_png(out_dir / f"{path.stem}.mask.png", result.perception.mask)
-        data = report(path, output, result, args)
-        (out_dir / f"{path.stem}.refine.json").write_text(strict_json.dumps(data, indent=2))
+            files.append((f"{path.stem}.mask.png", png(result.perception.mask)))
+        files.append((output.name, png_with_parameters(result.image, parameters_text(
+            ns.prompt, result.negative_prompt, result.infotext))))
+        try:
+            folder.write_set(files)
+        except OSError as e:
+            print(f"error: {path}: cannot write its results to {out_dir}: {e.strerror or e}", file=sys.stderr)
+            failures += 1
+            continue
         print(f"{path.name}: {result.message} -> {output}")
     return 1 if failures else 0

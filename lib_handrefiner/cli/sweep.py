@@ -22,6 +22,7 @@ import numpy as np
 from lib_handrefiner import strict_json
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.cli.common import add_mesh_arguments, add_negative_argument, load_mesh_model, sampling_device
+from lib_handrefiner.safe_write import OutputError, OutputFolder, png
 
 DEFAULTS = HandRefinerArgs()
 DEFAULT_STRENGTHS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
@@ -86,9 +87,12 @@ def run(ns: argparse.Namespace) -> int:
         print(f"error: --out {out} would overwrite the input image; choose another name", file=sys.stderr)
         return 2
     try:  # before the sampling, so a bad --out does not throw the sweep away
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"error: cannot create the folder of --out {out}: {e.strerror or e}", file=sys.stderr)
+        folder = OutputFolder(out.parent)
+        problem = folder.problem([out.name, out.with_suffix(".json").name])
+    except OutputError as e:
+        problem = str(e)
+    if problem:
+        print(f"error: --out {out}: {problem}", file=sys.stderr)
         return 2
     try:
         strengths = parse_strengths(ns.strengths)
@@ -113,13 +117,15 @@ def run(ns: argparse.Namespace) -> int:
     except LookupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    from PIL import Image
-
-    Image.fromarray(grid_image(tiles, ns.tile, ns.columns)).save(out)
     numbers = [{"strength": t.strength, "mpjpe_px": t.mpjpe_px} for t in tiles if t.strength is not None]
-    out.with_suffix(".json").write_text(strict_json.dumps({"image": str(ns.image), "seed": seed, "hand": ns.hand,
-                                                           "input_mpjpe_px": tiles[0].mpjpe_px,
-                                                           "strengths": numbers}, indent=2))  # no hand: null
+    report = strict_json.dumps({"image": str(ns.image), "seed": seed, "hand": ns.hand,
+                                "input_mpjpe_px": tiles[0].mpjpe_px, "strengths": numbers}, indent=2)  # no hand: null
+    try:
+        folder.write_set([(out.with_suffix(".json").name, report),
+                          (out.name, png(grid_image(tiles, ns.tile, ns.columns)))])
+    except OSError as e:
+        print(f"error: cannot write --out {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     for t in tiles:
         if t.strength is not None:
             print(f"strength {t.strength:g}: {_mpjpe_text(t.mpjpe_px)}")

@@ -101,7 +101,13 @@ def run(ns: argparse.Namespace) -> int:
     except (TrainError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if result.output is not None:
+    except OSError as e:  # the disk filled, a link planted in OUT, …: the last checkpoint is intact
+        print(f"error: cannot write to --out {ns.out}: {e.strerror or e}; fix that and pass --resume to continue",
+              file=sys.stderr)
+        return 1
+    if result.output is not None and result.start_step >= result.steps:
+        print(f"re-made {result.output} from the checkpoint of step {result.steps}; nothing else to train")
+    elif result.output is not None:
         last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
         print(f"trained steps {result.start_step + 1}–{result.steps}{last}; wrote {result.output}")
     return 0

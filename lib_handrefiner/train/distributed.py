@@ -73,3 +73,13 @@ def agree(processes: Processes, ok: bool) -> bool:
     flag = torch.tensor([0 if ok else 1], device=processes.device if processes.device.type == "cuda" else "cpu")
     dist.all_reduce(flag, op=dist.ReduceOp.SUM)
     return int(flag.item()) == 0
+
+
+def from_main(processes: Processes, value: int) -> int:
+    """Rank 0's integer, on every process (e.g. the step rank 0 resumes from)."""
+    if not processes.distributed:
+        return value
+    shared = torch.tensor([value], dtype=torch.int64,
+                          device=processes.device if processes.device.type == "cuda" else "cpu")
+    dist.broadcast(shared, src=0)
+    return int(shared.item())

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lib_handrefiner.safe_write import OutputFolder, png, write_file
+
 IMAGE_DIR, MASK_DIR, HINT_DIR = "image", "mask", "pose"
 CAPTIONS_FILE = "prompt.json"
 
@@ -60,9 +62,8 @@ def read_captions(path: Path) -> List[FolderEntry]:
 
 
 def write_captions(path: Path, entries: Iterable[FolderEntry]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for entry in entries:
-            f.write(json.dumps({"jpg": entry.name, "txt": entry.caption}, ensure_ascii=False) + "\n")
+    write_file(path, "".join(json.dumps({"jpg": entry.name, "txt": entry.caption}, ensure_ascii=False) + "\n"
+                             for entry in entries))
 
 
 def list_folder(root: Path, captions: Optional[Path] = None) -> List[FolderEntry]:
@@ -89,13 +90,12 @@ def list_folder(root: Path, captions: Optional[Path] = None) -> List[FolderEntry
 
 def write_sample(root: Path, name: str, rgb: np.ndarray, mask: np.ndarray, hint: np.ndarray) -> None:
     """One sample's three PNGs: rgb H×W×3, mask H×W (0/255) and hint H×W (the depth levels) as uint8."""
-    root = Path(root)
-    for folder in (IMAGE_DIR, MASK_DIR, HINT_DIR):
-        (root / folder).mkdir(parents=True, exist_ok=True)
     # Lossless, lightly compressed: the default level spends most of a sample's preparation time on the image.
-    Image.fromarray(rgb).save(root / IMAGE_DIR / name, compress_level=1)
-    Image.fromarray(mask).save(root / MASK_DIR / name, compress_level=1)
-    Image.fromarray(np.repeat(hint[:, :, None], 3, axis=2)).save(root / HINT_DIR / name, compress_level=1)
+    # Not flushed one by one (thousands of fsyncs): the captions file, written durably last, lists the samples.
+    hint_rgb = np.repeat(hint[:, :, None], 3, axis=2)
+    OutputFolder(root).write_set([(f"{IMAGE_DIR}/{name}", png(rgb, compress_level=1)),
+                                  (f"{MASK_DIR}/{name}", png(mask, compress_level=1)),
+                                  (f"{HINT_DIR}/{name}", png(hint_rgb, compress_level=1))], durable=False)
 
 
 def _open(path: Path, mode: str) -> Image.Image:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from lib_handrefiner.safe_write import OutputFolder, png, write_file
 from lib_handrefiner.train import checkpoint as ckpt
 from lib_handrefiner.train import distributed
 from lib_handrefiner.train.dataset import (PROMPT_DROPOUT, SampleOrder, StepBatches, StreamLayout, TrainingSet,
@@ -74,6 +76,7 @@ class TrainResult:
     start_step: int
     steps: int
     losses: List[float] = field(default_factory=list)   # per step of this run, averaged over the effective batch
+    notes: List[str] = field(default_factory=list)      # what resuming found and did (also printed on stderr)
 
 
 # ---- set-up ----------------------------------------------------------------------------------------------------
@@ -219,9 +222,8 @@ class _Metrics:
         self.path = out / METRICS_FILE
         kept = []
         if self.path.is_file():  # a resumed run rewrites the steps after its checkpoint
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in self.path.read_text().splitlines() if _logged_step(line) <= start_step]
+        write_file(self.path, "".join(line + "\n" for line in kept))
         self.writer = tensorboard_writer(out) if log == "tensorboard" else None
 
     def step(self, step: int, values: Dict[str, float]) -> None:
@@ -238,6 +240,14 @@ class _Metrics:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line a kill cut short counts as after every checkpoint (it is dropped)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def tensorboard_writer(out: Path):
@@ -281,17 +291,11 @@ def train(config: TrainConfig, on_step: Optional[Callable[[int, float], None]] =
 
 
 def _train(config: TrainConfig, processes, entries, on_step, models) -> TrainResult:
-    from tqdm import tqdm
-
-    from lib_handrefiner.args import HandRefinerArgs
-    from lib_handrefiner.controlnet import save_controlnet
-
     if config.steps < 1:
         raise TrainError(f"--steps {config.steps}: must be at least 1")
     if not 0.0 <= config.prompt_dropout <= 1.0:
         raise TrainError(f"prompt dropout {config.prompt_dropout}: must lie in [0, 1]")
-    device = processes.device
-    dtype = resolve_precision(config.precision, device)
+    dtype = resolve_precision(config.precision, processes.device)
     layout = StreamLayout(config.batch_size, grad_accumulation(config, processes.world_size), processes.world_size)
     try:
         train_entries, held_out = split_validation(entries, config.val_samples, config.seed)
@@ -299,29 +303,81 @@ def _train(config: TrainConfig, processes, entries, on_step, models) -> TrainRes
         raise TrainError(str(e)) from None
     settings = stream_settings(config, layout, len(train_entries))
     out = Path(config.out)
-    saved = None
-    if config.resume:
+    lock, saved, notes, problem = None, None, [], None
+    if processes.is_main:  # rank 0 holds OUT, cleans it and picks the checkpoint; the others follow its step
         try:
-            saved = ckpt.read_checkpoint_state(ckpt.find_checkpoint(out, config.resume))
-            ckpt.check_resumable(saved, settings)
+            lock = ckpt.OutputLock(out)
+            removed = ckpt.remove_leftovers(out)
+            if removed:
+                notes.append(f"removed what an interrupted run left in {out}: {', '.join(p.name for p in removed)}")
+            saved = _resume_point(config, out, settings, notes)
         except ValueError as e:
-            raise TrainError(str(e)) from None
-    elif ckpt.saved_checkpoints(out):
-        raise TrainError(f"--out {out} holds checkpoints of an earlier run ({ckpt.saved_checkpoints(out)[-1].name}): "
-                         "pass --resume to continue it, or choose a new --out")
+            problem = str(e)
+        except OSError as e:
+            problem = f"--out {out}: cannot write there ({e.strerror or e})"
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    try:
+        if not distributed.agree(processes, problem is None):
+            raise TrainError(problem or "rank 0 could not start the run (its error is above)")
+        start_step = distributed.from_main(processes, saved.step if saved else 0)
+        if saved is None and start_step:
+            saved = ckpt.read_checkpoint_state(config.resume if config.resume != "latest"
+                                               else ckpt.checkpoint_dir(out, start_step))
+        if start_step >= config.steps:  # rank 0 found the export damaged and re-made it
+            distributed.barrier(processes)
+            return TrainResult(out / FINAL_NAME if processes.is_main else None, start_step, config.steps, [],
+                               notes)
+        return _run(config, processes, dtype, layout, train_entries, held_out, settings, saved, on_step, models,
+                    notes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume_point(config: TrainConfig, out: Path, settings: Dict[str, Any], notes: List[str]):
+    """The checkpoint to resume from (None: a new run), its notes appended; a resume past the last step re-makes a
+    missing or damaged export, else there is nothing to train. Raises ValueError."""
+    if not config.resume:
+        if ckpt.saved_checkpoints(out):
+            raise ValueError(f"--out {out} holds checkpoints of an earlier run ({ckpt.saved_checkpoints(out)[-1].name}"
+                             "): pass --resume to continue it, or choose a new --out")
+        return None
+    point = ckpt.find_checkpoint(out, config.resume)
+    ckpt.check_resumable(point.saved, settings)
+    notes.append(point.message())
+    if point.skipped:
+        ckpt.discard(list(point.skipped))
+        notes.append(f"deleted the damaged {', '.join(p.name for p in point.skipped)}; this run saves those steps "
+                     "again")
+    saved = point.saved
+    if saved.step >= config.steps:
+        export = out / FINAL_NAME
+        why = ckpt.export_damage(export)
+        if why is None:
+            raise ValueError(f"--resume: the checkpoint is at step {saved.step}, --steps is {config.steps}: nothing "
+                             f"to train ({export} is intact); raise --steps to continue")
+        ckpt.remake_export(saved, export, config.fp16_output)
+        notes.append(f"re-made {export} from {saved.path}: {why}")
+    return saved
+
+
+def _run(config: TrainConfig, processes, dtype: torch.dtype, layout: StreamLayout, train_entries, held_out,
+         settings, saved, on_step, models, notes: List[str]) -> TrainResult:
+    from tqdm import tqdm
+
+    from lib_handrefiner.args import HandRefinerArgs
+
+    device = processes.device
+    out = Path(config.out)
     start_step = saved.step if saved else 0
-    if start_step >= config.steps:
-        raise TrainError(f"--resume: the checkpoint is at step {start_step}, --steps is {config.steps}: nothing to "
-                         "train; raise --steps to continue")
     problem = None
     if processes.is_main:
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps({**{k: str(v) if isinstance(v, Path) else v
-                                                            for k, v in asdict(config).items()},
-                                                         "grad_accum": layout.grad_accum,
-                                                         "world_size": processes.world_size,
-                                                         "validation": [e.name for e in held_out]}, indent=1))
+            OutputFolder(out).write("config.json", json.dumps({
+                **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+                "grad_accum": layout.grad_accum, "world_size": processes.world_size,
+                "validation": [e.name for e in held_out]}, indent=1))
         except OSError as e:
             problem = f"--out {out}: cannot write there ({e.strerror or e})"
     if not distributed.agree(processes, problem is None):
@@ -392,21 +448,16 @@ def _train(config: TrainConfig, processes, entries, on_step, models) -> TrainRes
     output = None
     if processes.is_main:
         ckpt.save_checkpoint(out, config.steps, controlnet, optimizer, scaler, settings, config.keep_checkpoints)
-        output = out / FINAL_NAME
-        save_controlnet(controlnet, output, fp16=config.fp16_output)
+        output = ckpt.write_export(controlnet, out / FINAL_NAME, config.fp16_output)
     distributed.barrier(processes)
-    return TrainResult(output, start_step, config.steps, losses)
+    return TrainResult(output, start_step, config.steps, losses, notes)
 
 
 def _validate(out: Path, step: int, sd, controlnet, samples, args, seed: int, metrics: Optional[_Metrics]) -> Path:
-    from PIL import Image
-
     from lib_handrefiner.train.validation import validation_grid
 
     grid = validation_grid(sd, controlnet, samples, args, seed)
-    path = out / "validation" / f"step-{step:06d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    path = OutputFolder(out).write(f"validation/step-{step:06d}.png", png(grid))
     if metrics is not None:
         metrics.image(step, grid)
     return path

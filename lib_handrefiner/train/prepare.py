@@ -29,6 +29,7 @@ from PIL import Image
 from lib_handrefiner.args import HandRefinerArgs
 from lib_handrefiner.depth import pixel_extent
 from lib_handrefiner.masking import enclosing_box
+from lib_handrefiner.safe_write import write_file
 from lib_handrefiner.train.sources import SourceHand, SourceSample
 
 HINTS = ("dataset", "landmarks", "graphormer")
@@ -403,5 +404,5 @@ def prepare(source, dst: Path, options: PrepareOptions, captions: Optional[Dict[
     runs.append({"source": source.kind, "source_folder": str(source.root), "hint": options.hint,
                  "mask": options.mask_kind(source.kind != "images"), "resolution": options.resolution,
                  "written": report.written, "dropped": dict(report.dropped), "examples": report.examples})
-    (dst / PREPARE_FILE).write_text(json.dumps({"samples": len(entries), "runs": runs}, indent=1))
+    write_file(dst / PREPARE_FILE, json.dumps({"samples": len(entries), "runs": runs}, indent=1))
     return report

@@ -28,5 +28,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # they include torchvision (no CPU build for our torch), clean-fid, CLIP and wandb, which only its training and
     # evaluation modules import; requirements.txt has what k_diffusion.sampling needs.
     pip_install --no-deps k-diffusion==0.0.16
+    # pydantic 2 beside the venv's pydantic 1 (the WebUI's), for the test that runs the settings package on it
+    # (the Forge 2 backend's pydantic): only that test puts this folder on sys.path.
+    rm -rf .venv/pydantic2
+    # (pip's resolver then warns that the venv's fastapi wants pydantic 1: true there, not where this goes)
+    .venv/bin/python -m pip install -q --target .venv/pydantic2 "pydantic>=2,<3" \
+        2> >(grep -v -e "is ignored: it is neither" -e "dependency resolver" -e "requires pydantic" >&2)
     echo "$want" > "$stamp"
 fi

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Generic, List, Optional, Sequence, T
 import numpy as np
 
 if TYPE_CHECKING:  # imports MediaPipe / the mesh models only where pose_error runs
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.detection import Hand
     from lib_handrefiner.mesh import MeshModel
 
@@ -91,7 +91,7 @@ def pose_error(refined_rgb: np.ndarray, target_joints_xy: np.ndarray,
     `target_joints_xy` are in `refined_rgb`'s pixels (the crop's, when refining a crop); `mesh_model` is the model
     (or its name) that built the target mesh, so both sides carry the same model's bias.
     """
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.detection import detect_hands
 
     args = args or HandRefinerArgs()

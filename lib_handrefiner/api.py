@@ -6,7 +6,9 @@ validation shape: `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}` (`erro
 it themselves, so the host app's exception handlers (the WebUI's adds `error`, `body`, `errors`) never reshape it.
 An unknown field is answered with the closest valid name. The image is checked in this order: base64 → container
 format → dimensions (before any pixel is decoded) → pixels. Requests take the lock one at a
-time (the WebUI's queue lock when mounted there), so API and UI never drive the model at once.
+time (the WebUI's queue lock when mounted there), so API and UI never drive the model at once; at most
+`ApiConfig.max_queue` of them wait or run at once (admission.py), the next is answered 503 with Retry-After
+before its body is read.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import re
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,15 +36,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, Field, ValidationError, validator
 
 from . import __version__
-from .args import HandRefinerArgs
+from .admission import Admission, Busy, max_queue
+from .settings import HandRefinerArgs, field_names, from_script_args
 from .detection import DetectorUnavailable
+from .imageio import MAX_PIXELS, MAX_PIXELS_ENV, ImageTooLarge, check_pixels, max_pixels
 from .mesh import MeshModelError
 from .models_registry import ModelListing, ModelNameError, resolve_name
 from .perception import nothing_to_refine_message, with_mesh_warning
 from .pipeline import tried_entries
 from .service import HandRefinerService, ModelLoadError
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # imageio's limit, the same as the command line's and the WebUI's
 MAX_TEXT_CHARS = 10_000  # prompts and names: CLIP reads 77 tokens; megabytes would only cost tokenizer time
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*(;base64)?,", re.IGNORECASE)
@@ -118,8 +122,8 @@ def decode_image(data: object, field: str = "image", max_pixels: int = DEFAULT_M
         try:
             image = Image.open(io.BytesIO(raw))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise InputError([field], f"{field} is too large to decode safely ({e}); the limit is {max_pixels} "
-                                      "pixels", 413) from e
+            raise InputError([field], f"{field} is too large to decode safely ({e}), over HandRefiner's limit of "
+                                      f"{max_pixels:,} pixels ({MAX_PIXELS_ENV}); downscale it first", 413) from e
         except UnidentifiedImageError as e:
             raise InputError([field], f"{field} is not a PNG, JPEG or WebP image (the decoded bytes are no known image "
                                       f"format; first bytes {raw[:8]!r})") from e
@@ -130,9 +134,10 @@ def decode_image(data: object, field: str = "image", max_pixels: int = DEFAULT_M
     width, height = image.size
     if width < 1 or height < 1:
         raise InputError([field], f"{field} has an empty size {width}x{height}")
-    if width * height > max_pixels:
-        raise InputError([field], f"{field} has {width}x{height} = {width * height} pixels, over the limit of "
-                                  f"{max_pixels}; downscale it first", 413)
+    try:
+        check_pixels(width, height, field, max_pixels)
+    except ImageTooLarge as e:
+        raise InputError([field], str(e), 413) from e
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -210,7 +215,7 @@ class RefineRequest(HandRefinerArgs):
         return value if expected is None else _check_scalar(value, expected)
 
     def settings(self) -> HandRefinerArgs:
-        return HandRefinerArgs(**self.dict(include=set(HandRefinerArgs.__fields__)))
+        return HandRefinerArgs(**self.dict(include=set(field_names())))
 
 
 def _scalar_type(annotation: Any) -> Optional[type]:
@@ -261,6 +266,9 @@ class HandInfo(BaseModel):
                                                        "its MPJPE.")
     mesh: Optional[str] = Field(None, description="The mesh model its depth guide was rendered from ('graphormer' or "
                                                   "'landmarks'); None: no mesh (no hand found in a user box).")
+    found_by: Optional[str] = Field(None, description="How the hand was found: 'palm', 'low', 'tile', 'flip', 'pose' "
+                                                      "(the hand search's passes) or 'user_box' (the landmark model "
+                                                      "alone on a box you gave, where no palm was found).")
 
 
 class RefineResponse(BaseModel):
@@ -279,7 +287,7 @@ class RefineResponse(BaseModel):
 # ---- validation helpers (also for the WebUI's alwayson_scripts) ----------------------------------------------
 
 def validation_detail(error: ValidationError, prefix: Sequence[Any] = (),
-                      fields: Sequence[str] = tuple(HandRefinerArgs.__fields__)) -> List[dict]:
+                      fields: Sequence[str] = tuple(field_names())) -> List[dict]:
     """pydantic's errors as [{loc, msg, type}], an unknown field's named with the closest of `fields`."""
     return [named_extra_field({"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]}, fields)
             for e in error.errors()]
@@ -292,7 +300,7 @@ def named_extra_field(error: dict, fields: Sequence[str]) -> dict:
 
 
 def script_args_errors(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "HandRefiner", "args"),
-                       parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args) -> List[dict]:
+                       parse: Callable[[Any], HandRefinerArgs] = from_script_args) -> List[dict]:
     """Validation errors (FastAPI's shape) of `alwayson_scripts` args: a dict, a list holding one dict, or
     positional values (named by their field); [] when they are valid."""
     try:
@@ -307,7 +315,7 @@ def script_args_errors(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "
 
 
 def validate_script_args(args: Any, prefix: Sequence[Any] = ("alwayson_scripts", "HandRefiner", "args"),
-                         parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args
+                         parse: Callable[[Any], HandRefinerArgs] = from_script_args
                          ) -> HandRefinerArgs:
     """HandRefinerArgs from `alwayson_scripts` args, or an HTTPException 422 naming each bad field."""
     errors = script_args_errors(args, prefix, parse)
@@ -316,7 +324,7 @@ def validate_script_args(args: Any, prefix: Sequence[Any] = ("alwayson_scripts",
     return parse(args)
 
 
-def alwayson_errors(body: bytes, parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args,
+def alwayson_errors(body: bytes, parse: Callable[[Any], HandRefinerArgs] = from_script_args,
                     title: str = "HandRefiner") -> List[dict]:
     """Errors of the HandRefiner entry of a txt2img/img2img request's `alwayson_scripts` (matched like the
     WebUI does, ignoring case); [] when it is valid, absent, or the body is not for us to judge."""
@@ -343,7 +351,7 @@ class AlwaysonValidation:
 
     PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 
-    def __init__(self, app: Any, parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args):
+    def __init__(self, app: Any, parse: Callable[[Any], HandRefinerArgs] = from_script_args):
         self.app = app
         self.parse = parse
 
@@ -372,7 +380,7 @@ class AlwaysonValidation:
 
 
 def install_alwayson_validation(app: FastAPI,
-                                parse: Callable[[Any], HandRefinerArgs] = HandRefinerArgs.from_script_args) -> None:
+                                parse: Callable[[Any], HandRefinerArgs] = from_script_args) -> None:
     """Adds AlwaysonValidation to an app that may already be serving (as the WebUI's is at on_app_started)."""
     app.middleware_stack = None  # rebuilt from user_middleware on the next request
     app.add_middleware(AlwaysonValidation, parse=parse)
@@ -419,7 +427,8 @@ def check_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> No
 
 @dataclass
 class ApiConfig:
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = dataclass_field(default_factory=max_pixels)  # imageio's limit (HANDREFINER_MAX_PIXELS) at start
+    max_queue: int = dataclass_field(default_factory=max_queue)  # POSTs waiting or running at once, then 503
 
     @property
     def max_body_bytes(self) -> int:
@@ -429,12 +438,14 @@ class ApiConfig:
 REQUEST_FIELDS = tuple(RefineRequest.__fields__)
 
 
-def body_limited_route(limit: int) -> type:
+def body_limited_route(limit: int, admission: Optional[Admission] = None) -> type:
     """An APIRoute class that answers 413 before reading a body whose Content-Length is over `limit`, and every
     error of its route in the one shape (`error_response`), itself: a route class works on any app, unlike a
     middleware or an exception handler, so the limit and the shape hold on the WebUI's app too."""
 
     class HandRefinerRoute(APIRoute):
+        admission_control = admission  # shared by the router's routes (how many are in: tests, monitoring)
+
         def get_route_handler(self):
             handler = super().get_route_handler()
 
@@ -444,7 +455,14 @@ def body_limited_route(limit: int) -> type:
                     return error_response(413, f"body is {int(length)} bytes, over the limit of {limit}; send a "
                                                "smaller image", ["body"], "value_error.too_large")
                 try:
+                    if admission is not None and request.method == "POST":  # before its body is read
+                        with admission.admit():
+                            return await handler(request)
                     return await handler(request)
+                except Busy as e:
+                    response = error_response(503, str(e), [], "server_error.busy")
+                    response.headers["Retry-After"] = str(e.retry_after)
+                    return response
                 except RequestValidationError as e:
                     return errors_response(422, [named_extra_field(dict(err), REQUEST_FIELDS) for err in e.errors()])
                 except InputError as e:
@@ -465,7 +483,7 @@ def create_router(service: HandRefinerService, lock: Optional[Any] = None,
     """The `/handrefiner/*` routes over `service`; `lock` (e.g. the WebUI's queue_lock) serialises refinement."""
     lock = lock if lock is not None else threading.Lock()
     router = APIRouter(prefix="/handrefiner", tags=["HandRefiner"],
-                       route_class=body_limited_route(config.max_body_bytes))
+                       route_class=body_limited_route(config.max_body_bytes, Admission(config.max_queue)))
 
     @router.get("/version")
     def version() -> dict:
@@ -576,7 +594,8 @@ def hand_infos(perceived: Sequence[Any], refined: Sequence[Any]) -> List[HandInf
             score=float(p.hand.score) if p.hand is not None else None,
             refined=match is not None, strength=kept,
             mpjpe=next((t["mpjpe"] for t in tried if t["strength"] == kept), None),
-            tried=[TriedStrength(**t) for t in tried], mesh=p.mesh.model if p.mesh is not None else None))
+            tried=[TriedStrength(**t) for t in tried], mesh=p.mesh.model if p.mesh is not None else None,
+            found_by=p.found_by or None))
     return infos
 
 

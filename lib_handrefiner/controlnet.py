@@ -1,10 +1,10 @@
-"""The HandRefiner ControlNet: an ldm-layout ControlNet, its files, and its injection into an ldm UNet.
+"""The HandRefiner ControlNet: an ldm-layout ControlNet, its files, and its creation from a UNet.
 
 The network is the encoder half of an SD UNet (time embedding, input blocks, middle block) plus a hint encoder that
 turns the 3-channel depth map (image size, values in [0, 1]) into a latent-size feature, and one 1×1 "zero
 convolution" per encoder output. Its forward returns one residual per UNet skip connection plus one for the middle
-block (13 for SD 1.5); `inject_control` adds them, scaled by the control strength, to a UNet *instance* through
-forward hooks, so the WebUI's own UNet (and other extensions that replace its `forward`) stay untouched.
+block (13 for SD 1.5); `control_injection.inject_control` adds them, scaled by the control strength, to any SD
+UNet the extension meets.
 
 Files: `.safetensors` (preferred) or `.pth`/`.ckpt` read by the restricted unpickler (`safe_pickle`); keys with or
 without the `control_model.` prefix (a full HandRefiner training checkpoint works too: only `control_model.*` is
@@ -31,8 +31,6 @@ UNET_PREFIX = "model.diffusion_model."
 HINT_DOWNSCALE = 8
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 METADATA_KEY = "handrefiner_controlnet_config"
-
-Strength = Union[float, int, torch.Tensor, Sequence[float]]
 
 
 class ControlNetLoadError(ValueError):
@@ -504,159 +502,3 @@ def controlnet_from_unet(unet_state_dict: Mapping[str, torch.Tensor], config: Op
         copied[key] = source.to(target.dtype)
     controlnet.load_state_dict(copied, strict=False)
     return controlnet.eval()
-
-
-# ---- injection -------------------------------------------------------------------------------------------------
-
-@dataclass
-class ControlHandle:
-    """Live control settings of an `inject_control` context; `strength` and `hint` may be reassigned inside it."""
-    controlnet: ControlNet
-    hint: torch.Tensor
-    strength: Strength
-    residuals: Optional[List[torch.Tensor]] = None   # of the UNet call in progress (None between calls)
-    calls: int = 0                                    # UNet calls that computed control
-    hint_encodings: int = 0                           # times the hint encoder ran (once per hint)
-    _encoded: Optional[Tuple[torch.Tensor, tuple, torch.Tensor]] = field(default=None, repr=False)
-
-    def encoded_hint(self) -> torch.Tensor:
-        """The hint encoder's output for the current hint (not yet tiled to the UNet batch), cached until the hint
-        is reassigned or modified in place. The cache holds the hint itself: identity, not id(), decides."""
-        controlnet, hint = self.controlnet, self.hint
-        key = (hint._version, controlnet.device, controlnet.dtype)
-        if self._encoded is None or self._encoded[0] is not hint or self._encoded[1] != key:
-            batch = hint if hint.dim() == 4 else hint.unsqueeze(0)
-            encoded = controlnet.encode_hint(batch.to(controlnet.device, controlnet.dtype))
-            self._encoded = (hint, key, encoded)
-            self.hint_encodings += 1
-        return self._encoded[2]
-
-
-def _per_block_scales(strength: Strength, count: int) -> Optional[List[float]]:
-    if isinstance(strength, (list, tuple)):
-        if len(strength) != count:
-            raise ValueError(f"per-block control strengths: got {len(strength)} values, this ControlNet has {count} "
-                             "residuals (13 for SD 1.5); pass one float, a per-sample tensor, or one value per block")
-        return [float(s) for s in strength]
-    return None
-
-
-def _batch_repeat(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
-    """Tile a batch to the UNet's batch when that is a multiple (CFG runs [cond; uncond] in one call)."""
-    if tensor.shape[0] == batch:
-        return tensor
-    if tensor.shape[0] == 0 or batch % tensor.shape[0]:
-        raise ValueError(f"{what} batch {tensor.shape[0]} does not divide the UNet batch {batch}")
-    return tensor.repeat(batch // tensor.shape[0], *([1] * (tensor.dim() - 1)))
-
-
-def _is_zero(strength: Strength) -> bool:
-    if isinstance(strength, torch.Tensor):
-        return bool((strength == 0).all())
-    if isinstance(strength, (list, tuple)):
-        return all(float(s) == 0 for s in strength)
-    return float(strength) == 0
-
-
-def compute_control(handle: ControlHandle, x: torch.Tensor, timesteps: torch.Tensor,
-                    context: Optional[torch.Tensor]) -> Optional[List[torch.Tensor]]:
-    """The scaled residuals for one UNet call (x: the UNet's input; its first channels are the noisy latent),
-    in the ControlNet's device and dtype; None at strength 0, so the UNet then runs exactly as without control."""
-    if _is_zero(handle.strength):
-        return None
-    controlnet = handle.controlnet
-    batch, latent_h, latent_w = x.shape[0], x.shape[-2], x.shape[-1]
-    hint = handle.hint
-    if hint.dim() == 3:
-        hint = hint.unsqueeze(0)
-    if tuple(hint.shape[-2:]) != (latent_h * HINT_DOWNSCALE, latent_w * HINT_DOWNSCALE):
-        raise ValueError(f"control hint is {tuple(hint.shape[-2:])} pixels but the latent is {latent_h}×{latent_w}: "
-                         f"the hint must be the image size, {latent_h * HINT_DOWNSCALE}×{latent_w * HINT_DOWNSCALE}")
-    device, dtype = controlnet.device, controlnet.dtype
-    guided_hint = _batch_repeat(handle.encoded_hint(), batch, "control hint")
-    timesteps = torch.as_tensor(timesteps, device=device)
-    if timesteps.dim() == 0:
-        timesteps = timesteps.expand(batch)
-    context = None if context is None else context.to(device, dtype)
-    residuals = controlnet(x[:, :controlnet.config.in_channels].to(device, dtype), None, timesteps, context,
-                           guided_hint=guided_hint)
-    blocks = _per_block_scales(handle.strength, len(residuals))
-    if blocks is not None:
-        return [r * s for r, s in zip(residuals, blocks)]
-    if isinstance(handle.strength, torch.Tensor) and handle.strength.dim() > 0:
-        per_sample = _batch_repeat(handle.strength.reshape(-1).to(device, dtype), batch, "control strength")
-        return [r * per_sample.view(-1, 1, 1, 1) for r in residuals]
-    scale = float(handle.strength)
-    return [r * scale for r in residuals]
-
-
-def _split_unet_call(args: tuple, kwargs: dict) -> Tuple[torch.Tensor, Any, Any]:
-    """x, timesteps, context of a call to ldm's UNetModel.forward(x, timesteps=None, context=None, ...)."""
-    x = args[0] if args else kwargs["x"]
-    timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
-    context = args[2] if len(args) > 2 else kwargs.get("context")
-    return x, timesteps, context
-
-
-def _check_pairing(unet: nn.Module, controlnet: ControlNet) -> None:
-    for name in ("input_blocks", "middle_block", "output_blocks"):
-        if not hasattr(unet, name):
-            raise TypeError(f"{type(unet).__name__} is not an ldm UNetModel (no {name}); control needs one")
-    count = controlnet.config.num_residuals
-    if len(unet.input_blocks) != count - 1 or len(unet.output_blocks) != count - 1:
-        raise ValueError(f"this ControlNet ({count - 1} encoder blocks, {controlnet.config.model_channels} channels) "
-                         f"does not pair with this UNet ({len(unet.input_blocks)} input blocks): use a ControlNet "
-                         "made for the same base model (SD 1.5 for HandRefiner)")
-
-
-@contextlib.contextmanager
-def inject_control(unet: nn.Module, controlnet: ControlNet, hint: torch.Tensor,
-                   strength: Strength = 1.0) -> Iterator[ControlHandle]:
-    """Adds the ControlNet's residuals to every call of `unet` inside the context.
-
-    hint: (B,3,H,W) in [0, 1] at image size (B divides the UNet batch: it is tiled, e.g. for CFG).
-    strength: a float; a (B,) tensor of per-sample scales (tiled like the hint); or a list of per-block scales
-    (one per residual, 13 for SD 1.5). Residual k < n goes to the skip connection of input block k, which output
-    block n-1-k concatenates; the last one is added to the middle block's output (ldm's ControlledUnetModel).
-    Hooks attach to the instance and its blocks and come off on exit, leaving the UNet exactly as before.
-    """
-    _check_pairing(unet, controlnet)
-    handle = ControlHandle(controlnet=controlnet, hint=hint, strength=strength)
-    skips = len(unet.input_blocks)
-
-    def before_unet(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        x, timesteps, context = _split_unet_call(args, kwargs)
-        handle.residuals = compute_control(handle, x, timesteps, context)
-        if handle.residuals is not None:
-            handle.calls += 1
-
-    def after_unet(module: nn.Module, args: tuple, output: Any) -> None:
-        handle.residuals = None
-
-    def after_middle(module: nn.Module, args: tuple, output: torch.Tensor) -> Optional[torch.Tensor]:
-        if handle.residuals is None:
-            return None
-        return output + handle.residuals[-1].to(output.device, output.dtype)
-
-    def before_output_block(index: int):
-        def hook(module: nn.Module, args: tuple) -> Optional[tuple]:
-            if handle.residuals is None:
-                return None
-            h = args[0]
-            residual = handle.residuals[skips - 1 - index].to(h.device, h.dtype)
-            width = residual.shape[1]  # the skip is the second part of cat([h, skip], dim=1)
-            h = torch.cat([h[:, :-width], h[:, -width:] + residual], dim=1)
-            return (h, *args[1:])
-        return hook
-
-    removers = [unet.register_forward_pre_hook(before_unet, with_kwargs=True),
-                unet.register_forward_hook(after_unet),
-                unet.middle_block.register_forward_hook(after_middle)]
-    removers += [block.register_forward_pre_hook(before_output_block(i))
-                 for i, block in enumerate(unet.output_blocks)]
-    try:
-        yield handle
-    finally:
-        for remover in removers:
-            remover.remove()
-        handle.residuals = None

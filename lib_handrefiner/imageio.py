@@ -1,13 +1,17 @@
 """Load and convert images of any mode or bit depth to the package's one image type: RGB `uint8` H×W×3.
 
 Every failure is an `ImageError` whose message names the file (or the array) and says what to do.
+
+Images are bounded: `MAX_PIXELS` (4096 × 4096 = 16.8 Mpx, or the HANDREFINER_MAX_PIXELS environment variable) is
+the one limit of the command line, the REST API and the WebUI; a larger image is an `ImageTooLarge` error read
+from its header, before any pixel is decoded (memory per image stays under ~1 GB through the whole pipeline).
 """
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +25,34 @@ _ALPHA_BACKGROUND = (255, 255, 255)
 
 class ImageError(ValueError):
     """An image could not be read or converted; the message names the file or problem and the fix."""
+
+
+class ImageTooLarge(ImageError):
+    """An image over `max_pixels()` (the API answers 413)."""
+
+
+MAX_PIXELS = 4096 * 4096
+MAX_PIXELS_ENV = "HANDREFINER_MAX_PIXELS"
+
+
+def max_pixels() -> int:
+    """The pixel limit: HANDREFINER_MAX_PIXELS when set to a positive integer, else MAX_PIXELS."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_PIXELS
+
+
+def check_pixels(width: int, height: int, what: str = "the image", limit: Optional[int] = None) -> None:
+    """ImageTooLarge when a width × height image is over the limit (default: max_pixels())."""
+    limit = max_pixels() if limit is None else limit
+    if width * height > limit:
+        raise ImageTooLarge(f"{what} is {width}×{height} = {width * height:,} pixels, over HandRefiner's limit of "
+                            f"{limit:,} ({MAX_PIXELS_ENV}); downscale it first, e.g. to "
+                            f"{_fitting(width, height, limit)}")
+
+
+def _fitting(width: int, height: int, limit: int) -> str:
+    scale = (limit / (width * height)) ** 0.5
+    return f"{max(1, int(width * scale))}×{max(1, int(height * scale))}"
 
 
 def load_image(path: Union[str, os.PathLike]) -> np.ndarray:
@@ -39,11 +71,14 @@ def load_image(path: Union[str, os.PathLike]) -> np.ndarray:
         raise ImageError(f"{path}: the file is empty (0 bytes); re-save or re-download the image")
     try:
         image = Image.open(io.BytesIO(data))
+        check_pixels(*image.size, what=str(path))  # from the header: nothing decoded yet
         image.load()  # decodes now, so a truncated file fails here and not later in the pipeline
+    except ImageError:
+        raise
     except Image.DecompressionBombError as e:
-        # Pillow's guard against decompression bombs; no pixels were decoded yet.
-        raise ImageError(f"{path}: the image is too large to decode safely ({e}); downscale it, e.g. to at most "
-                         "4096×4096 pixels") from e
+        # Pillow's own guard (over 2 × its MAX_IMAGE_PIXELS) fires while reading the header; nothing was decoded.
+        raise ImageTooLarge(f"{path}: the image is too large to decode safely ({e}), over HandRefiner's limit of "
+                            f"{max_pixels():,} pixels ({MAX_PIXELS_ENV}); downscale it first") from e
     except UnidentifiedImageError as e:
         raise ImageError(f"{path}: not an image Pillow can read; pass a PNG, JPEG, WebP or another image file") from e
     except (OSError, SyntaxError, ValueError) as e:
@@ -55,8 +90,11 @@ def to_rgb(image: ImageLike) -> np.ndarray:
     """Converts a PIL image (RGB, RGBA, L, LA, P, CMYK, 1, I;16, I, F, …) or a numpy array (H×W, H×W×1/3/4; uint8,
     uint16, bool, or float in [0, 1]) to a C-contiguous RGB uint8 H×W×3 array."""
     if isinstance(image, Image.Image):
+        check_pixels(*image.size)
         return _pil_to_rgb(image)
     if isinstance(image, np.ndarray):
+        if image.ndim >= 2:
+            check_pixels(image.shape[1], image.shape[0], what="the image array")
         return _array_to_rgb(image)
     raise ImageError(f"expected a PIL image or a numpy array, got {type(image).__name__}; load the file with "
                      f"lib_handrefiner.imageio.load_image")

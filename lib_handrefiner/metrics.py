@@ -6,10 +6,9 @@ extractor; `lib_handrefiner.inception` gives the standard Inception-v3 pool feat
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from scipy import linalg
@@ -139,9 +138,3 @@ def _features(features: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{name} holds NaN or inf values")
     return array
-
-
-def mean_or_nan(values: Sequence[float]) -> float:
-    """Mean of the finite values; NaN when there are none (a table cell with nothing to average)."""
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
+from .settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 

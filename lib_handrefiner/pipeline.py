@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lib_handrefiner.args import BUILTIN_SAMPLER, DEFAULT_NEGATIVE_PROMPT, MESHES_INFOTEXT_KEY, HandRefinerArgs
+from lib_handrefiner.settings import (BUILTIN_SAMPLER, DEFAULT_NEGATIVE_PROMPT, MESHES_INFOTEXT_KEY, HandRefinerArgs, replace,
+                                      to_infotext)
 from lib_handrefiner.masking import enclosing_box
 from lib_handrefiner.sampler import LATENT_SCALE, InpaintRequest, SamplingInterrupted, ddim_step_count, \
     sample_inpaint, size_multiple, with_extra_negative
@@ -338,7 +339,7 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
         raise ValueError(f"the perception is for a {perception.width}x{perception.height} image but the image is "
                          f"{original.shape[1]}x{original.shape[0]}; run perceive on this image")
     base_seed = choose_seed(seed, args)
-    entries = args.copy(update={"enabled": True, "seed": base_seed}).infotext()
+    entries = to_infotext(replace(args, enabled=True, seed=base_seed))
     units = _units(perception, args, base_seed, size_multiple(sd.unet))
     if not units:
         _add(timings, "total", started)

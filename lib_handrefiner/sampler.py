@@ -242,7 +242,7 @@ def sample_inpaint(sd: SDModel, controlnet, request: InpaintRequest, strengths: 
     strength = torch.tensor(list(strengths) * branches, device=device, dtype=dtype)
     control = nullcontext()
     if controlnet is not None:
-        from lib_handrefiner.controlnet import inject_control
+        from lib_handrefiner.control_injection import inject_control
 
         control = inject_control(sd.unet, controlnet, request.hint.to(device, dtype), strength)
     with torch.no_grad(), control:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from .args import HandRefinerArgs
+from .settings import HandRefinerArgs
 from .models_registry import ModelListing, ModelSlots, build_listing, resolve_name
 
 

@@ -11,13 +11,13 @@ weights. Outputs are noise; the code paths (loading, hooks, sampling, compositin
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lib_handrefiner.safe_write import write_file
 from lib_handrefiner.sd_model import TOKENIZER_DIR, SDConfig, build_model, ldm_state_dict
 
 TINY_SEED = 1234
@@ -102,23 +102,17 @@ def _yaml(in_channels: int) -> str:
                                 unet=block(unet, 8), vae=block(TINY_VAE, 10), clip=CLIP_FOLDER)
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_clip_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for f in TOKENIZER_DIR.iterdir():
         if f.suffix in (".json", ".txt"):
             shutil.copyfile(f, folder / f.name)
     config = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **TINY_TEXT}
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    write_file(folder / "config.json", json.dumps(config, indent=2))  # last: the folder is complete
 
 
 def _write_checkpoint(path: Path, in_channels: int, seed: int) -> dict:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -126,8 +120,8 @@ def _write_checkpoint(path: Path, in_channels: int, seed: int) -> dict:
         model = build_model(tiny_config(in_channels))
     make_non_degenerate(model, generator)
     state = {k: v.contiguous() for k, v in ldm_state_dict(model).items()}
-    _write_atomic(path, lambda tmp: save_file(state, str(tmp)))
-    _write_atomic(path.with_suffix(".yaml"), lambda tmp: tmp.write_text(_yaml(in_channels)))
+    write_file(path, save(state))
+    write_file(path.with_suffix(".yaml"), _yaml(in_channels))
     return {k[len("model.diffusion_model."):]: v for k, v in state.items() if k.startswith("model.diffusion_model.")}
 
 
@@ -136,7 +130,7 @@ def _write_controlnet(path: Path, unet_state: dict, seed: int) -> None:
 
     config = ControlNetConfig.from_state_dict(unet_state)
     controlnet = controlnet_from_unet(unet_state, config, random_zero_convs=True, seed=seed)
-    _write_atomic(path, lambda tmp: save_controlnet(controlnet, tmp))
+    save_controlnet(controlnet, path)  # atomic
 
 
 def ensure_tiny_models(directory) -> TinyModelPaths:

@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import random
-import re
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from .args import HandRefinerArgs
+from .settings import FIELDS, HandRefinerArgs, describe_error, from_widget, replace
+from .settings import parse_boxes as parse_box_text
 from .detection import DetectorUnavailable
 from .imageio import to_rgb
 from .mesh import MeshModelError
@@ -42,25 +42,23 @@ STANDALONE_FIELDS = ("prompt", "negative_prompt", "strength", "mode", "steps", "
 
 def field_label(name: str) -> str:
     """A field's title without "HandRefiner ", its first letter upper-cased ("ControlNet", "CFG scale")."""
-    title = HandRefinerArgs.__fields__[name].field_info.title.replace("HandRefiner ", "", 1)
-    return title[:1].upper() + title[1:]
+    return FIELDS[name].label
 
 
 def field_control(name: str, value: Any, choices: Optional[Sequence[str]] = None) -> gr.components.Component:
     """A Gradio control for one HandRefinerArgs field: its title (without "HandRefiner "), description, range."""
-    field = HandRefinerArgs.__fields__[name]
-    label = field_label(name)
-    info = field.field_info.description
+    field = FIELDS[name]
+    label = field.label
+    info = field.description
     elem_id = f"handrefiner_setting_{name}"
-    if choices is not None or getattr(field.outer_type_, "__origin__", None) is not None:
-        options = list(choices) if choices is not None else list(field.outer_type_.__args__)
+    if choices is not None or field.kind == "choice":
+        options = list(choices) if choices is not None else list(field.choices)
         return gr.Dropdown(options, value=value, label=label, info=info, elem_id=elem_id)
-    kind = field.type_
-    if issubclass(kind, bool):
+    if field.kind == "bool":
         return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
-    if issubclass(kind, (int, float)):
-        low, high = getattr(kind, "ge", None), getattr(kind, "le", None)
-        step = 1 if issubclass(kind, int) else 0.01
+    if field.kind in ("int", "float"):
+        low, high = field.ge, field.le
+        step = 1 if field.kind == "int" else 0.01
         if low is not None and high is not None and high - low <= 4096 and name != "seed":
             return gr.Slider(low, high, value=value, step=step, label=label, info=info, elem_id=elem_id)
         return gr.Number(value=value, precision=0 if step == 1 else None, label=label, info=info, elem_id=elem_id)
@@ -70,16 +68,11 @@ def field_control(name: str, value: Any, choices: Optional[Sequence[str]] = None
 def args_from_controls(base: HandRefinerArgs, names: Sequence[str], values: Sequence[Any],
                        boxes: Sequence[Box] = ()) -> HandRefinerArgs:
     """`base` with the controls' values and the edited boxes; gr.Error naming the field on bad values."""
-    update = dict(zip(names, values))
-    for name, value in update.items():
-        kind = HandRefinerArgs.__fields__[name].type_
-        if isinstance(value, float) and isinstance(kind, type) and issubclass(kind, int) \
-                and not issubclass(kind, bool) and value.is_integer():
-            update[name] = int(value)  # sliders send floats
+    update = {name: from_widget(name, value) for name, value in zip(names, values)}
     try:
-        return HandRefinerArgs(**{**base.dict(), **update, "boxes": list(boxes), "boxes_mode": "replace"})
-    except ValidationError as e:
-        raise gr.Error("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from e
+        return replace(base, **update, boxes=list(boxes), boxes_mode="replace")
+    except (ValidationError, ValueError) as e:
+        raise gr.Error(describe_error(e)) from e
 
 
 # ---- boxes: JSON text, table rows -----------------------------------------------------------------------------
@@ -87,16 +80,10 @@ def args_from_controls(base: HandRefinerArgs, names: Sequence[str], values: Sequ
 def parse_boxes(text: str, width: int, height: int) -> List[Box]:
     """Boxes from the editor's JSON [[x0, y0, x1, y1], …] or the infotext's "x0 y0 x1 y1; …", clipped to the
     image; boxes left empty by clipping are dropped."""
-    text = (text or "").strip()
-    if text and not text.startswith("["):
-        raw: Any = [part.replace(",", " ").split() for part in re.split(r"[;\n]", text) if part.strip()]
-    else:
-        try:
-            raw = json.loads(text or "[]")
-        except json.JSONDecodeError as e:
-            raise gr.Error(f"Boxes must be JSON like [[x0, y0, x1, y1], ...]: {e}") from e
-    if not isinstance(raw, list):
-        raise gr.Error("Boxes must be a JSON list of [x0, y0, x1, y1]")
+    try:
+        raw = parse_box_text(text or "")
+    except ValueError as e:
+        raise gr.Error(f"Boxes: {e}") from e
     return clip_boxes(raw, width, height)
 
 
@@ -148,7 +135,8 @@ def hands_summary(perception: Any) -> List[dict]:
              "handedness": p.hand.handedness if p.hand is not None else None,
              "score": round(float(p.hand.score), 3) if p.hand is not None else None,
              "refinable": bool(p.refinable),
-             "mesh": p.mesh.model if p.mesh is not None else None} for p in perception.hands]
+             "mesh": p.mesh.model if p.mesh is not None else None,
+             "found_by": p.found_by or None} for p in perception.hands]
 
 
 # ---- the editor -------------------------------------------------------------------------------------------------
@@ -208,9 +196,9 @@ def build_editor(service: HandRefinerService, image: Optional[gr.Image] = None,
 
     def with_boxes(values: Sequence[Any], edited: Sequence[Box]) -> HandRefinerArgs:
         try:
-            return read(values).copy(update={"boxes": list(edited), "boxes_mode": "replace"})
+            return replace(read(values), boxes=list(edited), boxes_mode="replace")
         except (ValidationError, ValueError) as e:
-            raise gr.Error(f"HandRefiner settings: {e}") from e
+            raise gr.Error(f"HandRefiner settings: {describe_error(e)}") from e
 
     def on_detect(img: Any, *values: Any):
         if img is None:
@@ -259,7 +247,7 @@ def create_blocks(service: HandRefinerService, lock: Any = None, defaults: HandR
     lock = lock if lock is not None else threading.Lock()
     css, js = page_assets()
     controlnets = sorted(service.listing().controlnets)
-    defaults = defaults.copy(update={"controlnet": service.default_controlnet() or defaults.controlnet})
+    defaults = replace(defaults, controlnet=service.default_controlnet() or defaults.controlnet)
     with gr.Blocks(title="HandRefiner", css=css, analytics_enabled=False) as blocks:
         gr.Markdown("## HandRefiner: hand-box editor" + (f"\n\n**{notice}**" if notice else ""))
         with gr.Row():
@@ -285,7 +273,7 @@ def create_blocks(service: HandRefinerService, lock: Any = None, defaults: HandR
             with lock:
                 perception = service.perceive(img, args)
                 if not any(p.refinable for p in perception.hands):
-                    return img, "No refinable hand in the boxes (no hand found there); the image is unchanged."
+                    return img, "No refinable hand in the boxes (smaller than min_hand_size); the image is unchanged."
                 out = service.refine(img, args, seed, perception=perception)
             return out.image, f"{out.message}\nseed {seed}\n{out.infotext}"
 

@@ -1,4 +1,4 @@
-"""HandRefiner for the AUTOMATIC1111 WebUI (1.9, 1.10): the always-on "HandRefiner" script.
+"""HandRefiner for the AUTOMATIC1111 WebUI (1.9, 1.10) and reForge: the always-on "HandRefiner" script.
 
 Thin glue: it builds the accordion, hands the WebUI's objects to lib_handrefiner.webui (where the logic lives and
 is tested) and registers the settings, the XYZ-grid axes and the /handrefiner/* API routes.
@@ -14,7 +14,7 @@ from modules.ui_components import InputAccordion
 
 from lib_handrefiner import webui
 from lib_handrefiner.webui import sampling as webui_sampling
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import FIELDS, field_names
 from lib_handrefiner.ui import field_control, field_label
 
 
@@ -33,6 +33,18 @@ def _sampling_modules() -> webui_sampling.WebUIModules:
 SAMPLING = _sampling_modules()
 
 
+def _forge_model_management():
+    """reForge / old Forge: its model management, which loads the UNet before HandRefiner's own sampling loop."""
+    try:
+        from ldm_patched.modules import model_management
+    except ImportError:   # AUTOMATIC1111
+        return None
+    return model_management
+
+
+FORGE_MODEL_MANAGEMENT = _forge_model_management()
+
+
 def _env() -> webui.WebUIEnv:
     cmd = shared.cmd_opts
     return webui.WebUIEnv(
@@ -47,7 +59,8 @@ def _env() -> webui.WebUIEnv:
         keep_models_on_device=bool(getattr(shared.opts, webui.KEEP_LOADED_SETTING, False)),
         offload_to_cpu=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", False)),
         devices=devices, opts=shared.opts, sampling=SAMPLING, prompt_parser=prompt_parser,
-        extra_networks=extra_networks)
+        extra_networks=extra_networks,
+        backend=functools.partial(webui.backend_for, model_management=FORGE_MODEL_MANAGEMENT))
 
 
 refiner = webui.WebUIRefiner(_env)
@@ -69,7 +82,7 @@ def _container(group: str):
 def _widget(spec: webui.WidgetSpec):
     if spec.name in webui.LIST_FIELDS:
         return gr.Textbox(value=spec.value, label=field_label(spec.name),
-                          info=HandRefinerArgs.__fields__[spec.name].field_info.description, lines=1)
+                          info=FIELDS[spec.name].description, lines=1)
     return field_control(spec.name, spec.value, spec.choices)
 
 
@@ -105,7 +118,7 @@ class HandRefinerScript(scripts.Script):
                             widgets[name].do_not_save_to_config = True
                         if name == "boxes" and is_img2img and self.init_image is not None:
                             self._box_editor(["enabled", *widgets], [enabled, *widgets.values()], defaults)
-        controls = [enabled] + [widgets[name] for name in HandRefinerArgs.field_names()[1:]]
+        controls = [enabled] + [widgets[name] for name in field_names()[1:]]
         # Infotext keys (not functions) as targets, so that "Send to img2img" copies the widgets too;
         # webui.fill_pasted_defaults supplies the keys an infotext leaves out.
         self.paste_field_names = webui.paste_field_names()

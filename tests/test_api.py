@@ -17,7 +17,7 @@ from PIL import Image
 from lib_handrefiner import __version__
 from lib_handrefiner.api import (DEFAULT_MAX_PIXELS, ApiConfig, InputError, decode_image, install_alwayson_validation,
                                  mount, validate_script_args)
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.models_registry import ModelNameError, build_listing, check_name_safe, resolve_name
 from lib_handrefiner.service import StandaloneService
 
@@ -154,6 +154,22 @@ def test_webp_input_is_accepted(client):
 GREY = b64_image(np.full((64, 64, 3), 128, np.uint8))
 
 
+def test_a_box_over_a_hand_no_detector_finds_is_refined(client):
+    # Issue 19: a box the user sends gets a hand even where the palm detector sees none (here a plain grey
+    # picture): the landmark model alone on the box; the response says how the hand was found.
+    grey = np.full((128, 128, 3), 128, np.uint8)
+    response = client.post("/handrefiner/refine", json={
+        "image": b64_image(grey), "boxes": [[20, 20, 90, 100]], "steps": 2, "crop_resolution": 64, "seed": 3,
+        "return_mask": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    (hand,) = body["hands"]
+    assert hand["refined"] and hand["found_by"] == "user_box" and hand["handedness"] in ("left", "right")
+    refined, mask = decode_png(body["image"]), decode_png(body["mask"])
+    assert np.all(mask[20:100, 20:90] == 255) and np.array_equal(refined[mask == 0], grey[mask == 0])
+    assert not np.array_equal(refined, grey)
+
+
 @pytest.mark.parametrize("payload, field, words", [
     ({"image": GREY, "colour": 1}, "colour", "unknown field 'colour'"),
     ({"image": GREY, "steps": "thirty"}, "steps", "integer"),
@@ -192,7 +208,7 @@ def test_bad_input_is_a_422_naming_the_field(client, payload, field, words):
     assert words in msg, msg
 
 
-@pytest.mark.parametrize("side, words", [(5000, "5000x5000 = 25000000 pixels"), (30000, "too large")])
+@pytest.mark.parametrize("side, words", [(5000, "5000×5000 = 25,000,000 pixels"), (30000, "too large")])
 def test_decompression_bomb_is_refused_before_decoding(client, side, words):
     bomb = base64.b64encode(png_header_only(side, side)).decode()
     assert len(bomb) < 100  # decoding its pixels would need side*side*3 bytes
@@ -214,7 +230,7 @@ def test_oversized_body_is_refused_before_reading(service):
 def test_pixel_limit_is_configurable():
     with pytest.raises(InputError) as e:
         decode_image(b64_image(np.zeros((40, 40, 3), np.uint8)), max_pixels=1000)
-    assert e.value.status == 413 and "40x40 = 1600 pixels" in e.value.message
+    assert e.value.status == 413 and "40×40 = 1,600 pixels, over HandRefiner's limit of 1,000" in e.value.message
     assert decode_image(b64_image(np.zeros((30, 30, 3), np.uint8)), max_pixels=1000).shape == (30, 30, 3)
     assert DEFAULT_MAX_PIXELS >= 4096 * 4096
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lib_handrefiner.api import mount
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.service import StandaloneService
 
 from test_api import b64_image, png_header_only

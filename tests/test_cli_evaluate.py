@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from lib_handrefiner.cli import main
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.cli.evaluate import evaluate, list_images, markdown_table, to_json
 
 from conftest import EXAMPLES

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from lib_handrefiner.cli import main
-from lib_handrefiner.cli.sweep import LABEL_HEIGHT, parse_strengths
+from lib_handrefiner.cli.sweep import parse_strengths
+from lib_handrefiner.grid import LABEL_HEIGHT
 
 from conftest import EXAMPLES
 
@@ -22,7 +23,7 @@ def _models(tiny_models):
 
 def test_sweep_writes_a_labelled_grid_with_one_refined_crop_per_strength(tiny_models, tmp_path, capsys):
     from lib_handrefiner.adaptive import pose_error
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.perception import perceive
     from lib_handrefiner.pipeline import cut, hand_crop_region

@@ -1,4 +1,5 @@
-"""ControlNet: released layout, shapes, injection into ldm UNets by hooks, files (save/load, refusal, errors)."""
+"""ControlNet: released layout, shapes, files (save/load, refusal, errors), creation from a UNet (injection:
+test_control_injection.py)."""
 from __future__ import annotations
 
 import json
@@ -8,69 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from lib_handrefiner.control_injection import inject_control
 from lib_handrefiner.controlnet import (CONTROL_PREFIX, ControlNet, ControlNetConfig, ControlNetLoadError,
-                                        controlnet_from_unet, inject_control, load_controlnet, read_controlnet_file,
-                                        save_controlnet)
+                                        controlnet_from_unet, load_controlnet, read_controlnet_file, save_controlnet)
 
 from pickles import write_lightning_checkpoint
+from unets import build_unet, inputs, randomise
 
 DATA = Path(__file__).parent / "data"
 SHARED_MANIFEST = (Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "checkpoints"
                    / "controlnet_sd15_inpaint_depth_hand.json")
-TINY_UNET = dict(image_size=8, out_channels=4, model_channels=32, attention_resolutions=[1, 2], num_res_blocks=1,
-                 channel_mult=[1, 2], num_heads=2, use_spatial_transformer=True, transformer_depth=1,
-                 context_dim=64, use_checkpoint=False, legacy=False)
-
-
-def randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Fresh ldm networks output exactly zero (zero-initialised output convs); that would hide every bug."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return module.eval()
-
-
-def build_unet(in_channels: int, seed: int = 0) -> torch.nn.Module:
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-    torch.manual_seed(seed)
-    return randomise(UNetModel(in_channels=in_channels, **TINY_UNET), seed)
-
-
-@pytest.fixture(scope="module", params=[9, 4], ids=["inpaint-9ch", "regular-4ch"])
-def pair(request):
-    unet = build_unet(request.param, seed=request.param)
-    controlnet = randomise(ControlNet.from_config(ControlNetConfig.tiny()), seed=100 + request.param)
-    return unet, controlnet
-
-
-def inputs(in_channels: int, batch: int = 2, h: int = 8, w: int = 12, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, in_channels, h, w, generator=g)
-    t = torch.tensor([999, 37, 500, 1][:batch])
-    context = torch.randn(batch, 77, 64, generator=g)
-    hint = torch.rand(batch, 3, h * 8, w * 8, generator=g)
-    return x, t, context, hint
-
-
-def controlled_unet_reference(unet, residuals, x, t, context):
-    """ldm's UNetModel.forward written out, with control added as ControlledUnetModel does: the middle residual
-    to the middle block's output, residual k to the skip of input block k."""
-    from ldm.modules.diffusionmodules.util import timestep_embedding
-
-    residuals = list(residuals)
-    emb = unet.time_embed(timestep_embedding(t, unet.model_channels, repeat_only=False))
-    hs, h = [], x
-    for block in unet.input_blocks:
-        h = block(h, emb, context)
-        hs.append(h)
-    h = unet.middle_block(h, emb, context) + residuals.pop()
-    for block in unet.output_blocks:
-        h = block(torch.cat([h, hs.pop() + residuals.pop()], dim=1), emb, context)
-    return unet.out(h)
-
-
 # ---- the released layout -----------------------------------------------------------------------------------------
 
 def test_sd15_state_dict_matches_the_released_manifest_key_for_key():
@@ -127,144 +75,6 @@ def test_hint_reaches_every_residual():
         a = model(x, hint, t, context)
         b = model(x, 1.0 - hint, t, context)
     assert all(not torch.allclose(ra, rb) for ra, rb in zip(a, b))
-
-
-# ---- injection ---------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def test_hooked_unet_equals_the_direct_controlled_computation(pair):
-    unet, controlnet = pair
-    x, t, context, hint = inputs(unet.in_channels)
-    residuals = controlnet(x[:, :4], hint, t, context)
-    for s in (1.0, 0.55):
-        expected = controlled_unet_reference(unet, [r * s for r in residuals], x, t, context)
-        with inject_control(unet, controlnet, hint, strength=s) as handle:
-            got = unet(x, timesteps=t, context=context)
-        assert handle.calls == 1
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-    bare = unet(x, timesteps=t, context=context)
-    assert (got - bare).abs().max() > 1e-3  # control changed the output
-
-
-@torch.no_grad()
-def test_strength_zero_is_exactly_the_bare_unet_and_hooks_leave_no_trace(pair):
-    unet, controlnet = pair
-    x, t, context, hint = inputs(unet.in_channels)
-    before = unet(x, t, context)
-    with inject_control(unet, controlnet, hint, strength=0.0) as handle:
-        assert torch.equal(unet(x, t, context), before)
-        assert handle.calls == 0
-        handle.strength = 1.0
-        assert not torch.equal(unet(x, t, context), before)
-    assert torch.equal(unet(x, t, context), before)
-    hooked = [m for m in unet.modules() if m._forward_pre_hooks or m._forward_hooks]
-    assert hooked == []
-
-
-@torch.no_grad()
-def test_per_sample_strengths_scale_each_sample_and_tile_for_cfg(pair):
-    unet, controlnet = pair
-    x, t, context, hint = inputs(unet.in_channels, batch=4)
-    bare = unet(x, t, context)
-    one_hint = hint[:2]  # CFG: the UNet batch is [cond; uncond], the hint and strengths are per image
-    with inject_control(unet, controlnet, one_hint, strength=torch.tensor([0.0, 0.8])):
-        got = unet(x, t, context)
-    assert torch.equal(got[0], bare[0]) and torch.equal(got[2], bare[2])
-    tiled = torch.cat([one_hint, one_hint])
-    residuals = controlnet(x[:, :4], tiled, t, context)
-    scale = torch.tensor([0.0, 0.8, 0.0, 0.8]).view(-1, 1, 1, 1)
-    expected = controlled_unet_reference(unet, [r * scale for r in residuals], x, t, context)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-
-
-@torch.no_grad()
-def test_per_block_scales_reach_their_own_skip(pair):
-    unet, controlnet = pair
-    x, t, context, hint = inputs(unet.in_channels)
-    residuals = controlnet(x[:, :4], hint, t, context)
-    for block in range(len(residuals)):
-        scales = [0.0] * len(residuals)
-        scales[block] = 1.3
-        expected = controlled_unet_reference(unet, [r * s for r, s in zip(residuals, scales)], x, t, context)
-        with inject_control(unet, controlnet, hint, strength=scales):
-            torch.testing.assert_close(unet(x, t, context), expected, rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="13 for SD 1.5"):
-        with inject_control(unet, controlnet, hint, strength=[1.0] * 13):
-            unet(x, t, context)
-
-
-@torch.no_grad()
-def test_hint_can_be_swapped_inside_the_context(pair):
-    unet, controlnet = pair
-    x, t, context, hint = inputs(unet.in_channels)
-    with inject_control(unet, controlnet, hint, strength=1.0) as handle:
-        first = unet(x, t, context)
-        handle.hint = 1.0 - hint
-        second = unet(x, t, context)
-    expected = controlled_unet_reference(unet, controlnet(x[:, :4], 1.0 - hint, t, context), x, t, context)
-    assert not torch.allclose(first, second)
-    torch.testing.assert_close(second, expected, rtol=0, atol=1e-6)
-
-
-@torch.no_grad()
-def test_the_hint_is_encoded_once_per_hint_not_once_per_step(pair):
-    unet, controlnet = pair
-    x, t, context, hint = inputs(unet.in_channels)
-    hint = hint.clone()
-    with inject_control(unet, controlnet, hint, strength=1.0) as handle:
-        for _ in range(3):
-            unet(x, t, context)
-        assert (handle.calls, handle.hint_encodings) == (3, 1)
-        hint.mul_(0.5)  # changed in place: encoded again
-        got = unet(x, t, context)
-        assert handle.hint_encodings == 2
-    expected = controlled_unet_reference(unet, controlnet(x[:, :4], hint, t, context), x, t, context)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-
-
-@torch.no_grad()
-def test_hooks_fire_through_a_forward_replaced_by_another_extension(pair):
-    unet, controlnet = pair
-    x, t, context, hint = inputs(unet.in_channels)
-    expected = controlled_unet_reference(unet, controlnet(x[:, :4], hint, t, context), x, t, context)
-    original = unet.forward
-    seen = []
-
-    def replaced_forward(*args, **kwargs):  # what e.g. a tiling or hypernetwork extension does
-        seen.append(1)
-        return original(*args, **kwargs)
-
-    unet.forward = replaced_forward
-    try:
-        with inject_control(unet, controlnet, hint, strength=1.0):
-            got = unet(x, timesteps=t, context=context)
-    finally:
-        del unet.forward
-    assert seen == [1]
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-
-
-@torch.no_grad()
-def test_hooks_come_off_when_the_unet_call_fails(pair):
-    unet, controlnet = pair
-    x, t, context, hint = inputs(unet.in_channels)
-    before = unet(x, t, context)
-    with pytest.raises(ValueError, match="must be the image size"):
-        with inject_control(unet, controlnet, hint[..., :40, :], strength=1.0):
-            unet(x, t, context)
-    assert torch.equal(unet(x, t, context), before)
-    with pytest.raises(ValueError, match="does not divide"):
-        with inject_control(unet, controlnet, hint[:1].repeat(3, 1, 1, 1), strength=1.0):
-            unet(x, t, context)
-
-
-def test_a_controlnet_for_another_base_model_is_refused_before_sampling():
-    unet = build_unet(9)
-    wide = ControlNet.from_config(ControlNetConfig(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                                                   attention_resolutions=(1,), num_heads=2, context_dim=64))
-    with pytest.raises(ValueError, match="does not pair"):
-        with inject_control(unet, wide, torch.rand(1, 3, 64, 64)):
-            pass
 
 
 # ---- files -------------------------------------------------------------------------------------------------------
@@ -452,7 +262,7 @@ def test_fused_attention_on_loading_changes_only_the_speed(tiny_models, tiny_con
 def test_the_standalone_programs_sample_with_a_fused_attention_controlnet(program, tiny_models, tmp_path,
                                                                           monkeypatch):
     from lib_handrefiner import pipeline
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.cli import main
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.service import StandaloneService

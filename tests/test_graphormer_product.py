@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import FIELDS, HandRefinerArgs, field_names, from_infotext
 from lib_handrefiner.cli import main
 from lib_handrefiner.imageio import load_image
 from lib_handrefiner.mesh import MeshModelError, resolve_mesh_model
@@ -40,10 +40,10 @@ def _partial_folder(tmp_path: Path, graphormer_folder: Path, leave_out: str) -> 
 # ---- the setting --------------------------------------------------------------------------------------------------
 
 def test_the_setting_defaults_to_auto_and_the_fallback_comes_last():
-    field = HandRefinerArgs.__fields__["mesh_model"]
-    assert field.default == "auto" and set(field.outer_type_.__args__) == {"auto", "graphormer", "landmarks"}
-    assert HandRefinerArgs.field_names()[-1] == "mesh_fallback" and HandRefinerArgs().mesh_fallback is False
-    assert HandRefinerArgs.from_infotext({"HandRefiner": "True", "HandRefiner mesh": "graphormer"}).mesh_model \
+    field = FIELDS["mesh_model"]
+    assert field.default == "auto" and set(field.choices) == {"auto", "graphormer", "landmarks"}
+    assert field_names()[-1] == "mesh_fallback" and HandRefinerArgs().mesh_fallback is False
+    assert from_infotext({"HandRefiner": "True", "HandRefiner mesh": "graphormer"}).mesh_model \
         == "graphormer"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import FIELDS, field_names
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -25,13 +25,15 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert "bash dev/setup.sh" in ci and ci[-1] == tests
 
 
-def test_readme_options_table_lists_every_field_with_its_default():
-    for name, field in HandRefinerArgs.__fields__.items():
-        row = re.search(rf"^\| `{name}` \| `([^`]*)` \| `([^`]*)` \|", README, re.M)
-        assert row is not None, f"README's options table lacks {name}"
-        assert row.group(2) == field.field_info.title
-        default = field.default
-        if isinstance(default, list) and default and not isinstance(default[0], (list, tuple)):
-            assert row.group(1) == ", ".join(f"{x:g}" for x in default)
-        elif not isinstance(default, (list, str)):
-            assert row.group(1) == str(default)
+def test_readme_options_table_lists_every_field_in_order_with_its_default_and_infotext_key():
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \| `([^`]*)` \|", README, re.M)
+    assert [name for name, _, _ in rows] == field_names(), "README's options table: one row per field, in order"
+    for name, default, key in rows:
+        field = FIELDS[name]
+        assert key == field.title, name
+        if field.kind == "floats":
+            assert default == ", ".join(f"{x:g}" for x in field.default), name
+        elif field.kind in ("str", "choice"):
+            assert default == (field.default or '""'), name
+        else:
+            assert default == str(field.default), name

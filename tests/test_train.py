@@ -150,7 +150,7 @@ def test_frozen_parts_stay_frozen_and_only_the_controlnet_trains(tiny_sd, unet_s
 def test_saved_controlnet_loads_inspects_and_changes_the_refiner(tiny_sd, unet_state, data, tmp_path, capsys):
     from safetensors import safe_open
 
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.cli import main
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.perception import perceive

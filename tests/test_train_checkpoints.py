@@ -3,8 +3,11 @@ temporary leftovers removed, the final export atomic and re-made on resume when 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,8 @@ from lib_handrefiner.controlnet import ControlNetLoadError, controlnet_from_unet
 from lib_handrefiner.train import checkpoint as ckpt
 from lib_handrefiner.train.loop import TrainConfig, TrainError, train
 from train_data import write_training_folder
+
+from conftest import ROOT
 
 STEPS = 4
 
@@ -170,3 +175,46 @@ def test_one_run_at_a_time_holds_the_output_folder(tiny_sd, unet_state, data, tm
     finally:
         holder.release()
     assert train(config(data, tmp_path / "run", steps=1), models=(tiny_sd, controlnet_from_unet(unet_state))).output
+
+
+def test_under_torchrun_every_process_resumes_from_the_checkpoint_rank_0_picks(whole, tiny_models, data, tmp_path):
+    from lib_handrefiner.controlnet import save_controlnet
+
+    out = tmp_path / "run"
+    shutil.copytree(whole[0], out)
+    for step in (3, 4):
+        _truncate(ckpt.checkpoint_dir(out, step) / "optimizer.pt", 999)
+    init = tmp_path / "init.safetensors"
+    save_controlnet(controlnet_from_unet(read_unet_state(tiny_models.checkpoint)), init)
+    args = ["--data", str(data), "--checkpoint", str(tiny_models.checkpoint), "--controlnet", str(init), "--out",
+            str(out), "--steps", str(STEPS), "--batch-size", "1", "--effective-batch", "4", "--resolution", "64",
+            "--val-samples", "2", "--val-every", "0", "--save-every", "1", "--keep-checkpoints", "0", "--lr", "1e-3",
+            "--workers", "0", "--no-progress", "--device", "cpu", "--resume"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "lib_handrefiner", "train", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("note: resuming from") == 1 and "step-000002 (step 2)" in done.stderr
+    assert "trained steps 3–4" in done.stdout
+    start = controlnet_from_unet(read_unet_state(tiny_models.checkpoint)).state_dict()
+    one, two = (load_controlnet(path).state_dict() for path in (whole[0] / "controlnet.safetensors",
+                                                                out / "controlnet.safetensors"))
+    update = torch.cat([(one[k] - start[k]).flatten() for k in start])
+    difference = torch.cat([(one[k] - two[k]).flatten() for k in start])
+    assert update.norm() > 0 and difference.norm() <= 1e-3 * update.norm()
+
+
+def test_ctrl_c_while_saving_a_checkpoint_leaves_no_folder_behind(tiny_sd, unet_state, data, tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(obj, f, *args, **kwargs):
+        calls.append(f)
+        f.write(b"PK half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, tmp_path / "run", steps=1), models=(tiny_sd, controlnet_from_unet(unet_state)))
+    assert calls and list((tmp_path / "run" / "checkpoints").iterdir()) == []
+    assert not (tmp_path / "run" / "controlnet.safetensors").exists()

@@ -163,7 +163,7 @@ def test_photo_folder_with_landmark_hints_matches_what_the_refiner_samples(tmp_p
     import torch
 
     from lib_handrefiner import pipeline
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
 
     photos = tmp_path / "photos"
     photos.mkdir()

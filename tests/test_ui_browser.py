@@ -40,7 +40,7 @@ def free_port() -> int:
 def server_url(tiny_models):
     import uvicorn
 
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.cli.serve import TINY_NOTICE, create_app
     from lib_handrefiner.service import StandaloneService
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 from conftest import EXAMPLES, OFFICIAL_NEGATIVE, ROOT, strict_loads, webui_stand_in
 from lib_handrefiner import webui
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import groups as settings_groups
+from lib_handrefiner.settings import HandRefinerArgs, field_names, to_infotext
 from lib_handrefiner.imageio import load_image
 
 from pickles import tiny_lightning_checkpoint
@@ -82,7 +83,7 @@ def ui_values(script, **changes):
     with gr.Blocks():
         controls = script.ui(False)
     values = [c.value for c in controls]
-    names = HandRefinerArgs.field_names()
+    names = field_names()
     for name, value in changes.items():
         values[names.index(name)] = webui.to_widget(name, value)
     return controls, values
@@ -128,12 +129,12 @@ def test_ui_has_one_component_per_field_in_order_and_defaults_map_back(script):
     from modules.ui_components import InputAccordion
 
     controls, values = ui_values(script)
-    assert len(controls) == len(HandRefinerArgs.field_names()) == len(script.infotext_fields)
+    assert len(controls) == len(field_names()) == len(script.infotext_fields)
     assert isinstance(controls[0], InputAccordion)
-    assert sorted(webui.layout_fields()) == sorted(HandRefinerArgs.field_names()[1:])
+    assert sorted(webui.layout_fields()) == sorted(field_names()[1:])
     assert [target for _, target in script.infotext_fields] == webui.paste_field_names()  # in field order
     assert webui.args_from_script_args(values) == HandRefinerArgs()
-    by_name = dict(zip(HandRefinerArgs.field_names(), controls))
+    by_name = dict(zip(field_names(), controls))
     assert CONTROLNET_NAME in [c[0] if isinstance(c, tuple) else c for c in by_name["controlnet"].choices]
     checkpoints = [c[0] if isinstance(c, tuple) else c for c in by_name["inpaint_checkpoint"].choices]
     assert checkpoints[0] == webui.CURRENT_MODEL and "tiny-inpaint" in checkpoints
@@ -145,8 +146,8 @@ def test_ui_has_one_component_per_field_in_order_and_defaults_map_back(script):
 def test_a_field_without_a_group_goes_in_more_at_the_end(monkeypatch):
     groups = dict(webui.GROUPS)
     groups["row:sampling"] = ("steps", "cfg_scale", "denoising_strength")  # as if "seed" were new
-    monkeypatch.setattr(webui.accordion, "GROUPS", groups)
-    assert sorted(webui.layout_fields()) == sorted(HandRefinerArgs.field_names()[1:])
+    monkeypatch.setattr(settings_groups, "GROUPS", groups)
+    assert sorted(webui.layout_fields()) == sorted(field_names()[1:])
     assert webui.layout()[-1] == ("accordion:More", ["seed", "adaptive_batch"])
     # the sampler and its schedule sit beside the other sampling settings, though they were added last
     groups_in_order = [group for group, _ in webui.layout()]
@@ -162,8 +163,9 @@ def test_widget_values_and_api_values_map_to_the_fields():
     # the API pads args after a dict with the widgets' defaults: the dict wins
     assert webui.args_from_script_args([{"enabled": True, "strength": 0.4}, 0.9, "fixed"]).strength == 0.4
     assert webui.parse_boxes("[[1, 2, 30, 40]]") == webui.parse_boxes("1 2 30 40") == [(1.0, 2.0, 30.0, 40.0)]
-    with pytest.raises(ValueError, match="unknown HandRefiner args"):
+    with pytest.raises(ValueError) as unknown:
         webui.args_from_script_args([{"strenght": 0.4}])
+    assert webui.describe_error(unknown.value) == "unknown setting 'strenght'; did you mean 'strength'?"
     with pytest.raises(ValueError, match="at most"):
         webui.args_from_script_args([None] * 40)
 
@@ -199,7 +201,7 @@ def test_settings_defaults_reach_the_widgets_over_a_saved_ui_config(wui, script)
         with gr.Blocks() as block:
             controls = script.ui(False)
         loadsave.add_block(block, "txt2img")
-        return dict(zip(HandRefinerArgs.field_names(), controls))
+        return dict(zip(field_names(), controls))
 
     loadsave = UiLoadsave()
     first = start(loadsave)
@@ -319,7 +321,7 @@ def test_the_handrefiner_controlnet_under_another_name_is_the_default(wui, scrip
     shared.opts.data.update(handrefiner_steps=2, handrefiner_crop_resolution=64, handrefiner_cfg_scale=5.0)
     try:
         controls, values = ui_values(script)
-        by_name = dict(zip(HandRefinerArgs.field_names(), controls))
+        by_name = dict(zip(field_names(), controls))
         assert by_name["controlnet"].value == "my_hand_controlnet"
         assert CONTROLNET_NAME not in [c[0] if isinstance(c, tuple) else c for c in by_name["controlnet"].choices]
         p, pp = run(script, malformed, api_args)
@@ -373,7 +375,7 @@ def test_failures_keep_the_image_and_say_why(wui, script, malformed, problem, mo
         changes["controlnet"] = "no_such_controlnet"
     _, values = ui_values(script, **changes)
     if problem == "bad value":
-        values[HandRefinerArgs.field_names().index("steps")] = 1000
+        values[field_names().index("steps")] = 1000
     model = shared.sd_model
     if problem == "out of memory":
         shared.sd_model = copy.copy(model)
@@ -386,7 +388,7 @@ def test_failures_keep_the_image_and_say_why(wui, script, malformed, problem, mo
         from test_detection import GRAPH_INIT_FAILURE, failing_graph
 
         failing_graph(monkeypatch, GRAPH_INIT_FAILURE)
-        values[HandRefinerArgs.field_names().index("detection_confidence")] = 0.34   # not a cached graph
+        values[field_names().index("detection_confidence")] = 0.34   # not a cached graph
     try:
         p, pp = run(script, image, values)
     finally:
@@ -520,12 +522,12 @@ def test_infotext_comes_back_into_the_widgets(wui, script):
                                  adaptive_strengths=[0.3, 0.5], boxes=[(1, 2, 30, 40)], inpaint_checkpoint="",
                                  steps=25, crop=False)
     used = webui.args_from_script_args(values)
-    line = ", ".join(f"{k}: {quote(v)}" for k, v in {"Steps": 20, **used.infotext()}.items())
+    line = ", ".join(f"{k}: {quote(v)}" for k, v in {"Steps": 20, **to_infotext(used)}.items())
     assert "HandRefiner mask feather" not in line  # defaults are not written...
     pasted = paste_values(script.infotext_fields, f"a prompt\nNegative prompt: x\n{line}")
     assert webui.args_from_script_args(pasted) == used  # ...but come back as defaults
     # widgets left at other values come back to the defaults too
-    assert pasted[HandRefinerArgs.field_names().index("mask_feather")] == 8
+    assert pasted[field_names().index("mask_feather")] == 8
     # an image made without HandRefiner switches the accordion off and leaves the rest alone
     off = paste_values(script.infotext_fields, "a prompt\nSteps: 20, Seed: 1, Size: 512x512")
     assert off[0] is False and all(v is None for v in off[1:])
@@ -777,9 +779,9 @@ def test_img2img_box_editor_edits_the_boxes_widget_and_boxes_follow_the_resize(w
                 callback(OnComponent(component=init_image))
         controls = script.ui(True)
     assert script.init_image is init_image
-    boxes = controls[HandRefinerArgs.field_names().index("boxes")]
+    boxes = controls[field_names().index("boxes")]
     assert boxes.elem_id == "script_img2img_handrefiner_boxes"
-    assert len(controls) == len(HandRefinerArgs.field_names())
+    assert len(controls) == len(field_names())
 
     args = HandRefinerArgs(enabled=True, boxes=[(10, 20, 110, 220)])
     p = make_p()
@@ -835,7 +837,7 @@ def test_a_webui_sampler_refines_the_hand_and_says_so(wui, script, malformed, sa
     from lib_handrefiner.perception import perceive
 
     controls, values = ui_values(script, enabled=True, sampler=sampler, scheduler=scheduler, **FAST)
-    by_name = dict(zip(HandRefinerArgs.field_names(), controls))
+    by_name = dict(zip(field_names(), controls))
     assert sampler in by_name["sampler"].choices and scheduler in by_name["scheduler"].choices
     p = make_p()
     p.sampler = job_sampler = sd_samplers.create_sampler("Euler", shared.sd_model)
@@ -926,11 +928,11 @@ def test_mesh_graphormer_in_the_webui(wui, script, malformed, graphormer_folder)
     without its files, the image is kept and the result names each missing file and where to get it."""
     from modules import shared
 
-    from lib_handrefiner.args import MESHES_INFOTEXT_KEY
+    from lib_handrefiner.settings import MESHES_INFOTEXT_KEY
     from lib_handrefiner.mesh.graphormer.files import FILE_NAMES
 
     controls, _ = ui_values(script)
-    by_name = dict(zip(HandRefinerArgs.field_names(), controls))
+    by_name = dict(zip(field_names(), controls))
     assert by_name["mesh_model"].value == "auto"
     assert [c[0] if isinstance(c, tuple) else c for c in by_name["mesh_model"].choices] == \
         ["auto", "graphormer", "landmarks"]
@@ -965,3 +967,13 @@ def test_adaptive_writes_the_strengths_tried_into_the_infotext_as_strict_json(wu
     (tried,) = strict_loads(p.extra_generation_params["HandRefiner tried"])  # one refined hand
     assert [t["strength"] for t in tried] == [1.0, 0.4, 0.6]
     assert all(set(t) == {"strength", "mpjpe"} for t in tried)
+
+
+def test_an_image_over_the_pixel_limit_is_kept_and_the_limit_named(script, malformed, monkeypatch):
+    """The WebUI path has the command line's and the API's pixel limit (issue 20)."""
+    monkeypatch.setenv("HANDREFINER_MAX_PIXELS", str(malformed.shape[0] * malformed.shape[1] - 1))
+    p, pp = run(script, malformed, [{"enabled": True, **FAST}])
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    assert result.startswith("failed:") and "over HandRefiner's limit of" in result, result
+    assert "HANDREFINER_MAX_PIXELS" in result and "\n" not in result
+    assert np.array_equal(np.asarray(pp.image), malformed)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import webui_stand_in
-from lib_handrefiner.controlnet import inject_control
+from lib_handrefiner.control_injection import inject_control
 from lib_handrefiner.sampler import DDIMSchedule, InpaintRequest, SamplingInterrupted, blend_mask, cfg_denoiser, \
     ddim_inpaint
 

@@ -43,7 +43,7 @@ def main(argv: List[str]) -> int:
     ns = parser.parse_args(argv)
     torch.set_num_threads(ns.threads)
 
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
 
     args = HandRefinerArgs(steps=ns.steps, crop_resolution=ns.crop_resolution, cfg_scale=5.0)
     schedule = [args.adaptive_reference, *args.adaptive_strengths]

@@ -45,7 +45,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--fp16", action="store_true", help="half precision (GPU)")
     ns = parser.parse_args(argv)
 
-    from lib_handrefiner.controlnet import inject_control
+    from lib_handrefiner.control_injection import inject_control
 
     torch.set_num_threads(ns.threads)
     device = torch.device(ns.device)

@@ -52,7 +52,7 @@ def main(argv: List[str]) -> int:
         print(f"needs {STUB} (the WebUI stand-in of the repository's tests)", file=sys.stderr)
         return 2
 
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.imageio import load_image
 
     image = load_image(EXAMPLE)
@@ -136,7 +136,7 @@ class StandIn:
         import torch
 
         from lib_handrefiner import webui
-        from lib_handrefiner.args import HandRefinerArgs
+        from lib_handrefiner.settings import HandRefinerArgs
         from lib_handrefiner.controlnet import load_controlnet
         from lib_handrefiner.sd_model import find_config, load_sd_checkpoint
         from lib_handrefiner.tiny import ensure_tiny_models
@@ -181,7 +181,7 @@ class StandIn:
         """The official loop turned into the WebUI's DDIM one difference at a time, on the captured crop."""
         import torch
 
-        from lib_handrefiner.controlnet import inject_control
+        from lib_handrefiner.control_injection import inject_control
         from lib_handrefiner.pipeline import refine_image, to_uint8
         from lib_handrefiner.sampler import (DDIMSchedule, blend_mask, cfg_denoiser, ddim_inpaint, ddim_schedule,
                                              sample_inpaint)

@@ -58,7 +58,7 @@ def best_of(repeats: int, run: Callable[[], object], device: torch.device) -> tu
 
 
 def main(argv: list[str]) -> int:
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.perception import perceive
     from lib_handrefiner.pipeline import refine_image

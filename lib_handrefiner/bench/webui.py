@@ -37,7 +37,7 @@ def main(argv: List[str]) -> int:
     from PIL import Image
 
     from lib_handrefiner import webui
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs, field_names
     from lib_handrefiner.controlnet import load_controlnet
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.pipeline import refine_image
@@ -66,7 +66,7 @@ def main(argv: List[str]) -> int:
     pil = Image.fromarray(image)
     args = HandRefinerArgs(enabled=True, steps=2, crop_resolution=64, cfg_scale=5.0)
     job = webui.ImageJob(pil, "a man making a hand gesture", "blurry", 1234)
-    values = [webui.to_widget(n, getattr(args, n)) for n in HandRefinerArgs.field_names()]
+    values = [webui.to_widget(n, getattr(args, n)) for n in field_names()]
 
     spec = importlib.util.spec_from_file_location("handrefiner_install", ROOT / "install.py")
     installer = importlib.util.module_from_spec(spec)

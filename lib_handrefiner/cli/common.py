@@ -6,11 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from pydantic import ValidationError
-
 
 def add_negative_argument(parser: argparse.ArgumentParser) -> None:
-    from lib_handrefiner.args import DEFAULT_NEGATIVE_PROMPT, EXTRA_NEGATIVE_DEFAULT
+    from lib_handrefiner.settings import DEFAULT_NEGATIVE_PROMPT, EXTRA_NEGATIVE_DEFAULT
 
     parser.add_argument("--negative", default=None, metavar="N",
                         help=f"negative prompt for the hands (default: the official \"{DEFAULT_NEGATIVE_PROMPT}\"); "
@@ -19,9 +17,9 @@ def add_negative_argument(parser: argparse.ArgumentParser) -> None:
 
 def settings_error(error: Exception) -> str:
     """One line naming each bad setting (pydantic's own text spans several lines per field)."""
-    if isinstance(error, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-    return str(error)
+    from lib_handrefiner.settings import describe_error
+
+    return describe_error(error)
 
 
 def sampling_device():
@@ -47,11 +45,11 @@ def add_mesh_arguments(parser: argparse.ArgumentParser, what: str = "the hands' 
                        models_dir: bool = True) -> None:
     """--mesh, --mesh-fallback and (unless the command has its own) --models-dir, where Mesh Graphormer's files
     are."""
-    from lib_handrefiner.args import HandRefinerArgs
     from lib_handrefiner.mesh import MODELS_DIR_ENV
+    from lib_handrefiner.settings import FIELDS
 
-    field = HandRefinerArgs.__fields__["mesh_model"]
-    choices = "|".join(field.outer_type_.__args__)
+    field = FIELDS["mesh_model"]
+    choices = "|".join(field.choices)
     parser.add_argument("--mesh", default=field.default, metavar=choices,
                         help=f"hand mesh model for {what} (default {field.default}): graphormer is Mesh Graphormer, "
                              "the paper's (its three files in --models-dir), landmarks needs no files, auto takes "

@@ -16,16 +16,15 @@ from typing import Dict, List, Sequence, Tuple
 
 from pydantic import ValidationError
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import FIELDS, HandRefinerArgs
 from lib_handrefiner.cli.common import add_mesh_arguments, load_mesh_model, make_output_folder, settings_error
 from lib_handrefiner.safe_write import OutputError, OutputFolder, png
 
 DEFAULTS = HandRefinerArgs()
-_FIELD = HandRefinerArgs.__fields__
 
 
 def _describe(name: str) -> str:
-    return f"{_FIELD[name].field_info.description} (default {getattr(DEFAULTS, name)})"
+    return f"{FIELDS[name].description} (default {getattr(DEFAULTS, name)})"
 
 
 def _box(text: str) -> Tuple[float, float, float, float]:
@@ -82,6 +81,7 @@ def hands_json(result) -> dict:
             "mesh": p.mesh.model if p.mesh is not None else None,
             "refinable": bool(p.refinable),
             "from_user_box": bool(p.from_user_box),
+            "found_by": p.found_by or None,
         })
     return {"width": result.width, "height": result.height, "hands": hands,
             **({"mesh_warning": result.mesh_warning} if result.mesh_warning else {}),

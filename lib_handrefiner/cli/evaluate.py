@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from lib_handrefiner import strict_json
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.cli.common import make_output_folder
 from lib_handrefiner.safe_write import OutputFolder
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lib_handrefiner import strict_json
-from lib_handrefiner.args import HandRefinerArgs, parse_setting
+from lib_handrefiner.settings import HandRefinerArgs, parse_setting
 from lib_handrefiner.cli.common import (add_mesh_arguments, add_negative_argument, load_mesh_model, make_output_folder,
                                         sampling_device, settings_error)
 from lib_handrefiner.safe_write import OutputFolder, png
@@ -82,7 +82,8 @@ def report(image_path: Path, output: Path, result, args: HandRefinerArgs) -> dic
         "negative_prompt": result.negative_prompt,
         "detected": [{"box": [int(v) for v in h.box], "refinable": bool(h.refinable),
                       "handedness": h.hand.handedness if h.hand else None,
-                      "score": float(h.hand.score) if h.hand else None} for h in p.hands],
+                      "score": float(h.hand.score) if h.hand else None,
+                      "found_by": h.found_by or None} for h in p.hands],
         "hands": [h.report() for h in result.hands],
         "infotext": result.infotext,
         "timings_ms": {k: round(v, 1) for k, v in {**p.timings_ms, **result.timings_ms}.items()},

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Optional, Tuple
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.cli.common import add_mesh_arguments
 from lib_handrefiner.mesh import MODELS_DIR_ENV
 
@@ -57,6 +58,7 @@ def create_app(service, notice: Optional[str] = None, defaults: HandRefinerArgs 
     import gradio as gr
     from fastapi import FastAPI
 
+    from lib_handrefiner.admission import max_queue
     from lib_handrefiner.api import mount
     from lib_handrefiner.ui import create_blocks
 
@@ -64,8 +66,27 @@ def create_app(service, notice: Optional[str] = None, defaults: HandRefinerArgs 
     app = FastAPI(title="HandRefiner")
     mount(app, service, lock)
     blocks = create_blocks(service, lock, defaults=defaults, notice=notice or "")
-    blocks.queue(concurrency_count=1)
-    return gr.mount_gradio_app(app, blocks, path="/")
+    blocks.queue(concurrency_count=1, max_size=max_queue())  # the editor's queue: as bounded as the API's
+    app = gr.mount_gradio_app(app, blocks, path="/")
+    _serve_only_own_files(app)
+    return app
+
+
+def _serve_only_own_files(app) -> Path:
+    """Gradio 3.41's `/file=` serves any file under the working directory it was started in (symlinks out of it
+    included) and under the shared upload folder (GRADIO_TEMP_DIR, /tmp/gradio). Point both at a new private
+    folder: `/file=` then serves only what the editor itself made (gradio's own list of its output files) and
+    what was uploaded to this server. Returns the folder."""
+    from gradio.routes import App
+
+    owned = Path(tempfile.mkdtemp(prefix="handrefiner-serve-"))
+    (owned / "uploads").mkdir()
+    gradio_apps = [route.app for route in app.routes if isinstance(getattr(route, "app", None), App)]
+    if len(gradio_apps) != 1:
+        raise RuntimeError(f"serve: expected one mounted Gradio app, found {len(gradio_apps)}")
+    gradio_apps[0].cwd = str(owned / "files")  # an empty folder that nothing writes to
+    gradio_apps[0].uploaded_file_dir = str(owned / "uploads")
+    return owned
 
 
 def run(ns: argparse.Namespace) -> int:

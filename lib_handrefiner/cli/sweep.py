@@ -11,30 +11,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 
 from lib_handrefiner import strict_json
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.cli.common import add_mesh_arguments, add_negative_argument, load_mesh_model, sampling_device
+from lib_handrefiner.grid import GridTile, grid_image, mpjpe_text
 from lib_handrefiner.safe_write import OutputError, OutputFolder, png
 
 DEFAULTS = HandRefinerArgs()
 DEFAULT_STRENGTHS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
-LABEL_HEIGHT = 22
-
-
-@dataclass
-class SweepTile:
-    label: str                 # "input", "depth" or the strength
-    strength: Optional[float]
-    mpjpe_px: Optional[float]  # None for the depth tile; inf when no hand was found
-    crop: np.ndarray           # RGB uint8, the crop around the hand (input pixels)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_strengths(text: str) -> List[float]:
+    from lib_handrefiner.settings import parse_floats
+
     try:
-        values = [float(part) for part in text.split(",") if part.strip()]
+        values = parse_floats(text)
     except ValueError:
         raise ValueError(f"--strengths must be comma-separated numbers like 0.1,0.5,1.0, got {text!r}") from None
     if not values or any(not 0.0 <= v <= 2.0 for v in values):
@@ -128,14 +120,14 @@ def run(ns: argparse.Namespace) -> int:
         return 1
     for t in tiles:
         if t.strength is not None:
-            print(f"strength {t.strength:g}: {_mpjpe_text(t.mpjpe_px)}")
+            print(f"strength {t.strength:g}: {mpjpe_text(t.mpjpe_px)}")
     print(f"seed {seed}; wrote {out}")
     return 0
 
 
 def sweep(rgb: np.ndarray, sd, controlnet, args: HandRefinerArgs, strengths: Sequence[float], seed: int,
           hand_index: int = 0, prompt: str = "", negative_prompt: Optional[str] = None, mesh_model=None
-          ) -> List[SweepTile]:
+          ) -> List[GridTile]:
     """The input crop, its depth hint, then one refined crop per strength, all from the same seed; each image
     crop with its MPJPE against the guiding mesh."""
     from lib_handrefiner.adaptive import refit_error
@@ -161,45 +153,12 @@ def sweep(rgb: np.ndarray, sd, controlnet, args: HandRefinerArgs, strengths: Seq
     hand = crop_hand(chosen.hand, 1.0, (region.x0, region.y0))
     original = cut(rgb, region, "edge")
     # The input's own error is the detector's noise floor: what an unchanged hand scores.
-    tiles = [SweepTile("input", None, refit_error(original, hand, target, mesh_model, args), original),
-             SweepTile("depth", None, None, np.repeat(cut(perception.depth, region, "constant")[..., None], 3, 2))]
+    tiles = [GridTile("input", None, refit_error(original, hand, target, mesh_model, args), original),
+             GridTile("depth", None, None, np.repeat(cut(perception.depth, region, "constant")[..., None], 3, 2))]
     for strength in strengths:
         result = refine_image(rgb, sd, controlnet, args.copy(update={"strength": strength, "mode": "fixed"}),
                               prompt=prompt, negative_prompt=negative_prompt, seed=seed, perception=single,
                               mesh_model=mesh_model)
         crop = cut(result.image, region, "edge")
-        tiles.append(SweepTile(f"{strength:g}", strength, refit_error(crop, hand, target, mesh_model, args), crop))
+        tiles.append(GridTile(f"{strength:g}", strength, refit_error(crop, hand, target, mesh_model, args), crop))
     return tiles
-
-
-def _mpjpe_text(value: Optional[float]) -> str:
-    if value is None:
-        return ""
-    return "no hand found" if not math.isfinite(value) else f"MPJPE {value:.1f} px"
-
-
-def grid_image(tiles: Sequence[SweepTile], tile: int, columns: int) -> np.ndarray:
-    """Tiles resized to `tile` px in rows of `columns`, each with a label strip above it."""
-    from PIL import Image, ImageDraw
-
-    columns = max(1, min(columns, len(tiles)))
-    rows = math.ceil(len(tiles) / columns)
-    cell_h = tile + LABEL_HEIGHT
-    canvas = Image.new("RGB", (columns * tile, rows * cell_h), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(14)
-    for i, t in enumerate(tiles):
-        x, y = (i % columns) * tile, (i // columns) * cell_h
-        canvas.paste(Image.fromarray(t.crop).resize((tile, tile), Image.LANCZOS), (x, y + LABEL_HEIGHT))
-        label = f"{t.label if t.strength is None else 'strength ' + t.label}  {_mpjpe_text(t.mpjpe_px)}"
-        draw.text((x + 4, y + 3), label, fill=(0, 0, 0), font=font)
-    return np.asarray(canvas)
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()

@@ -4,8 +4,8 @@ A mesh model turns a detected `Hand` (and the image, for models that look at pix
 image camera (orthographic pixels, z away from the viewer; see dev/ARCHITECTURE.md "Coordinates"), so a mesh's
 2D projection is `vertices[:, :2]`. Models are looked up by name with `get_mesh_model`; `landmarks` (built from
 the 21 MediaPipe landmarks, no weights) needs no files; `graphormer` (Mesh Graphormer, the paper's model) needs
-three the user supplies (mesh/graphormer/files.py). Another model registers itself with
-`register_mesh_model(name, factory)`, where `factory(models_dir)` returns the model.
+three the user supplies (mesh/graphormer/files.py). A new model is an entry of `_REGISTRY` (a factory taking the
+models folders, device and dtype) and a value of the `mesh_model` setting's Literal.
 
 A mesh may carry a `PerspectiveView`: the pinhole camera the official HandRefiner preprocessor renders Mesh
 Graphormer's hands with. depth.py then casts that camera's rays (one per pixel centre of its crop window) instead
@@ -67,10 +67,6 @@ _REGISTRY: Dict[str, Union[str, MeshFactory]] = {
     "landmarks": "lib_handrefiner.mesh.landmarks:LandmarkMeshModel",
     "graphormer": "lib_handrefiner.mesh.graphormer.model:load_graphormer",
 }
-
-
-def register_mesh_model(name: str, factory: Union[str, MeshFactory]) -> None:
-    _REGISTRY[name] = factory
 
 
 def mesh_model_names() -> Tuple[str, ...]:

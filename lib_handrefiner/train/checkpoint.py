@@ -143,15 +143,19 @@ def save_checkpoint(out: Path, step: int, controlnet: ControlNet, optimizer: tor
     final = OutputFolder(root, create=False).path(f"step-{step:06d}", folder=True)   # refuses a link in its place
     tmp = root / f".{final.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    folder = OutputFolder(tmp)
-    save_controlnet(controlnet, tmp / "controlnet.safetensors")
-    folder.write("optimizer.pt", lambda f: torch.save(optimizer.state_dict(), f))
-    folder.write("scaler.pt", lambda f: torch.save(scaler.state_dict(), f))
-    folder.write("rng.pt", lambda f: torch.save(_rng_state(), f))
-    folder.write(STATE_FILE, json.dumps({"step": step, "settings": settings}, indent=1, sort_keys=True))
-    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name)}
-             for name in CHECKPOINT_FILES}
-    folder.write(MANIFEST_FILE, json.dumps({"step": step, "files": files}, indent=1, sort_keys=True))
+    try:
+        folder = OutputFolder(tmp)
+        save_controlnet(controlnet, tmp / "controlnet.safetensors")
+        folder.write("optimizer.pt", lambda f: torch.save(optimizer.state_dict(), f))
+        folder.write("scaler.pt", lambda f: torch.save(scaler.state_dict(), f))
+        folder.write("rng.pt", lambda f: torch.save(_rng_state(), f))
+        folder.write(STATE_FILE, json.dumps({"step": step, "settings": settings}, indent=1, sort_keys=True))
+        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name)}
+                 for name in CHECKPOINT_FILES}
+        folder.write(MANIFEST_FILE, json.dumps({"step": step, "files": files}, indent=1, sort_keys=True))
+    except BaseException:  # Ctrl-C, a full disk: no half-written folder stays behind (a kill's is removed later)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     sync_folder(root)

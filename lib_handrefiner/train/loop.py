@@ -157,21 +157,23 @@ def prepare_models(sd, controlnet: nn.Module, config: TrainConfig):
 def enable_gradient_checkpointing(sd, controlnet: nn.Module) -> int:
     """Recompute activations in the backward pass instead of keeping them: the ControlNet's blocks and the
     frozen UNet's output blocks (the only part of the UNet gradients pass through). PyTorch's non-reentrant
-    checkpoint, which (unlike ldm's) handles frozen weights and autocast; the control hooks on the UNet's output
-    blocks run before the checkpointed forward, so their residuals are inputs to it. Returns the blocks wrapped."""
+    checkpoint, which (unlike ldm's) handles frozen weights and autocast. The UNet's output blocks are checkpointed
+    layer by layer: the control hooks run when a layer is called, before its checkpointed forward, so their
+    residuals are inputs to it and the recomputation does not add them again. Returns the modules wrapped."""
     from torch.utils.checkpoint import checkpoint
 
-    blocks = [*controlnet.input_blocks, controlnet.input_hint_block, controlnet.middle_block, *sd.unet.output_blocks]
-    for block in blocks:
-        forward = block.forward
+    modules = [*controlnet.input_blocks, controlnet.input_hint_block, controlnet.middle_block,
+               *(layer for block in sd.unet.output_blocks for layer in block)]
+    for module in modules:
+        forward = module.forward
 
         def checkpointed(*args, _forward=forward, **kwargs):
             if torch.is_grad_enabled():
                 return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
             return _forward(*args, **kwargs)
 
-        block.forward = checkpointed
-    return len(blocks)
+        module.forward = checkpointed
+    return len(modules)
 
 
 class ControlNetObjective(nn.Module):
@@ -366,7 +368,7 @@ def _run(config: TrainConfig, processes, dtype: torch.dtype, layout: StreamLayou
          settings, saved, on_step, models, notes: List[str]) -> TrainResult:
     from tqdm import tqdm
 
-    from lib_handrefiner.args import HandRefinerArgs
+    from lib_handrefiner.settings import HandRefinerArgs
 
     device = processes.device
     out = Path(config.out)

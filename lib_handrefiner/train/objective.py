@@ -22,7 +22,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from lib_handrefiner.controlnet import ControlNet, inject_control
+from lib_handrefiner.control_injection import inject_control
+from lib_handrefiner.controlnet import ControlNet
 from lib_handrefiner.sampler import latent_mask
 
 

@@ -13,7 +13,8 @@ from typing import List, Sequence
 
 import numpy as np
 
-from lib_handrefiner.args import HandRefinerArgs
+from lib_handrefiner.grid import GridTile, grid_image
+from lib_handrefiner.settings import HandRefinerArgs
 
 VALIDATION_STRENGTHS = (0.4, 0.55, 0.8)
 TILE = 256
@@ -50,17 +51,15 @@ def refine_sample(sd, controlnet, sample: ValidationSample, args: HandRefinerArg
 def validation_grid(sd, controlnet, samples: Sequence[ValidationSample], args: HandRefinerArgs, seed: int,
                     strengths: Sequence[float] = VALIDATION_STRENGTHS, tile: int = TILE) -> np.ndarray:
     """One row per sample: its image, its hint, then the refinement at each strength; every tile labelled."""
-    from lib_handrefiner.cli.sweep import SweepTile, grid_image
-
     was_training = controlnet.training
     controlnet.eval()
     try:
-        tiles: List[SweepTile] = []
+        tiles: List[GridTile] = []
         for sample in samples:
             refined = refine_sample(sd, controlnet, sample, args, strengths, seed)
-            tiles += [SweepTile(f"input {sample.name}", None, None, sample.rgb),
-                      SweepTile("hint", None, None, sample.hint)]
-            tiles += [SweepTile(f"{s:g}", s, None, image) for s, image in zip(strengths, refined)]
+            tiles += [GridTile(f"input {sample.name}", None, None, sample.rgb),
+                      GridTile("hint", None, None, sample.hint)]
+            tiles += [GridTile(f"{s:g}", s, None, image) for s, image in zip(strengths, refined)]
     finally:
         controlnet.train(was_training)
     return grid_image(tiles, tile, columns=2 + len(strengths))

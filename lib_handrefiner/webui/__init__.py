@@ -7,11 +7,12 @@ standalone command runs: the WebUI's LatentDiffusion is adapted to the `SDModel`
 the sampler's per-step known-region blend, extra negative prompt, ControlNet on both CFG branches and the adaptive
 loop are the very same code.
 
-One module per concern; this package only re-exports them for the glue:
+One module per concern; this package only re-exports them (and the settings the glue uses) for the glue:
+- backend: one adapter per WebUI backend (A1111's ldm, reForge/old Forge's ldm_patched)
 - env: what the glue hands in (WebUIEnv), one image's job and outcome, the infotext keys, HandRefinerFailure
 - folders: the model folders
-- arguments: the widgets' / `alwayson_scripts` values ↔ HandRefinerArgs, the settings section's defaults
-- accordion: the accordion's layout and what each widget shows
+- arguments: the script's args → HandRefinerArgs (settings.script_args), the settings section's defaults
+- accordion: what each widget shows (the layout itself is settings.groups)
 - xyz: the XYZ-grid axes
 - sd_adapter: the WebUI's model as an SDModel (VAE precision fallback) and the choice of the inpainting model
 - progress: the progress bars, Interrupt and Skip
@@ -19,12 +20,14 @@ One module per concern; this package only re-exports them for the glue:
 - hooks: the always-on script's hooks (refine, previews, infotext paste)
 - prompts, sampling: the WebUI's prompt encoding and samplers for the hand pass
 """
-from .accordion import GROUPS, OTHER_GROUP, WidgetSpec, layout, layout_fields, widget_specs
-from .arguments import (KEEP_LOADED_SETTING, LIST_FIELDS, SETTING_FIELDS, SETTINGS_SECTION, args_from_named_values,
-                        args_from_script_args, defaults_from_opts, describe_error, format_boxes, parse_boxes,
-                        parse_strengths, setting_key, setting_spec, to_widget, with_available_controlnet)
-from .env import (CURRENT_MODEL, MODEL_USED_KEY, RESULT_KEY, SCRIPT_TITLE, HandRefinerFailure, ImageJob, ImageOutcome,
-                  WebUIEnv, job_for_image)
+from ..settings import (CURRENT_MODEL, GROUPS, LIST_FIELDS, OTHER_GROUP, SETTING_FIELDS, XYZ_FIELDS, describe_error,
+                        format_boxes, layout, layout_fields, parse_boxes, to_widget)
+from .accordion import WidgetSpec, widget_specs
+from .arguments import (KEEP_LOADED_SETTING, SETTINGS_SECTION, args_from_named_values, args_from_script_args,
+                        defaults_from_opts, setting_key, setting_spec, with_available_controlnet)
+from .backend import ForgeBackend, LdmBackend, UnsupportedBackendError, backend_for
+from .env import (MODEL_USED_KEY, RESULT_KEY, SCRIPT_TITLE, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv,
+                  job_for_image)
 from .folders import ModelFolders, model_folders
 from .hooks import (PREVIEWS_ATTRIBUTE, SavePreview, add_previews, boxes_on_output, fill_pasted_defaults,
                     paste_field_names, postprocess_image)
@@ -33,10 +36,11 @@ from .refiner import (DEFAULT_CONTROLNET_URL, WebUIRefiner, describe_sampler, fa
                       sampling_names)
 from .sd_adapter import (ModelChoice, UnsupportedModelError, WebUISDModel, check_sd1_model, choose_model,
                          inpainting_checkpoints, sd1_problem, upcast_vae_after_nans, vae_dtype)
-from .xyz import (XYZ_ATTRIBUTE, XYZ_FIELDS, apply_xyz_overrides, find_xyz_module, register_xyz_axes, xyz_confirm,
+from .xyz import (XYZ_ATTRIBUTE, apply_xyz_overrides, find_xyz_module, register_xyz_axes, xyz_confirm,
                   xyz_confirm_choice, xyz_setter)
 
-__all__ = ["CURRENT_MODEL", "DEFAULT_CONTROLNET_URL", "GROUPS", "HandRefinerFailure", "ImageJob", "ImageOutcome",
+__all__ = ["CURRENT_MODEL", "DEFAULT_CONTROLNET_URL", "ForgeBackend", "GROUPS", "HandRefinerFailure", "ImageJob",
+           "ImageOutcome", "LdmBackend", "UnsupportedBackendError", "backend_for",
            "KEEP_LOADED_SETTING", "LIST_FIELDS", "MODEL_USED_KEY", "ModelChoice", "ModelFolders", "OTHER_GROUP",
            "PREVIEWS_ATTRIBUTE", "RESULT_KEY", "SCRIPT_TITLE", "SETTINGS_SECTION", "SETTING_FIELDS", "SavePreview",
            "UnsupportedModelError", "WebUIEnv", "WebUIProgress", "WebUIRefiner", "WebUISDModel", "WidgetSpec",
@@ -44,7 +48,7 @@ __all__ = ["CURRENT_MODEL", "DEFAULT_CONTROLNET_URL", "GROUPS", "HandRefinerFail
            "args_from_script_args", "boxes_on_output", "check_sd1_model", "choose_model", "defaults_from_opts",
            "describe_error", "describe_sampler", "failure_message", "fill_pasted_defaults", "find_xyz_module",
            "format_boxes", "inpainting_checkpoints", "job_for_image", "layout", "layout_fields", "model_folders",
-           "outcome_from_result", "parse_boxes", "parse_strengths", "paste_field_names", "postprocess_image",
+           "outcome_from_result", "parse_boxes", "paste_field_names", "postprocess_image",
            "register_xyz_axes", "sampling_names", "sd1_problem", "setting_key", "setting_spec", "to_widget",
            "upcast_vae_after_nans", "vae_dtype", "widget_specs", "with_available_controlnet", "xyz_confirm",
            "xyz_confirm_choice", "xyz_setter"]

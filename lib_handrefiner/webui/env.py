@@ -7,12 +7,12 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import torch
 
+from .backend import backend_for
 from .folders import ModelFolders
 
 SCRIPT_TITLE = "HandRefiner"                  # the script's title: the `alwayson_scripts` key
 RESULT_KEY = "HandRefiner result"             # infotext entry with what happened to the image
 MODEL_USED_KEY = "HandRefiner model used"     # infotext entry: the inpainting checkpoint HandRefiner chose itself
-CURRENT_MODEL = "Current model"               # the checkpoint dropdown's entry for "the WebUI's loaded model"
 
 
 class HandRefinerFailure(RuntimeError):
@@ -36,6 +36,7 @@ class WebUIEnv:
     sampling: Any = None                      # sampling.WebUIModules: the WebUI's own samplers (None: none)
     prompt_parser: Any = None                 # modules.prompt_parser
     extra_networks: Any = None                # modules.extra_networks (parse_prompt)
+    backend: Callable[[Any], Any] = backend_for   # loaded model -> its backend adapter (backend.py)
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pydantic import ValidationError
 
-from ..args import HandRefinerArgs
-from .arguments import args_from_script_args, describe_error, to_widget
+from ..settings import FIELDS, HandRefinerArgs, describe_error, from_infotext, to_infotext, to_widget
+from .arguments import args_from_script_args
 from .env import RESULT_KEY, ImageJob, ImageOutcome, job_for_image
 from .refiner import WebUIRefiner
 from .xyz import apply_xyz_overrides
@@ -25,23 +25,22 @@ def fill_pasted_defaults(infotext: str, params: Dict[str, Any],
     defaults (plus on/strength/mode); fill in the others, in the widgets' format, so that pasting restores every
     widget. An image made without HandRefiner switches the accordion off. An infotext without a ControlNet key (the
     default one was used) gets `controlnet_fallback`'s choice: the ControlNet on disk when the default name is not."""
-    enabled_key = HandRefinerArgs.__fields__["enabled"].field_info.title
     try:
-        args = HandRefinerArgs.from_infotext(params)
+        args = from_infotext(params)
     except (ValidationError, ValueError, TypeError) as e:
         log.warning("HandRefiner: cannot read the pasted parameters (%s)", describe_error(e))
         return
     if args is None:
-        params[enabled_key] = False
+        params[FIELDS["enabled"].title] = False
         return
-    if HandRefinerArgs.__fields__["controlnet"].field_info.title not in params:
+    if FIELDS["controlnet"].title not in params:
         args = controlnet_fallback(args)
-    for name, info in HandRefinerArgs.__fields__.items():
-        params[info.field_info.title] = to_widget(name, getattr(args, name))
+    for name, field in FIELDS.items():
+        params[field.title] = to_widget(name, getattr(args, name))
 
 
 def paste_field_names() -> List[str]:
-    return [f.field_info.title for f in HandRefinerArgs.__fields__.values()]
+    return [field.title for field in FIELDS.values()]
 
 SavePreview = Callable[[Any, ImageJob, str], None]   # (PIL image, job, file-name suffix)
 
@@ -66,7 +65,7 @@ def postprocess_image(refiner: WebUIRefiner, p: Any, pp: Any, script_args: Seque
     job = job_for_image(p, pp.image)
     outcome = refiner.process_image(job, boxes_on_output(args, p, pp.image.size))
     pp.image = outcome.image
-    p.extra_generation_params.update({**outcome.infotext, **args.infotext()})  # the boxes as the user gave them
+    p.extra_generation_params.update({**outcome.infotext, **to_infotext(args)})  # the boxes as the user gave them
     _comment(p, outcome.message)
     if outcome.previews:
         previews = getattr(p, PREVIEWS_ATTRIBUTE, None)

@@ -10,11 +10,12 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, HandRefinerArgs
+from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, CURRENT_MODEL, HandRefinerArgs, to_infotext
 from ..detection import DetectorUnavailable
+from ..imageio import ImageTooLarge
 from ..mesh import MeshModelError
 from ..models_registry import ModelListing, ModelNameError, ModelSlots, build_listing, check_name_safe, resolve_name
-from .env import CURRENT_MODEL, MODEL_USED_KEY, RESULT_KEY, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv
+from .env import MODEL_USED_KEY, RESULT_KEY, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv
 from .folders import ModelFolders
 from .progress import WebUIProgress
 from .sd_adapter import ModelChoice, WebUISDModel, choose_model, inpainting_checkpoints
@@ -120,7 +121,7 @@ class WebUIRefiner:
     def process_image(self, job: ImageJob, args: HandRefinerArgs) -> ImageOutcome:
         """Refines one generated image. Never raises: on any failure the image is kept and the outcome's message
         says why (also logged). Re-entrant calls (the inner pass reaching the script again) are refused."""
-        infotext = args.infotext()
+        infotext = to_infotext(args)
         if not self._busy.acquire(blocking=False):
             message = "skipped: HandRefiner is already running (re-entry)"
             return ImageOutcome(job.image, message, False, {**infotext, RESULT_KEY: message})
@@ -142,7 +143,7 @@ class WebUIRefiner:
         except Exception as e:  # the user's image must survive anything HandRefiner does
             message = failure_message(e)
             if isinstance(e, (HandRefinerFailure, ModelNameError, FileNotFoundError, DetectorUnavailable,
-                              MeshModelError)):
+                              MeshModelError, ImageTooLarge)):
                 log.warning("HandRefiner: %s", message)
             else:
                 log.exception("HandRefiner: %s", message)
@@ -166,15 +167,18 @@ class WebUIRefiner:
         ldm = env.sd_model()
         choice = choose_model(args.inpaint_checkpoint, ldm, lambda: inpainting_checkpoints(listing), webui_model_only)
         scheduling = dict(steps=args.steps, use_old_scheduling=bool(getattr(env.opts, "use_old_scheduling", False)))
+        ready = contextlib.nullcontext()
         if choice.checkpoint:
             model = self._checkpoint(choice.checkpoint, listing, env)
             model.to(env.device)
         else:
-            model = WebUISDModel(ldm, env.device, env.dtype, env.devices, env.opts)
+            backend = env.backend(ldm)
+            model = WebUISDModel(ldm, env.device, env.dtype, env.devices, env.opts, backend)
+            ready = backend.unet_ready(ldm)
         encoder = WebUIPromptEncoder(ldm, env.prompt_parser, env.extra_networks, **scheduling) \
             if choice.webui_prompts else OwnPromptEncoder(model, env.prompt_parser, env.extra_networks, **scheduling)
         controlnet.to(env.device)
-        with _without_controlnet_extension_hook(model.unet):
+        with ready, _without_controlnet_extension_hook(model.unet):
             yield WithPromptEncoder(model, encoder), controlnet, choice
 
     def _release(self, env: WebUIEnv) -> None:

@@ -8,7 +8,7 @@ latent) for a 9-channel model, its sampler and schedule, seeds and noise source,
 progress, live preview and Interrupt/Skip, and other extensions' CFG callbacks. Three things are added, all on
 objects of this pass only (the job's `p`, its sampler and the WebUI's modules are left as they were):
 
-- the HandRefiner ControlNet on the UNet (`controlnet.inject_control`), on both CFG branches;
+- the HandRefiner ControlNet on the UNet (`control_injection.inject_control`), on both CFG branches;
 - the paper's known-region blend (eq. 1–2): before every call of the pass's CFG denoiser, the known region of the
   sampler's own latent (changed in place, so the step starts from it) is the original re-noised, with fresh
   noise, to the level of that call; "known" is outside HandRefiner's blend mask (sampler.blend_mask), as in
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
+from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
 from ..sampler import InpaintRequest, SamplingInterrupted, blend_mask
 
 Scales = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]   # noise level -> (x0 scale, ε scale)
@@ -205,7 +205,7 @@ class WebUISampling:
 
     def _sample(self, p: Any, sd: Any, controlnet: Any, request: InpaintRequest, strengths: List[float],
                 should_stop: Optional[Callable[[], bool]]) -> torch.Tensor:
-        from ..controlnet import inject_control
+        from ..control_injection import inject_control
 
         m = self.modules
         # HandRefiner's blend mask, as the built-in loop's: a latent cell with any hand pixel is regenerated (the
@@ -217,8 +217,12 @@ class WebUISampling:
         scales = timestep_scales(p.sd_model.alphas_cumprod) if timesteps else sigma_scales
         interrupted = m.sd_samplers_common.InterruptedException
 
+        handles: List[Any] = []   # the control context's handle, once entered
+
         def before_call() -> None:
             if should_stop is not None and should_stop():
+                for handle in handles:
+                    handle.stopped = True   # a pass stopped before its first UNet call is not a control failure
                 raise interrupted   # the WebUI's sampler ends the pass and returns its last latent
 
         strength: Any = strengths[0] if len(strengths) == 1 else torch.tensor(strengths)
@@ -229,8 +233,11 @@ class WebUISampling:
             if isinstance(strength, torch.Tensor):
                 strength = strength.to(sd.device, sd.dtype)
             control = inject_control(sd.unet, controlnet, request.hint.to(sd.device, sd.dtype), strength)
-        with known_region_blend(p.sampler.model_wrap_cfg, known, hand, scales, p.rng.next, before_call), control, \
+        with known_region_blend(p.sampler.model_wrap_cfg, known, hand, scales, p.rng.next, before_call), \
+                control as handle, \
                 (m.devices.without_autocast() if m.devices.unet_needs_upcast else m.devices.autocast()):
+            if handle is not None:
+                handles.append(handle)
             self.passes += 1
             return p.sample(conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds, subseeds=p.subseeds,
                             subseed_strength=p.subseed_strength, prompts=p.prompts)

@@ -9,8 +9,9 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from ..args import BUILTIN_SAMPLER
+from ..settings import BUILTIN_SAMPLER
 from ..models_registry import ModelListing
+from .backend import LdmBackend, UnsupportedBackendError, backend_for
 from .env import HandRefinerFailure
 
 log = logging.getLogger("handrefiner")
@@ -23,12 +24,15 @@ class UnsupportedModelError(HandRefinerFailure):
 class WebUISDModel:
     """The WebUI's LatentDiffusion (`shared.sd_model`) behind the `SDModel` protocol, through its own methods
     (get_learned_conditioning, apply_model, encode/decode_first_stage), so its VAE choice, precision casts and
-    --lowvram/--medvram module offloading all apply. Its prompts go through prompts.WebUIPromptEncoder."""
+    --lowvram/--medvram module offloading all apply. Its prompts go through prompts.WebUIPromptEncoder. What differs
+    between WebUI backends (VAE encode, VAE precision, where the UNet is) goes through `backend`."""
 
-    def __init__(self, ldm: Any, device: Any, dtype: torch.dtype, devices: Any = None, opts: Any = None) -> None:
+    def __init__(self, ldm: Any, device: Any, dtype: torch.dtype, devices: Any = None, opts: Any = None,
+                 backend: Optional[LdmBackend] = None) -> None:
         check_sd1_model(ldm)
         self.ldm = ldm
-        self.unet = ldm.model.diffusion_model
+        self.backend = backend or backend_for(ldm)
+        self.unet = self.backend.unet(ldm)
         self.in_channels = int(self.unet.in_channels)
         # With "downcast alphas_cumprod" the WebUI keeps the exact schedule aside; the sampler wants the exact one.
         alphas = getattr(ldm, "alphas_cumprod_original", None)
@@ -55,15 +59,12 @@ class WebUISDModel:
     @property
     def vae_dtype(self) -> torch.dtype:
         """The VAE's own precision (as the WebUI decodes: it can change at run time, see upcast_vae_after_nans)."""
-        return vae_dtype(self.ldm)
+        return self.backend.vae_dtype(self.ldm)
 
     @torch.no_grad()
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         def encode() -> torch.Tensor:
-            posterior = self.ldm.encode_first_stage(x.to(self._device, self.vae_dtype))
-            # The posterior's mode, not a sample: the known region must not depend on the global RNG.
-            latent = posterior.mode() if hasattr(posterior, "mode") else posterior
-            return self.ldm.get_first_stage_encoding(latent)
+            return self.backend.encode_first_stage(self.ldm, x.to(self._device, self.vae_dtype))
 
         return self._without_vae_nans(encode, "encoding").to(self._device, self._dtype)
 
@@ -87,7 +88,7 @@ class WebUISDModel:
         out = run()
         if not torch.isnan(out).any():
             return out
-        upcast_vae_after_nans(self.ldm, self._devices, self._opts, what)
+        upcast_vae_after_nans(self.ldm, self._devices, self._opts, what, self.backend)
         out = run()
         if torch.isnan(out).any():
             raise HandRefinerFailure(f"the VAE produced NaNs while {what} in {self.vae_dtype} too")
@@ -104,7 +105,8 @@ class WebUISDModel:
         return self.ldm.apply_model(x, t, cond)
 
 
-def upcast_vae_after_nans(ldm: Any, devices: Any, opts: Any, what: str = "decoding") -> torch.dtype:
+def upcast_vae_after_nans(ldm: Any, devices: Any, opts: Any, what: str = "decoding",
+                          backend: Optional[LdmBackend] = None) -> torch.dtype:
     """What the WebUI does when its VAE makes NaNs (processing.decode_latent_batch): with "Automatically convert
     VAE to bfloat16" the VAE becomes bfloat16, otherwise with "Automatically revert VAE to 32-bit floats" (on by
     default) float32; `devices.dtype_vae` follows, so the WebUI's own decodes use it from now on too. Returns the
@@ -118,7 +120,8 @@ def upcast_vae_after_nans(ldm: Any, devices: Any, opts: Any, what: str = "decodi
         raise HandRefinerFailure(f"the VAE produced NaNs while {what} (not enough precision); turn on Settings → "
                                  "VAE → \"Automatically revert VAE to 32-bit floats\" or start the WebUI with "
                                  "--no-half-vae")
-    current = vae_dtype(ldm)
+    backend = backend or backend_for(ldm)
+    current = backend.vae_dtype(ldm)
     if current == dtype:
         raise HandRefinerFailure(f"the VAE produced NaNs while {what} in {current}; try another VAE")
     log.warning("HandRefiner: a tensor with NaNs was produced in the VAE (%s in %s); converting the VAE to %s and "
@@ -126,13 +129,13 @@ def upcast_vae_after_nans(ldm: Any, devices: Any, opts: Any, what: str = "decodi
                 "--no-half-vae)", what, current, dtype, setting)
     if devices is not None:
         devices.dtype_vae = dtype
-    ldm.first_stage_model.to(dtype)
+    backend.set_vae_dtype(ldm, dtype)
     return dtype
 
 
 def vae_dtype(ldm: Any) -> torch.dtype:
     """The precision of the WebUI model's VAE: its weights' (devices.dtype_vae, which can change at run time)."""
-    return next(ldm.first_stage_model.parameters()).dtype
+    return backend_for(ldm).vae_dtype(ldm)
 
 
 def inpainting_checkpoints(listing: ModelListing) -> List[str]:
@@ -152,7 +155,11 @@ def sd1_problem(ldm: Any) -> Optional[str]:
     for flag, name in (("is_sdxl", "SDXL"), ("is_sd3", "SD3"), ("is_sd2", "SD 2.x")):
         if getattr(ldm, flag, False):
             return f"the loaded model is {name}; HandRefiner's ControlNet is for SD 1.5"
-    unet = getattr(getattr(ldm, "model", None), "diffusion_model", None)
+    try:
+        backend = backend_for(ldm)
+    except UnsupportedBackendError as e:
+        return str(e)
+    unet = getattr(getattr(ldm, "model", None), "diffusion_model", None) and backend.unet(ldm)
     if unet is None or not hasattr(unet, "input_blocks") or not hasattr(ldm, "get_learned_conditioning"):
         return f"the loaded model ({type(ldm).__name__}) is not an ldm LatentDiffusion"
     return None
@@ -186,7 +193,7 @@ def choose_model(inpaint_checkpoint: str, ldm: Any, inpainting_checkpoints: Call
     problem = sd1_problem(ldm)
     if inpaint_checkpoint:
         return ModelChoice(inpaint_checkpoint, problem is None)
-    if problem is None and int(ldm.model.diffusion_model.in_channels) == 9:
+    if problem is None and int(backend_for(ldm).unet(ldm).in_channels) == 9:
         return ModelChoice("", True)
     found = [] if webui_model_only else list(inpainting_checkpoints())
     if found:

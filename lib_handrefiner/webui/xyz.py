@@ -3,16 +3,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ..args import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, HandRefinerArgs
+from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, FIELDS, XYZ_FIELDS, HandRefinerArgs, replace
 
 XYZ_ATTRIBUTE = "handrefiner_xyz"             # p.<this>: {field: value} set by the XYZ-grid axes
-
-XYZ_FIELDS = ("strength", "mode", "sampler", "scheduler")
 
 
 def apply_xyz_overrides(args: HandRefinerArgs, p: Any) -> HandRefinerArgs:
     overrides = getattr(p, XYZ_ATTRIBUTE, None) or {}
-    return HandRefinerArgs(**{**args.dict(), **overrides}) if overrides else args
+    return replace(args, **overrides) if overrides else args
 
 
 def xyz_setter(name: str) -> Callable[[Any, Any, Any], None]:
@@ -37,7 +35,7 @@ def xyz_confirm(name: str) -> Callable[[Any, Sequence[Any]], None]:
 
 def xyz_confirm_choice(name: str, choices: Callable[[], Sequence[str]]) -> Callable[[Any, Sequence[Any]], None]:
     """An XYZ-grid `confirm(p, xs)` for a field whose values are the WebUI's names (samplers, schedule types)."""
-    title = HandRefinerArgs.__fields__[name].field_info.title   # "HandRefiner sampler"
+    title = FIELDS[name].title   # "HandRefiner sampler"
 
     def confirm(p: Any, xs: Sequence[Any]) -> None:
         known = list(choices())

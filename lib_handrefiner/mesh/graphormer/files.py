@@ -1,17 +1,24 @@
 """The three files Mesh Graphormer needs, which the user supplies (none is shipped or downloaded): where they are
 looked for, what a missing or wrong one is told, and how each is read without running anything in it.
 
-- graphormer_hand_state_dict.bin: `torch.load(weights_only=True)` (a legacy, non-zip `torch.save` of a state dict).
+- graphormer_hand_state_dict.bin: a legacy, non-zip `torch.save` of a state dict, through
+  `safe_pickle.load_torch_file(unknown="refuse")` (tensors and containers only, as torch.load(weights_only=True),
+  with safe_pickle's bounds on declared sizes).
 - MANO_RIGHT.pkl: a Python 2 pickle referencing chumpy and scipy.sparse, through `safe_pickle` (chumpy and scipy
   objects become inert placeholders, turned into arrays by `safe_pickle.plain_data`; nothing is imported or run).
 - mano_downsampling.npz: an npz of pickled scipy.sparse matrices, through `safe_pickle.load_npz` (never
   `np.load(allow_pickle=True)`).
+
+A hostile or damaged file is a `GraphormerFileError` (a MeshModelError: with mesh_fallback the landmark mesh is
+used) with one line saying why: safe_pickle bounds its depth, objects and array sizes, and no sparse matrix is
+made dense before its shape is checked.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
@@ -107,6 +114,22 @@ def _wrong(required: RequiredFile, path: Path, problem: str) -> GraphormerFileEr
                                f"{required.where}.")
 
 
+# The real files are 3.8 MB (MANO_RIGHT.pkl) and 2.3 MB: a thousandth of the default limits is plenty.
+MANO_LIMITS = safe_pickle.Limits(max_operations=1_000_000, max_objects=1_000_000, max_bytes=256 << 20)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
+def _dense(value: Any, shape: tuple) -> Any:
+    """A scipy.sparse matrix of `shape` as a dense array; one of another shape is left sparse (the shape check
+    that follows names it) instead of being made dense at whatever size it declares."""
+    if hasattr(value, "toarray") and hasattr(value, "shape"):
+        return value.toarray() if tuple(value.shape) == tuple(shape) else value
+    return value
+
+
 # ---- MANO_RIGHT.pkl -------------------------------------------------------------------------------------------
 
 _MANO_SHAPES = {
@@ -121,16 +144,17 @@ def read_mano(path: Union[str, Path]) -> Mano:
     hand model (a hostile pickle only ever yields inert placeholders, which fail these checks)."""
     path = Path(path)
     try:
-        content = safe_pickle.plain_data(safe_pickle.load(path, safe_pickle.NUMPY_GLOBALS, encoding="latin1"))
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise _wrong(MANO_MODEL, path, f"it cannot be read as a pickle ({e})") from None
+        content = safe_pickle.plain_data(safe_pickle.load(path, safe_pickle.NUMPY_GLOBALS, encoding="latin1",
+                                                          limits=MANO_LIMITS))
+    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
+        raise _wrong(MANO_MODEL, path, f"it cannot be read as a pickle ({_one_line(e)})") from None
+    except OSError as e:
+        raise _wrong(MANO_MODEL, path, f"it cannot be read ({e.strerror or e})") from None
     if not isinstance(content, dict):
         raise _wrong(MANO_MODEL, path, f"it holds a {type(content).__name__}, not MANO's dictionary of arrays")
     arrays: Dict[str, np.ndarray] = {}
     for key, shape in _MANO_SHAPES.items():
-        value = content.get(key)
-        if hasattr(value, "toarray"):  # a scipy.sparse matrix (J_regressor)
-            value = value.toarray()
+        value = _dense(content.get(key), shape)
         if not isinstance(value, np.ndarray) or value.dtype == object or value.shape != shape:
             found = getattr(value, "shape", type(value).__name__)
             raise _wrong(MANO_MODEL, path, f"'{key}' should be an array of shape {shape}, it is {found}")
@@ -156,16 +180,15 @@ def read_sampling(path: Union[str, Path]) -> MeshSampling:
     official code takes them)."""
     path = Path(path)
     try:
-        members = safe_pickle.load_npz(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError, zipfile.BadZipFile) as e:
-        raise _wrong(SAMPLING, path, f"it cannot be read as an npz archive ({e})") from None
+        members = safe_pickle.load_npz(path, limits=MANO_LIMITS)
+    except (pickle.UnpicklingError, ValueError, TypeError, OSError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
+        raise _wrong(SAMPLING, path, f"it cannot be read as an npz archive ({_one_line(e)})") from None
 
     def level(name: str, index: int, shape: tuple) -> np.ndarray:
         items = members.get(name)
         item = items[index] if isinstance(items, np.ndarray) and items.dtype == object and len(items) > index \
             else None
-        if hasattr(item, "toarray"):
-            item = item.toarray()
+        item = _dense(item, shape)
         if not isinstance(item, np.ndarray) or item.dtype == object or item.shape != shape:
             raise _wrong(SAMPLING, path, f"{name}[{index}] should be a {shape} matrix")
         return item
@@ -177,13 +200,13 @@ def read_sampling(path: Union[str, Path]) -> MeshSampling:
 # ---- graphormer_hand_state_dict.bin ---------------------------------------------------------------------------
 
 def read_network_state(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """The released state dict, read with torch.load(weights_only=True) (it allows only tensors and containers:
-    nothing in the file runs)."""
+    """The released state dict, read by safe_pickle allowing only tensors and containers (as
+    torch.load(weights_only=True) does, plus its bounds on what a file declares): nothing in the file runs."""
     path = Path(path)
     try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        raise _wrong(NETWORK, path, f"it cannot be read as a torch state dict ({str(e).splitlines()[0]})") from None
+        state: Any = safe_pickle.load_torch_file(path, unknown="refuse")
+    except (pickle.UnpicklingError, RuntimeError, ValueError, OSError, MemoryError) as e:
+        raise _wrong(NETWORK, path, f"it cannot be read as a torch state dict ({_one_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -1,14 +1,19 @@
-"""The one settings model of HandRefiner.
+"""HandRefiner's one settings model: its fields and their validators, nothing else.
 
 The same fields, names and defaults serve the WebUI accordion, the infotext ("HandRefiner …" keys), the
-`alwayson_scripts` arguments, the REST API and the standalone command line. Each field's `title` is its infotext
-key; the field order is the order of the positional `alwayson_scripts` args.
+`alwayson_scripts` arguments, the REST API and the standalone command line; each surface's codec is a module
+beside this one. A field's `title` is its infotext key; the field order is the order of the positional
+`alwayson_scripts` args. A new setting is one field here: the accordion (settings.groups puts a field of no group
+in "More"), the API, the infotext, the command line and the README's table (tests/test_readme.py) follow.
+Runs on pydantic 1 and 2 (settings.compat).
 """
 from __future__ import annotations
 
-from typing import Any, List, Literal, Optional, Tuple
+from typing import List, Literal, Tuple
 
-from pydantic import BaseModel, Field, validator
+from pydantic import Field
+
+from .compat import SettingsModel, check
 
 EXTRA_NEGATIVE_DEFAULT = "fake 3D rendered image"
 # The official negative prompt (handrefiner.py) after its first part, the extra negative above: what the hands are
@@ -17,11 +22,9 @@ DEFAULT_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fi
                            "cropped, worst quality, low quality")
 BUILTIN_SAMPLER = "DDIM (HandRefiner)"   # the official DDIM loop (sampler.py); any other name is a WebUI sampler
 AUTOMATIC_SCHEDULER = "Automatic"        # the WebUI's "use the sampler's own schedule"
-INFOTEXT_PREFIX = "HandRefiner"
-MESHES_INFOTEXT_KEY = "HandRefiner meshes"  # a result entry: the mesh model of each refined hand, in order
 
 
-class HandRefinerArgs(BaseModel):
+class HandRefinerArgs(SettingsModel):
     enabled: bool = Field(False, title="HandRefiner", description="Refine hands on generated images.")
     strength: float = Field(0.55, ge=0.0, le=2.0, title="HandRefiner strength",
                             description="ControlNet control strength (the paper's phase transition: low fixes "
@@ -76,7 +79,8 @@ class HandRefinerArgs(BaseModel):
                                  description="Working resolution of a hand crop.")
     hands_together: bool = Field(False, title="HandRefiner hands together",
                                  description="Refine all hands in one pass instead of one after another.")
-    max_hands: int = Field(2, ge=1, le=8, title="HandRefiner max hands", description="Most hands detected.")
+    max_hands: int = Field(0, ge=0, le=32, title="HandRefiner max hands",
+                           description="Most hands refined, the most confident first; 0: all.")
     detection_confidence: float = Field(0.2, ge=0.0, le=1.0, title="HandRefiner detection confidence",
                                         description="MediaPipe palm detection threshold.")
     presence_confidence: float = Field(0.2, ge=0.0, le=1.0, title="HandRefiner presence confidence",
@@ -110,11 +114,7 @@ class HandRefinerArgs(BaseModel):
                                 description="When Mesh Graphormer is chosen but its files are missing or unusable, "
                                             "use the landmark mesh (with a warning) instead of failing.")
 
-    class Config:
-        extra = "forbid"
-        validate_assignment = True
-
-    @validator("adaptive_strengths")
+    @check("adaptive_strengths")
     def _strengths_in_range(cls, v: List[float]) -> List[float]:
         if not v:
             raise ValueError("needs at least one strength")
@@ -123,110 +123,10 @@ class HandRefinerArgs(BaseModel):
             raise ValueError(f"strengths must lie in [0, 2], got {bad}")
         return v
 
-    @validator("boxes", each_item=True)
-    def _box_ordered(cls, b: Tuple[float, float, float, float]) -> Tuple[float, float, float, float]:
-        x0, y0, x1, y1 = b
-        if not (x1 > x0 and y1 > y0):
-            raise ValueError(f"box {list(b)} must satisfy x1 > x0 and y1 > y0")
-        return b
-
-    # ---- positional args (WebUI script args / alwayson_scripts "args") --------------------------------------
-
-    @classmethod
-    def field_names(cls) -> List[str]:
-        return list(cls.__fields__)
-
-    @classmethod
-    def from_script_args(cls, args: Any) -> "HandRefinerArgs":
-        """From `alwayson_scripts` args: a dict of fields, a list holding one dict, or positional values in
-        field order (as the UI sends them)."""
-        if isinstance(args, HandRefinerArgs):
-            return args
-        if isinstance(args, dict):
-            return cls(**args)
-        args = list(args or [])
-        if len(args) == 1 and isinstance(args[0], dict):
-            return cls(**args[0])
-        if len(args) == 1 and isinstance(args[0], HandRefinerArgs):
-            return args[0]
-        names = cls.field_names()
-        if len(args) > len(names):
-            raise ValueError(f"HandRefiner takes at most {len(names)} positional args ({', '.join(names)}), "
-                             f"got {len(args)}")
-        return cls(**dict(zip(names, args)))
-
-    # ---- infotext ---------------------------------------------------------------------------------------------
-
-    def infotext(self) -> dict:
-        """Generation-parameter entries ("HandRefiner …" keys) for the fields that differ from the defaults,
-        plus enabled/strength/mode always."""
-        always = {"enabled", "strength", "mode"}
-        out = {}
-        for name, field in self.__fields__.items():
-            value = getattr(self, name)
-            if name not in always and value == field.default:
-                continue
-            if name == "boxes" and not value:
-                continue
-            out[field.field_info.title] = _format_value(value)
-        return out
-
-    @classmethod
-    def from_infotext(cls, params: dict) -> Optional["HandRefinerArgs"]:
-        """Reads the "HandRefiner …" keys of parsed generation parameters; None when HandRefiner was off."""
-        by_title = {f.field_info.title: name for name, f in cls.__fields__.items()}
-        values = {}
-        for key, raw in params.items():
-            name = by_title.get(key)
-            if name is not None:
-                values[name] = _parse_value(cls.__fields__[name], raw)
-        if not values.get("enabled"):
-            return None
-        return cls(**values)
-
-
-def parse_setting(text: str) -> tuple[str, Any]:
-    """`NAME=VALUE` (a command-line override) → (field name, value in the infotext's text form)."""
-    name, sep, raw = text.partition("=")
-    name = name.strip().replace("-", "_")
-    if not sep or name not in HandRefinerArgs.__fields__:
-        raise ValueError(f"{text!r} is not NAME=VALUE with NAME one of: {', '.join(HandRefinerArgs.field_names())}")
-    field = HandRefinerArgs.__fields__[name]
-    if field.type_ is bool:
-        # Strict here, unlike infotext parsing: a typo on the command line must not silently mean False.
-        word = raw.strip().lower()
-        if word not in _TRUE_WORDS + _FALSE_WORDS:
-            raise ValueError(f"{name}: {raw!r} is not true or false")
-        return name, word in _TRUE_WORDS
-    try:
-        return name, _parse_value(field, raw)
-    except ValueError as e:
-        raise ValueError(f"{name}: cannot read {raw!r} ({e})") from None
-
-
-_TRUE_WORDS = ("true", "1", "yes", "on")
-_FALSE_WORDS = ("false", "0", "no", "off")
-
-
-def _format_value(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, (list, tuple)):
-        return ";".join(_format_value(v) if not isinstance(v, (list, tuple))
-                        else " ".join(f"{x:g}" for x in v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return value
-
-
-def _parse_value(field, raw: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    name = field.name
-    if field.outer_type_ is bool or field.type_ is bool:
-        return raw.strip().lower() in ("true", "1", "yes")
-    if name == "adaptive_strengths":
-        return [float(s) for s in raw.split(";") if s.strip()]
-    if name == "boxes":
-        return [tuple(float(x) for x in part.split()) for part in raw.split(";") if part.strip()]
-    return raw
+    @check("boxes")
+    def _boxes_ordered(cls, v: List[Tuple[float, float, float, float]]) -> List[Tuple[float, float, float, float]]:
+        for b in v:
+            x0, y0, x1, y1 = b
+            if not (x1 > x0 and y1 > y0):
+                raise ValueError(f"box {list(b)} must satisfy x1 > x0 and y1 > y0")
+        return v

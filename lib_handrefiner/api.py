@@ -266,6 +266,9 @@ class HandInfo(BaseModel):
                                                        "its MPJPE.")
     mesh: Optional[str] = Field(None, description="The mesh model its depth guide was rendered from ('graphormer' or "
                                                   "'landmarks'); None: no mesh (no hand found in a user box).")
+    found_by: Optional[str] = Field(None, description="How the hand was found: 'palm', 'low', 'tile', 'flip', 'pose' "
+                                                      "(the hand search's passes) or 'user_box' (the landmark model "
+                                                      "alone on a box you gave, where no palm was found).")
 
 
 class RefineResponse(BaseModel):
@@ -591,7 +594,8 @@ def hand_infos(perceived: Sequence[Any], refined: Sequence[Any]) -> List[HandInf
             score=float(p.hand.score) if p.hand is not None else None,
             refined=match is not None, strength=kept,
             mpjpe=next((t["mpjpe"] for t in tried if t["strength"] == kept), None),
-            tried=[TriedStrength(**t) for t in tried], mesh=p.mesh.model if p.mesh is not None else None))
+            tried=[TriedStrength(**t) for t in tried], mesh=p.mesh.model if p.mesh is not None else None,
+            found_by=p.found_by or None))
     return infos
 
 

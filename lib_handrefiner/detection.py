@@ -342,20 +342,48 @@ def landmarks_in_region(rgb: np.ndarray, centre_xy: Tuple[float, float], side: f
     `presence_confidence`. The hand's `score` is that threshold: a lower bound of the presence it passed."""
     from mediapipe.framework.formats import rect_pb2
 
-    rgb = _check_rgb(rgb)
-    small, scale = bounded(rgb)
-    height, width = small.shape[:2]
-    roi = rect_pb2.NormalizedRect(x_center=centre_xy[0] * scale / width, y_center=centre_xy[1] * scale / height,
-                                  width=side * scale / width, height=side * scale / height, rotation=rotation)
+    crop, scale, origin = _region_crop(_check_rgb(rgb), centre_xy, side)
+    height, width = crop.shape[:2]
+    cx, cy = (centre_xy[0] - origin[0]) * scale, (centre_xy[1] - origin[1]) * scale
+    roi = rect_pb2.NormalizedRect(x_center=cx / width, y_center=cy / height, width=side * scale / width,
+                                  height=side * scale / height, rotation=rotation)
     with _GRAPHS_LOCK, _without_native_noise():
-        result = _landmark_graph(presence_confidence).process({"image": small, "roi": roi})
+        result = _landmark_graph(presence_confidence).process({"image": crop, "roi": roi})
     if result.landmarks is None:
         return None
     normalised = np.array([[p.x, p.y, p.z] for p in result.landmarks.landmark], dtype=np.float32)
-    landmarks = normalised * np.array([width, height, width], dtype=np.float32) / np.float32(scale)
+    landmarks = (normalised * np.array([width, height, width], dtype=np.float32) / np.float32(scale)
+                 + np.array([origin[0], origin[1], 0.0], dtype=np.float32))
     world = np.array([[p.x, p.y, p.z] for p in result.world_landmarks.landmark], dtype=np.float32)
     label = result.handedness.classification[0]
     return make_hand(_persons_own(label.label), presence_confidence, landmarks, world, label.score)
+
+
+# The landmark model sees 224 px: a region is cut from the image with this much room around its square (enough
+# for any rotation: half its diagonal is 0.71 of its side) and shrunk to at most _REGION_CROP_SIDE px, so that
+# MediaPipe copies a small image rather than the whole picture for every region it looks at.
+_REGION_ROOM = 0.75
+_REGION_CROP_SIDE = 512
+
+
+def _region_crop(rgb: np.ndarray, centre_xy: Tuple[float, float], side: float
+                 ) -> Tuple[np.ndarray, float, Tuple[int, int]]:
+    """The part of the image around a region (clamped to the image, never empty), the scale it was shrunk by
+    and its origin in the image: image px p = crop px / scale + origin."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    reach = _REGION_ROOM * side
+    x0 = int(min(max(centre_xy[0] - reach, 0), width - 1))
+    y0 = int(min(max(centre_xy[1] - reach, 0), height - 1))
+    x1 = int(max(min(centre_xy[0] + reach + 1, width), x0 + 1))
+    y1 = int(max(min(centre_xy[1] + reach + 1, height), y0 + 1))
+    crop = rgb[y0:y1, x0:x1]
+    scale = min(1.0, _REGION_CROP_SIDE / max(crop.shape[:2]))
+    if scale < 1.0:
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(crop), scale, (x0, y0)
 
 
 @dataclass(frozen=True)
@@ -369,6 +397,8 @@ class Arm:
 
 
 # The pose model's landmark indices: (elbow, wrist, pinky, index, thumb) of the person's left and right arm.
+# The pose detector's threshold (it finds a person by the face and body; stylized people score low).
+POSE_DETECTION = 0.5
 _POSE_ARMS = {"left": (13, 15, 17, 19, 21), "right": (14, 16, 18, 20, 22)}
 
 
@@ -381,7 +411,7 @@ def _pose_graph():
             binary_graph_path=mp_pose._BINARYPB_FILE_PATH,
             side_inputs={"model_complexity": 1, "smooth_landmarks": False, "enable_segmentation": False,
                          "smooth_segmentation": False, "use_prev_landmarks": False},
-            calculator_params={"posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": 0.5},
+            calculator_params={"posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": POSE_DETECTION},
             outputs=["pose_landmarks"])
     return _cached(("pose",), build)
 
@@ -399,3 +429,67 @@ def pose_arms(rgb: np.ndarray) -> List[Arm]:
     visibility = np.array([p.visibility for p in result.pose_landmarks.landmark])
     return [Arm(side, points[e], points[w], points[[pk, ix, th]], float(visibility[w]))
             for side, (e, w, pk, ix, th) in _POSE_ARMS.items()]
+
+
+# ---- the palm detector alone, and its candidates' regions ----------------------------------------------------
+
+_PALM_GRAPH = """
+input_stream: "IMAGE:image"
+output_stream: "DETECTIONS:detections"
+node {
+  calculator: "PalmDetectionCpu"
+  input_side_packet: "MODEL_COMPLEXITY:model_complexity"
+  input_stream: "IMAGE:image"
+  output_stream: "DETECTIONS:detections"
+}
+"""
+# MediaPipe's palm-to-hand region (palm_detection_detection_to_roi): turned so that wrist → middle-finger base
+# (palm keypoints 0 and 2) points up, shifted half the palm box towards the fingers, squared and grown 2.6 times.
+_ROI_SCALE = 2.6
+_ROI_SHIFT_Y = -0.5
+
+
+@dataclass(frozen=True)
+class PalmCandidate:
+    score: float
+    centre: Tuple[float, float]     # the hand region's centre, image px
+    side: float                     # its side, px
+    rotation: float                 # radians, MediaPipe's convention (see landmarks_in_region)
+
+
+def palm_candidates(rgb: np.ndarray, min_score: float) -> List[PalmCandidate]:
+    """Every palm the palm detector scores at least `min_score` (after its own non-maximum suppression), most
+    confident first, each as the region the landmark model is to look at (as MediaPipe's hand graph makes it)."""
+    rgb = _check_rgb(rgb)
+    small, scale = bounded(rgb)
+    height, width = small.shape[:2]
+
+    def build():
+        from google.protobuf import text_format
+        from mediapipe.framework import calculator_pb2
+        from mediapipe.python.solution_base import SolutionBase
+
+        config = text_format.Parse(_PALM_GRAPH, calculator_pb2.CalculatorGraphConfig())
+        return SolutionBase(graph_config=config, side_inputs={"model_complexity": 1},
+                            calculator_params={"palmdetectioncpu__TensorsToDetectionsCalculator.min_score_thresh":
+                                               float(min_score)},
+                            outputs=["detections"])
+
+    with _GRAPHS_LOCK, _without_native_noise():
+        result = _cached(("palms", float(min_score)), build).process({"image": small})
+    candidates = [_palm_region(d, width, height, scale) for d in (result.detections or [])]
+    return sorted(candidates, key=lambda c: -c.score)
+
+
+def _palm_region(detection, width: int, height: int, scale: float) -> PalmCandidate:
+    import math
+
+    box = detection.location_data.relative_bounding_box
+    wrist, middle = detection.location_data.relative_keypoints[0], detection.location_data.relative_keypoints[2]
+    angle = math.pi / 2 - math.atan2(-(middle.y - wrist.y) * height, (middle.x - wrist.x) * width)
+    rotation = angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+    w, h = box.width * width, box.height * height
+    cx = (box.xmin + box.width / 2) * width - h * _ROI_SHIFT_Y * math.sin(rotation)
+    cy = (box.ymin + box.height / 2) * height + h * _ROI_SHIFT_Y * math.cos(rotation)
+    return PalmCandidate(float(detection.score[0]), (cx / scale, cy / scale), max(w, h) * _ROI_SCALE / scale,
+                         rotation)

@@ -11,26 +11,25 @@ import numpy as np
 
 from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.depth import render_depth
-from lib_handrefiner.detection import Hand, detect_hands, uncrop_hand
+from lib_handrefiner.detection import Hand
+from lib_handrefiner.hand_search import find_hands, hand_in_box
 from lib_handrefiner.imageio import ImageLike, to_rgb
 from lib_handrefiner.masking import IntBox, box_iou, build_mask, clamp_box, hand_box, union_box
 from lib_handrefiner.mesh import HandMesh, MeshModel, resolve_mesh_model
 
-# A user box is searched for a hand in a crop grown by this fraction of its side on every side (the palm
-# detector needs some context) and resized so its longer side is this many pixels.
-USER_BOX_CONTEXT = 0.25
-USER_BOX_CROP_SIDE = 512
 # In "add" mode, a hand found in a user box that overlaps a detected hand this much is that hand.
 SAME_HAND_IOU = 0.5
 
 
 @dataclass(frozen=True)
 class PerceivedHand:
-    hand: Optional[Hand]      # None: a user box in which no hand was found (mask only)
+    hand: Optional[Hand]      # always a hand: hand_search finds one for every user box
     mesh: Optional[HandMesh]
     box: IntBox               # the box of this hand's mask: (keypoint ∪ depth extrema, padded) ∪ user box
     refinable: bool           # has a mesh and is at least min_hand_size
     from_user_box: bool = False
+    found_by: str = ""        # how the hand was found: hand_search.FOUND_BY ("palm", "tile", "flip", "pose",
+                              # "user_box": the landmark model alone on the user's box); "" for no hand
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,7 @@ class _Candidate:
     hand: Optional[Hand]
     box: Optional[IntBox]     # the user's box (clamped) for a hand given or confirmed by one, else None
     from_user_box: bool
+    found_by: str
 
 
 def perceive(image: ImageLike, args: HandRefinerArgs = HandRefinerArgs(),
@@ -100,20 +100,20 @@ def _find_hands(rgb: np.ndarray, args: HandRefinerArgs) -> List[_Candidate]:
     height, width = rgb.shape[:2]
     candidates: List[_Candidate] = []
     if not (args.boxes and args.boxes_mode == "replace"):
-        candidates = [_Candidate(h, None, False) for h in detect_hands(
-            rgb, args.max_hands, args.detection_confidence, args.presence_confidence)]
+        candidates = [_Candidate(f.hand, None, False, f.found_by) for f in find_hands(
+            rgb, args.max_hands, args.detection_confidence, args.presence_confidence).hands]
     detected = list(candidates)
     for user_box in args.boxes:
         box = clamp_box(user_box, width, height)
         if box[2] <= box[0] or box[3] <= box[1]:
             continue  # entirely off the image
-        hand = detect_in_box(rgb, box, args)
-        same = _same_hand(hand, detected) if hand is not None else None
+        found = hand_in_box(rgb, box, args.detection_confidence, args.presence_confidence)
+        same = _same_hand(found.hand, detected)
         if same is not None:
             same.box = union_box(box, same.box)  # None for a detected hand: the user's box
             same.from_user_box = True
         else:
-            candidates.append(_Candidate(hand, box, True))
+            candidates.append(_Candidate(found.hand, box, True, found.found_by))
     return candidates
 
 
@@ -124,29 +124,6 @@ def _same_hand(hand: Hand, detected: Sequence[_Candidate]) -> Optional[_Candidat
     return None
 
 
-def detect_in_box(rgb: np.ndarray, box: IntBox, args: HandRefinerArgs) -> Optional[Hand]:
-    """The most confident hand whose keypoint-box centre lies in `box`, searched in an upscaled crop around the
-    box (small or cut-off hands that whole-image detection misses are often found this way)."""
-    import cv2
-
-    height, width = rgb.shape[:2]
-    x0, y0, x1, y1 = box
-    grow = USER_BOX_CONTEXT * max(x1 - x0, y1 - y0)
-    cx0, cy0, cx1, cy1 = clamp_box((x0 - grow, y0 - grow, x1 + grow, y1 + grow), width, height)
-    scale = USER_BOX_CROP_SIDE / max(cx1 - cx0, cy1 - cy0)
-    crop = cv2.resize(rgb[cy0:cy1, cx0:cx1], (max(1, round((cx1 - cx0) * scale)), max(1, round((cy1 - cy0) * scale))),
-                      interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-    found = [uncrop_hand(h, scale, (cx0, cy0)) for h in detect_hands(
-        crop, args.max_hands, args.detection_confidence, args.presence_confidence)]
-    inside = [h for h in found if _centre_in(h.keypoint_box, box)]
-    return max(inside, key=lambda h: h.score) if inside else None
-
-
-def _centre_in(inner: Sequence[float], box: Sequence[float]) -> bool:
-    cx, cy = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2
-    return box[0] <= cx < box[2] and box[1] <= cy < box[3]
-
-
 def _perceived(candidate: _Candidate, mesh: Optional[HandMesh], depth_extent: Optional[Tuple[int, int, int, int]],
                width: int, height: int, args: HandRefinerArgs) -> PerceivedHand:
     hand = candidate.hand
@@ -155,7 +132,7 @@ def _perceived(candidate: _Candidate, mesh: Optional[HandMesh], depth_extent: Op
         box = union_box(hand_box(hand.landmarks, width, height, args.mask_padding, args.mask_padding_ratio,
                                  depth_extent), box)
     refinable = hand is not None and mesh is not None and hand.size >= args.min_hand_size
-    return PerceivedHand(hand, mesh, box, refinable, candidate.from_user_box)
+    return PerceivedHand(hand, mesh, box, refinable, candidate.from_user_box, candidate.found_by if hand else "")
 
 
 # ---- pictures ---------------------------------------------------------------------------------------------------
@@ -223,15 +200,9 @@ def nothing_to_refine_message(perception, args: HandRefinerArgs) -> str:
     """Why an image with no refinable hand is left unchanged."""
     if not perception.hands:
         return "no hands found; image unchanged"
-    reasons = []
-    handless = sum(h.hand is None for h in perception.hands)
-    if handless:
-        reasons.append(f"{handless} box(es) with no hand the detector could find inside (no pose to guide the "
-                       "ControlNet: move or enlarge the box, or lower detection_confidence)")
-    small = len(perception.hands) - handless
-    if small:
-        reasons.append(f"{small} hand(s) smaller than min_hand_size ({args.min_hand_size}px)")
-    return f"nothing to refine: {'; '.join(reasons)}; image unchanged"
+    # Every hand is refinable but for its size: a user's box always gets a hand (hand_search.hand_in_box).
+    return (f"nothing to refine: {len(perception.hands)} hand(s) smaller than min_hand_size "
+            f"({args.min_hand_size}px); image unchanged")
 
 
 def with_mesh_warning(message: str, perception: PerceptionResult) -> str:

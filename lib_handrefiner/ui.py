@@ -135,7 +135,8 @@ def hands_summary(perception: Any) -> List[dict]:
              "handedness": p.hand.handedness if p.hand is not None else None,
              "score": round(float(p.hand.score), 3) if p.hand is not None else None,
              "refinable": bool(p.refinable),
-             "mesh": p.mesh.model if p.mesh is not None else None} for p in perception.hands]
+             "mesh": p.mesh.model if p.mesh is not None else None,
+             "found_by": p.found_by or None} for p in perception.hands]
 
 
 # ---- the editor -------------------------------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def create_blocks(service: HandRefinerService, lock: Any = None, defaults: HandR
             with lock:
                 perception = service.perceive(img, args)
                 if not any(p.refinable for p in perception.hands):
-                    return img, "No refinable hand in the boxes (no hand found there); the image is unchanged."
+                    return img, "No refinable hand in the boxes (smaller than min_hand_size); the image is unchanged."
                 out = service.refine(img, args, seed, perception=perception)
             return out.image, f"{out.message}\nseed {seed}\n{out.infotext}"
 

@@ -154,6 +154,22 @@ def test_webp_input_is_accepted(client):
 GREY = b64_image(np.full((64, 64, 3), 128, np.uint8))
 
 
+def test_a_box_over_a_hand_no_detector_finds_is_refined(client):
+    # Issue 19: a box the user sends gets a hand even where the palm detector sees none (here a plain grey
+    # picture): the landmark model alone on the box; the response says how the hand was found.
+    grey = np.full((128, 128, 3), 128, np.uint8)
+    response = client.post("/handrefiner/refine", json={
+        "image": b64_image(grey), "boxes": [[20, 20, 90, 100]], "steps": 2, "crop_resolution": 64, "seed": 3,
+        "return_mask": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    (hand,) = body["hands"]
+    assert hand["refined"] and hand["found_by"] == "user_box" and hand["handedness"] in ("left", "right")
+    refined, mask = decode_png(body["image"]), decode_png(body["mask"])
+    assert np.all(mask[20:100, 20:90] == 255) and np.array_equal(refined[mask == 0], grey[mask == 0])
+    assert not np.array_equal(refined, grey)
+
+
 @pytest.mark.parametrize("payload, field, words", [
     ({"image": GREY, "colour": 1}, "colour", "unknown field 'colour'"),
     ({"image": GREY, "steps": "thirty"}, "steps", "integer"),

@@ -91,6 +91,21 @@ def test_set_accepts_the_usual_spellings_of_booleans():
         [True, False, True, False, True, False, True, False]
 
 
+def test_a_box_where_no_detector_finds_a_hand_is_refined(tiny_models, tmp_path, capsys):
+    # Issue 19: the user's box always gets a hand (the landmark model alone on it) and is refined, never
+    # "nothing to refine"; the JSON says how the hand was found.
+    grey = np.full((128, 128, 3), 128, np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    code = main(["refine", str(tmp_path / "grey.png"), *_models(tiny_models), "--steps", "1", "--seed", "5",
+                 "--out", str(tmp_path / "out"), "--set", "crop_resolution=64", "--set", "boxes=20 30 90 110"])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "out" / "grey.refine.json").read_text())
+    assert data["refined"] and [d["found_by"] for d in data["detected"]] == ["user_box"]
+    refined = np.asarray(Image.open(tmp_path / "out" / "grey.refined.png").convert("RGB"))
+    changed = np.any(refined != grey, axis=2)
+    assert changed[30:110, 20:90].any()
+
+
 def test_a_box_outside_the_image_fails_that_image_naming_the_box(tiny_models, tmp_path, capsys):
     small = tmp_path / "small.png"
     Image.new("RGB", (100, 80), (127, 127, 127)).save(small)

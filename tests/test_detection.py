@@ -124,8 +124,13 @@ GRAPH_INIT_FAILURE = (
 
 
 def failing_graph(monkeypatch, message):
-    """MediaPipe's graph constructor failing as it does when mediapipe and protobuf do not fit."""
+    """MediaPipe's graph constructor failing as it does when mediapipe and protobuf do not fit (with an empty
+    graph cache, so that every graph is built again)."""
     import mediapipe.python.solution_base as solution_base
+
+    from lib_handrefiner import detection
+
+    monkeypatch.setattr(detection, "_GRAPHS", {})
 
     class Failing:
         def __init__(self, *args, **kwargs):

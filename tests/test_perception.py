@@ -103,17 +103,24 @@ def test_user_box_replaces_detections_and_finds_the_hand_inside(results):
     r = perceive(rgb, args)
     assert len(r.hands) == 2 and all(h.from_user_box for h in r.hands)
     found, empty = r.hands
-    assert found.hand is not None and found.mesh is not None and found.refinable
+    assert found.hand is not None and found.mesh is not None and found.refinable and found.found_by == "palm"
     assert found.box[0] <= x0 - 10 and found.box[2] >= x1 + 10
-    assert empty.hand is None and empty.mesh is None and not empty.refinable
-    assert empty.box == (400, 20, 480, 90) and np.all(r.mask[20:90, 400:480] == 255)
-    assert not r.depth[20:90, 400:480].any()
+    # A box where the palm detector finds nothing still gets a hand: the landmark model alone on the box.
+    assert empty.hand is not None and empty.mesh is not None and empty.refinable and empty.found_by == "user_box"
+    ex0, ey0, ex1, ey1 = empty.box
+    assert ex0 <= 400 and ey0 <= 20 and ex1 >= 480 and ey1 >= 90 and np.all(r.mask[20:90, 400:480] == 255)
+    centre = empty.hand.landmarks[:, :2].mean(axis=0)
+    assert 380 <= centre[0] <= 500 and 0 <= centre[1] <= 110  # the hand is the box's, not somewhere else
+    assert r.depth[ey0:ey1, ex0:ex1].any()
 
 
-def test_user_box_on_an_empty_region_is_mask_only():
+def test_user_box_on_an_empty_region_still_gets_a_hand():
+    # Issue 19: never "nothing to refine" for a box the user drew, even where no detector sees a hand.
     r = perceive(np.full((128, 128, 3), 90, np.uint8), HandRefinerArgs(boxes=[(10, 20, 50, 60)]))
-    assert len(r.hands) == 1 and r.hands[0].hand is None and r.hands[0].box == (10, 20, 50, 60)
-    assert (r.mask > 0).sum() == 40 * 40 and not r.depth.any()
+    (hand,) = r.hands
+    assert hand.hand is not None and hand.found_by == "user_box" and hand.from_user_box and hand.refinable
+    assert hand.box[0] <= 10 and hand.box[1] <= 20 and hand.box[2] >= 50 and hand.box[3] >= 60
+    assert np.all(r.mask[20:60, 10:50] == 255) and r.depth.any()
 
 
 def test_add_mode_merges_a_box_on_a_detected_hand_and_adds_others(results):
@@ -124,7 +131,8 @@ def test_add_mode_merges_a_box_on_a_detected_hand_and_adds_others(results):
     r = perceive(rgb, args)
     assert len(r.hands) == 2
     assert r.hands[0].hand is not None and r.hands[0].from_user_box and r.hands[0].box == detected.box
-    assert r.hands[1].hand is None and r.hands[1].box == (10, 10, 60, 60)
+    assert r.hands[1].hand is not None and r.hands[1].found_by == "user_box"
+    assert r.hands[1].box[:2] <= (10, 10) and r.hands[1].box[2] >= 60 and r.hands[1].box[3] >= 60
 
 
 def test_small_hands_reported_not_refined_and_dilation_grows_the_mask(results):

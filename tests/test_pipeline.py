@@ -185,10 +185,15 @@ def test_two_hands_one_after_another_or_together(malformed, tiny_sd, tiny_contro
         refine_image(malformed, tiny_sd, tiny_controlnet, HandRefinerArgs(**FAST), perception=perception)
 
 
-def test_nothing_to_refine_says_why(tiny_sd, tiny_controlnet):
+def test_nothing_to_refine_says_why_but_a_users_box_always_refines(tiny_sd, tiny_controlnet):
+    # Issue 19: a box the user drew gets a hand even where no detector sees one (the landmark model alone on the
+    # box), so it is refined, never "nothing to refine"; only inside the mask.
     grey = np.full((128, 128, 3), 128, np.uint8)
     boxed = refine_image(grey, tiny_sd, tiny_controlnet, HandRefinerArgs(boxes=[(10, 10, 60, 60)], **FAST), seed=1)
-    assert np.array_equal(boxed.image, grey) and "no hand the detector could find" in boxed.message
+    (perceived,) = boxed.perception.hands
+    assert perceived.found_by == "user_box" and perceived.refinable and "nothing to refine" not in boxed.message
+    changed = np.any(boxed.image != grey, axis=2)
+    assert changed[10:60, 10:60].any() and not (changed & ~(boxed.perception.mask > 0)).any()
     hand = load_image(EXAMPLES / "freihand_sample1.jpg")
     small = refine_image(hand, tiny_sd, tiny_controlnet, HandRefinerArgs(min_hand_size=4000, **FAST), seed=1)
     assert np.array_equal(small.image, hand) and "smaller than min_hand_size (4000px)" in small.message

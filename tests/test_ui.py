@@ -124,4 +124,5 @@ def test_editor_on_a_pil_image_with_an_existing_boxes_field(tiny_models):
     assert rows[0] == [x0, y0, x1, y1] and mask[y0:y1, x0:x1].min() == 255 and hands[0]["handedness"]
     rows, mask, depth, hands = on_boxes(photo, f"{x0} {y0} {x1} {y1}; 10 10 60 60", "12")
     assert rows == [[x0, y0, x1, y1], [10, 10, 60, 60]] and mask[10:60, 10:60].min() == 255
-    assert [h["handedness"] is None for h in hands] == [False, True]  # no hand in the second box
+    # No palm in the second box (the sky): the landmark model alone on it still gives the user a hand to refine.
+    assert [h["found_by"] for h in hands] == ["palm", "user_box"] and all(h["refinable"] for h in hands)

@@ -81,6 +81,7 @@ def hands_json(result) -> dict:
             "mesh": p.mesh.model if p.mesh is not None else None,
             "refinable": bool(p.refinable),
             "from_user_box": bool(p.from_user_box),
+            "found_by": p.found_by or None,
         })
     return {"width": result.width, "height": result.height, "hands": hands,
             **({"mesh_warning": result.mesh_warning} if result.mesh_warning else {}),

@@ -79,7 +79,8 @@ class HandRefinerArgs(SettingsModel):
                                  description="Working resolution of a hand crop.")
     hands_together: bool = Field(False, title="HandRefiner hands together",
                                  description="Refine all hands in one pass instead of one after another.")
-    max_hands: int = Field(2, ge=1, le=8, title="HandRefiner max hands", description="Most hands detected.")
+    max_hands: int = Field(0, ge=0, le=32, title="HandRefiner max hands",
+                           description="Most hands refined, the most confident first; 0: all.")
     detection_confidence: float = Field(0.2, ge=0.0, le=1.0, title="HandRefiner detection confidence",
                                         description="MediaPipe palm detection threshold.")
     presence_confidence: float = Field(0.2, ge=0.0, le=1.0, title="HandRefiner presence confidence",

@@ -1,0 +1,137 @@
+"""The hand-finding stage (hand_search.find_hands / hand_in_box) on the shipped images, real MediaPipe models."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lib_handrefiner.hand_search import (DEFAULT_PASSES, FOUND_BY, PASSES, find_hands, hand_in_box,
+                                         pose_hand_region, same_hand, _starts)
+from lib_handrefiner.imageio import load_image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example(name: str) -> np.ndarray:
+    return load_image(EXAMPLES / f"{name}.jpg")
+
+
+@pytest.fixture(scope="module")
+def group() -> np.ndarray:
+    """Four 512² example images side by side, 2×2: a 1024² picture with four hands."""
+    a, b, c = (_example(f"malformed_{i}") for i in (1, 2, 3))
+    d = np.ascontiguousarray(_example("malformed_1")[:, ::-1])
+    return np.ascontiguousarray(np.vstack([np.hstack([a, b]), np.hstack([c, d])]))
+
+
+def test_the_default_finds_every_hand_of_a_group_image_no_two_hand_cap(group):
+    result = find_hands(group)
+    assert len(result.hands) == 4
+    quadrants = sorted((int(f.hand.keypoint_box[0] + f.hand.keypoint_box[2] >= 1024),
+                        int(f.hand.keypoint_box[1] + f.hand.keypoint_box[3] >= 1024)) for f in result.hands)
+    assert quadrants == [(0, 0), (0, 1), (1, 0), (1, 1)]  # one per picture
+    assert all(f.found_by in FOUND_BY for f in result.hands)
+    assert set(result.pass_ms) == set(DEFAULT_PASSES)
+    # max_hands keeps the most confident
+    top = find_hands(group, max_hands=2).hands
+    assert len(top) == 2
+    assert sorted(f.hand.score for f in top) == sorted(f.hand.score for f in result.hands)[2:]
+
+
+def test_each_pass_runs_and_names_itself():
+    rgb = _example("malformed_3")
+    for name in PASSES:
+        result = find_hands(rgb, passes=[name])
+        assert list(result.pass_ms) == [name]
+        assert all(f.found_by == name for f in result.hands)
+    assert len(find_hands(rgb, passes=["palm"]).hands) == 1
+    with pytest.raises(ValueError, match="unknown hand-search pass"):
+        find_hands(rgb, passes=["palm", "magic"])
+
+
+def test_a_hand_found_twice_is_one_hand():
+    rgb = _example("malformed_3")
+    result = find_hands(rgb, passes=["palm", "low", "flip"])
+    assert len(result.hands) == 1 and result.hands[0].found_by == "palm"
+    hand = result.hands[0].hand
+    assert same_hand(hand, hand)
+
+
+def test_a_blank_image_has_no_hand():
+    assert find_hands(np.full((700, 900, 3), 127, np.uint8)).hands == []
+
+
+@pytest.mark.parametrize("width, height", [(2000, 20), (20, 2000), (1, 1), (5000, 3000)])
+def test_every_pass_is_bounded_for_any_shape(width, height):
+    # Issue 20: MediaPipe must never see a side of 32767 px or more; every pass goes through detection.bounded.
+    rgb = np.random.default_rng(2).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    assert find_hands(rgb, passes=PASSES).hands == []
+
+
+def test_tiles_cover_the_image_with_overlap():
+    assert _starts(1000, 600) == [0, 400]
+    assert _starts(1920, 648)[0] == 0 and _starts(1920, 648)[-1] == 1920 - 648
+    assert _starts(500, 600) == [0]
+
+
+def test_pose_region_points_up_the_hand():
+    from lib_handrefiner.detection import Arm
+
+    up = Arm("left", elbow=np.array([100.0, 300.0]), wrist=np.array([100.0, 200.0]),
+             hand_points=np.array([[90.0, 170.0], [110.0, 170.0], [100.0, 175.0]]), visibility=1.0)
+    centre, side, rotation = pose_hand_region(up)
+    assert centre[0] == pytest.approx(100.0) and centre[1] < 200.0  # towards the fingers
+    assert side >= 80.0 and rotation == pytest.approx(0.0, abs=1e-6)  # fingers already up: no turn
+    right = Arm("left", elbow=np.array([0.0, 200.0]), wrist=np.array([100.0, 200.0]),
+                hand_points=np.array([[130.0, 195.0], [130.0, 205.0], [125.0, 200.0]]), visibility=1.0)
+    centre, _, rotation = pose_hand_region(right)
+    assert centre[0] > 100.0 and abs(rotation) == pytest.approx(math.pi / 2)
+
+
+def test_a_user_box_over_a_hand_the_palm_detector_misses_gets_that_hand():
+    # malformed_3 turned upside down and shrunk into a corner of a grey picture: the box's crop is searched
+    # first; where no palm is found, the landmark model alone on the box at several rotations.
+    rgb = _example("malformed_3")
+    hand = find_hands(rgb, passes=["palm"]).hands[0].hand
+    x0, y0, x1, y1 = hand.keypoint_box
+    box = (x0 - 15, y0 - 15, x1 + 15, y1 + 15)
+    found = hand_in_box(rgb, box)
+    assert found.found_by in ("palm", "user_box")
+    assert np.abs(found.hand.landmarks[:, :2] - hand.landmarks[:, :2]).max() < 0.25 * hand.size
+    # a plain grey box: no detector sees a hand, the user still gets one, inside their box
+    grey = np.full((256, 256, 3), 120, np.uint8)
+    found = hand_in_box(grey, (60, 60, 160, 180))
+    assert found.found_by == "user_box"
+    cx, cy = found.hand.landmarks[:, :2].mean(axis=0)
+    assert 30 <= cx <= 190 and 30 <= cy <= 210
+
+
+def test_a_user_box_landmarks_the_hand_directly_where_no_palm_is_found(monkeypatch):
+    import lib_handrefiner.hand_search as hand_search
+
+    monkeypatch.setattr(hand_search, "detect_in_box_crop", lambda *args, **kwargs: None)  # no palm anywhere
+    rgb = _example("malformed_3")
+    hand = find_hands(rgb, passes=["palm"]).hands[0].hand
+    x0, y0, x1, y1 = hand.keypoint_box
+    found = hand_in_box(rgb, (x0 - 15, y0 - 15, x1 + 15, y1 + 15))
+    assert found.found_by == "user_box"
+    assert np.abs(found.hand.landmarks[:, :2] - hand.landmarks[:, :2]).max() < 0.25 * hand.size
+    assert found.hand.handedness == hand.handedness
+
+
+def test_palm_candidates_give_the_regions_of_mediapipes_own_hand_graph():
+    # find_hands runs the palm detector alone and the landmark model on each candidate's region; the regions are
+    # computed as MediaPipe's hand graph computes them, so the landmarks are that graph's.
+    from lib_handrefiner.detection import detect_hands, landmarks_in_region, palm_candidates
+
+    for name in ("malformed_1", "malformed_3", "freihand_sample1"):
+        rgb = load_image(EXAMPLES / f"{name}.jpg")
+        (graph_hand,) = detect_hands(rgb)
+        candidates = palm_candidates(rgb, 0.2)
+        assert candidates and candidates == sorted(candidates, key=lambda c: -c.score)
+        ours = landmarks_in_region(rgb, candidates[0].centre, candidates[0].side, candidates[0].rotation, 0.2)
+        assert np.abs(ours.landmarks[:, :2] - graph_hand.landmarks[:, :2]).max() < 0.02 * graph_hand.size
+        assert ours.handedness == graph_hand.handedness
+        assert candidates[0].score == pytest.approx(graph_hand.score, abs=1e-4)

@@ -347,3 +347,13 @@ def test_a_hostile_mano_file_is_a_one_line_error_and_mesh_fallback_uses_landmark
     _one_line(error)
     model, warning = resolve_mesh_model("graphormer", [tmp_path], fallback=True)
     assert model.name == "landmarks" and "MANO_RIGHT.pkl" in warning and "\n" not in warning
+
+
+def test_a_hostile_network_file_is_a_one_line_error(tmp_path):
+    bomb = _lightweight_torch_zip(tmp_path / "graphormer_hand_state_dict.bin", 16 << 20, zipfile.ZIP_DEFLATED)
+    with pytest.raises(GraphormerFileError, match="compression bomb") as error:
+        files.read_network_state(bomb)
+    _one_line(error)
+    (tmp_path / "poisoned.bin").write_bytes(POISON_DICT)
+    with pytest.raises(GraphormerFileError, match="sets the state of StorageType"):
+        files.read_network_state(tmp_path / "poisoned.bin")

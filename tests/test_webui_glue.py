@@ -967,3 +967,13 @@ def test_adaptive_writes_the_strengths_tried_into_the_infotext_as_strict_json(wu
     (tried,) = strict_loads(p.extra_generation_params["HandRefiner tried"])  # one refined hand
     assert [t["strength"] for t in tried] == [1.0, 0.4, 0.6]
     assert all(set(t) == {"strength", "mpjpe"} for t in tried)
+
+
+def test_an_image_over_the_pixel_limit_is_kept_and_the_limit_named(script, malformed, monkeypatch):
+    """The WebUI path has the command line's and the API's pixel limit (issue 20)."""
+    monkeypatch.setenv("HANDREFINER_MAX_PIXELS", str(malformed.shape[0] * malformed.shape[1] - 1))
+    p, pp = run(script, malformed, [{"enabled": True, **FAST}])
+    result = p.extra_generation_params[webui.RESULT_KEY]
+    assert result.startswith("failed:") and "over HandRefiner's limit of" in result, result
+    assert "HANDREFINER_MAX_PIXELS" in result and "\n" not in result
+    assert np.array_equal(np.asarray(pp.image), malformed)

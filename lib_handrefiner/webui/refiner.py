@@ -12,6 +12,7 @@ import torch
 
 from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, CURRENT_MODEL, HandRefinerArgs, to_infotext
 from ..detection import DetectorUnavailable
+from ..imageio import ImageTooLarge
 from ..mesh import MeshModelError
 from ..models_registry import ModelListing, ModelNameError, ModelSlots, build_listing, check_name_safe, resolve_name
 from .env import MODEL_USED_KEY, RESULT_KEY, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv
@@ -142,7 +143,7 @@ class WebUIRefiner:
         except Exception as e:  # the user's image must survive anything HandRefiner does
             message = failure_message(e)
             if isinstance(e, (HandRefinerFailure, ModelNameError, FileNotFoundError, DetectorUnavailable,
-                              MeshModelError)):
+                              MeshModelError, ImageTooLarge)):
                 log.warning("HandRefiner: %s", message)
             else:
                 log.exception("HandRefiner: %s", message)

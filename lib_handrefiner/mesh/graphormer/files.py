@@ -1,7 +1,9 @@
 """The three files Mesh Graphormer needs, which the user supplies (none is shipped or downloaded): where they are
 looked for, what a missing or wrong one is told, and how each is read without running anything in it.
 
-- graphormer_hand_state_dict.bin: `torch.load(weights_only=True)` (a legacy, non-zip `torch.save` of a state dict).
+- graphormer_hand_state_dict.bin: a legacy, non-zip `torch.save` of a state dict, through
+  `safe_pickle.load_torch_file(unknown="refuse")` (tensors and containers only, as torch.load(weights_only=True),
+  with safe_pickle's bounds on declared sizes).
 - MANO_RIGHT.pkl: a Python 2 pickle referencing chumpy and scipy.sparse, through `safe_pickle` (chumpy and scipy
   objects become inert placeholders, turned into arrays by `safe_pickle.plain_data`; nothing is imported or run).
 - mano_downsampling.npz: an npz of pickled scipy.sparse matrices, through `safe_pickle.load_npz` (never
@@ -198,13 +200,13 @@ def read_sampling(path: Union[str, Path]) -> MeshSampling:
 # ---- graphormer_hand_state_dict.bin ---------------------------------------------------------------------------
 
 def read_network_state(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """The released state dict, read with torch.load(weights_only=True) (it allows only tensors and containers:
-    nothing in the file runs)."""
+    """The released state dict, read by safe_pickle allowing only tensors and containers (as
+    torch.load(weights_only=True) does, plus its bounds on what a file declares): nothing in the file runs."""
     path = Path(path)
     try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        raise _wrong(NETWORK, path, f"it cannot be read as a torch state dict ({str(e).splitlines()[0]})") from None
+        state: Any = safe_pickle.load_torch_file(path, unknown="refuse")
+    except (pickle.UnpicklingError, RuntimeError, ValueError, OSError, MemoryError) as e:
+        raise _wrong(NETWORK, path, f"it cannot be read as a torch state dict ({_one_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -285,7 +285,9 @@ def _lightweight_torch_zip(path: Path, numel: int, compress: int) -> Path:
 
 
 def _peak_rss_mib(code: str) -> float:
-    result = _python(code + "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    """The subprocess's peak RSS (VmHWM: ru_maxrss would start from the parent's peak, kept across exec)."""
+    result = _python(code + "\nprint(next(int(line.split()[1]) for line in open('/proc/self/status') "
+                            "if line.startswith('VmHWM')) / 1024)")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     return float(result.stdout.decode().split()[-1])
 

@@ -24,6 +24,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pip_install -r requirements.txt
     # The WebUI's own ldm modules, byte-identical in this package; its own pins are ancient, so no deps.
     pip_install --no-deps stable-diffusion-sdkit==2.1.5
+    # k-diffusion as the WebUI 1.10.1 clones it (0.0.16, the same files), for the tests' WebUI stand-in. No deps:
+    # they include torchvision (no CPU build for our torch), clean-fid, CLIP and wandb, which only its training and
+    # evaluation modules import; requirements.txt has what k_diffusion.sampling needs.
+    pip_install --no-deps k-diffusion==0.0.16
     # pydantic 2 beside the venv's pydantic 1 (the WebUI's), for the test that runs the settings package on it
     # (the Forge 2 backend's pydantic): only that test puts this folder on sys.path.
     rm -rf .venv/pydantic2

@@ -15,16 +15,16 @@ The architecture is read from the tensor shapes. Head counts leave no trace in w
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from lib_handrefiner.sd_model import quiet_ldm
 
 CONTROL_PREFIX = "control_model."
 UNET_PREFIX = "model.diffusion_model."
@@ -139,13 +139,6 @@ def infer_config(shapes: Mapping[str, Tuple[int, ...]]) -> ControlNetConfig:
 
 # ---- the network -----------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """ldm prints a line per attention layer it builds; keep the console readable."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
-
-
 class ControlNet(nn.Module):
     """ldm-layout ControlNet (state_dict keys as in the released HandRefiner file, without `control_model.`)."""
 
@@ -154,7 +147,7 @@ class ControlNet(nn.Module):
                  channel_mult: Sequence[int] = (1, 2, 4, 4), num_heads: int = 8, transformer_depth: int = 1,
                  context_dim: int = 768, dropout: float = 0.0, use_checkpoint: bool = False):
         super().__init__()
-        with _quiet():
+        with quiet_ldm():
             from ldm.modules.attention import SpatialTransformer
             from ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, TimestepEmbedSequential
             from ldm.modules.diffusionmodules.util import conv_nd, linear, zero_module

@@ -9,6 +9,7 @@ Passes, in order (each hand keeps the name of the pass that found it first, in `
   and partly hidden hands get low palm scores but still look like hands to the landmark model.
 - "flip": the palm detector on the mirrored image (it is not mirror-symmetric), its candidates mirrored back and
   confirmed like "low"'s.
+- "edge": the palm detector on the image with a grey border (palms cut by the image's edge), confirmed likewise.
 - "tile": overlapping square tiles, for hands too small for the palm detector's 192 px view of the whole image.
 - "pose" (not by default): MediaPipe's pose model's wrists, elbows and hand points give each arm's hand region;
   the landmark model alone looks there (no palm detector), as MediaPipe's holistic graph does.
@@ -31,10 +32,10 @@ from lib_handrefiner.detection import (Hand, PalmCandidate, detect_hands, landma
                                        padded_pass, palm_candidates, pose_arms, uncrop_hand)
 from lib_handrefiner.masking import clamp_box
 
-FOUND_BY = ("palm", "low", "flip", "tile", "pose", "user_box")
-PASSES = ("palm", "low", "flip", "tile", "pose")
+FOUND_BY = ("palm", "low", "flip", "edge", "tile", "pose", "user_box")
+PASSES = ("palm", "low", "flip", "edge", "tile", "pose")
 # "pose" found no hand the others missed on the dev set (README, "Finding hands"): not by default.
-DEFAULT_PASSES = ("palm", "low", "flip", "tile")
+DEFAULT_PASSES = ("palm", "low", "flip", "edge", "tile")
 # Two hands whose keypoint boxes overlap this much (intersection over the smaller box) are one hand.
 SAME_HAND_OVERLAP = 0.3
 # The passes after the first take the palm detector's weak candidates too (LOW_DETECTION) and keep a hand only
@@ -45,6 +46,7 @@ CONFIRM_PRESENCE = 0.6
 # confident) over the whole image, and TILE_CANDIDATES per tile.
 LOW_CANDIDATES = 6
 TILE_CANDIDATES = 2
+EDGE_BORDER = 0.25
 # A candidate about the region of one already tried is not tried again.
 SAME_REGION_SHIFT = 0.25
 # Tiles see the palm detector's ordinary candidates, but each view of a small region finds hand-like things in
@@ -173,6 +175,17 @@ class _Search:
         width = self.rgb.shape[1]
         mirrored = palm_candidates(np.ascontiguousarray(self.rgb[:, ::-1]), min(LOW_DETECTION, self.detection))
         back = [PalmCandidate(c.score, (width - c.centre[0], c.centre[1]), c.side, -c.rotation) for c in mirrored]
+        return self._landmark(back, self.confirm, LOW_CANDIDATES)
+
+    def edge_pass(self) -> List[Hand]:
+        """The palm detector on the image with a grey border of EDGE_BORDER × its shorter side (it misses palms cut
+        by the image's edge), its candidates confirmed like "low"'s."""
+        import cv2
+
+        pad = max(1, round(EDGE_BORDER * min(self.rgb.shape[:2])))
+        bordered = cv2.copyMakeBorder(self.rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(127, 127, 127))
+        back = [PalmCandidate(c.score, (c.centre[0] - pad, c.centre[1] - pad), c.side, c.rotation)
+                for c in palm_candidates(bordered, min(LOW_DETECTION, self.detection))]
         return self._landmark(back, self.confirm, LOW_CANDIDATES)
 
     def pose_pass(self) -> List[Hand]:

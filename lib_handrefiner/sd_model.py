@@ -15,7 +15,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Protocol, runtime_checkable
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -385,8 +385,9 @@ def use_fast_attention(module: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """ldm prints a line per attention layer it builds; keep the user's console readable."""
+def quiet_ldm() -> Iterator[None]:
+    """ldm prints a line per attention layer it builds (and on importing some modules); keep the user's console
+    readable. Also the ControlNet's builder's."""
     with contextlib.redirect_stdout(io.StringIO()):
         yield
 
@@ -395,7 +396,7 @@ def build_model(config: SDConfig) -> LdmSDModel:
     """Randomly initialised networks for a configuration (loading fills them)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    with _quiet():
+    with quiet_ldm():
         from ldm.modules.diffusionmodules.model import Decoder, Encoder
         from ldm.modules.diffusionmodules.openaimodel import UNetModel
 

@@ -19,13 +19,14 @@ from lib_handrefiner.bench._timing import median_ms
 def build(arch: str, device: torch.device, dtype: torch.dtype):
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from lib_handrefiner.controlnet import _quiet, controlnet_from_unet
+    from lib_handrefiner.controlnet import controlnet_from_unet
+    from lib_handrefiner.sd_model import quiet_ldm
     from lib_handrefiner.sd_model import SD15_UNET
     from lib_handrefiner.tiny import TINY_UNET
 
     params = dict(SD15_UNET if arch == "sd15" else TINY_UNET)
     torch.manual_seed(0)
-    with _quiet():
+    with quiet_ldm():
         unet = UNetModel(**params)
     with torch.no_grad():  # a fresh UNet's output conv is zero; give the benchmark real arithmetic
         unet.out[-1].weight.normal_(0, 0.02)

@@ -19,11 +19,10 @@ from torch import nn
 from modules import prompt_parser, shared
 
 
-class DiffusionWrapper(nn.Module):
+class _DiffusionWrapper(nn.Module):
     def __init__(self, unet: nn.Module, conditioning_key: str) -> None:
         super().__init__()
-        self.diffusion_model = unet
-        self.conditioning_key = conditioning_key
+        self.diffusion_model, self.conditioning_key = unet, conditioning_key
 
     def forward(self, x, t, c_concat: list = None, c_crossattn: list = None):
         context = torch.cat(c_crossattn, 1)
@@ -32,7 +31,7 @@ class DiffusionWrapper(nn.Module):
         return self.diffusion_model(x, t, context=context)
 
 
-class FirstStage(nn.Module):
+class _FirstStage(nn.Module):
     def __init__(self, sd) -> None:
         super().__init__()
         self.encoder, self.decoder = sd.encoder, sd.decoder
@@ -53,14 +52,14 @@ class FirstStage(nn.Module):
         return next(self.parameters()).dtype
 
 
-class PromptChunk:
+class _PromptChunk:
     def __init__(self):
         self.tokens: List[int] = []
         self.multipliers: List[float] = []
         self.fixes: List[tuple] = []      # (offset in the chunk's tokens, embedding vectors)
 
 
-class CustomWordsTextEncoder(nn.Module):
+class _CustomWordsTextEncoder(nn.Module):
     """The WebUI's hijacked SD 1.x text encoder (sd_hijack_clip.FrozenCLIPEmbedderWithCustomWords), as documented:
     a prompt's (word:1.3) weights (opts.emphasis "Original": the vectors multiplied, then rescaled to the mean the
     chunk batch had before; "None": the brackets are text), textual-inversion embeddings named in the prompt
@@ -82,59 +81,54 @@ class CustomWordsTextEncoder(nn.Module):
         return None, 0
 
     def empty_chunk(self):
-        chunk = PromptChunk()
-        chunk.tokens = [self.id_start] + [self.id_end] * (self.chunk_length + 1)
-        chunk.multipliers = [1.0] * (self.chunk_length + 2)
+        return self._padded(_PromptChunk())
+
+    def _padded(self, chunk):
+        """start, the chunk's tokens, end tokens up to 77 (weight 1 for the added ones)."""
+        fill = self.chunk_length + 1 - len(chunk.tokens)
+        chunk.tokens = [self.id_start, *chunk.tokens, *[self.id_end] * fill]
+        chunk.multipliers = [1.0, *chunk.multipliers, *[1.0] * fill]
         return chunk
 
-    def tokenize_line(self, line):
-        if shared.opts.emphasis != "None":
-            parsed = prompt_parser.parse_prompt_attention(line)
-        else:
-            parsed = [[line, 1.0]]
-        chunks, chunk = [], PromptChunk()
-
-        def close():
-            nonlocal chunk
-            pad = self.chunk_length - len(chunk.tokens)
-            chunk.tokens = [self.id_start] + chunk.tokens + [self.id_end] * (pad + 1)
-            chunk.multipliers = [1.0] + chunk.multipliers + [1.0] * (pad + 1)
-            chunks.append(chunk)
-            chunk = PromptChunk()
-
-        for text, weight in parsed:
-            if weight == -1:   # BREAK
-                close()
+    def _pieces(self, line):
+        """The line as (token ids, weight, embedding vectors or None) pieces; None for a BREAK."""
+        emphasis = shared.opts.emphasis != "None"
+        for text, weight in prompt_parser.parse_prompt_attention(line) if emphasis else [[line, 1.0]]:
+            if weight == -1:
+                yield None
                 continue
-            tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            position = 0
-            while position < len(tokens):
-                if len(chunk.tokens) == self.chunk_length:
-                    close()
-                vectors, length = self._embedding_at(tokens, position)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            at = 0
+            while at < len(ids):
+                vectors, length = self._embedding_at(ids, at)
                 if vectors is None:
-                    chunk.tokens.append(tokens[position])
-                    chunk.multipliers.append(weight)
-                    position += 1
-                    continue
-                if len(chunk.tokens) + len(vectors) > self.chunk_length:
-                    close()
-                chunk.fixes.append((len(chunk.tokens), vectors))
-                chunk.tokens += [0] * len(vectors)
-                chunk.multipliers += [weight] * len(vectors)
-                position += length
-        if chunk.tokens or not chunks:
-            close()
-        return chunks
+                    yield [ids[at]], weight, None
+                else:
+                    yield [0] * len(vectors), weight, vectors
+                at += length or 1
+
+    def tokenize_line(self, line):
+        """Pieces filled into chunks of at most 75 tokens (an embedding is not split; BREAK starts a new chunk)."""
+        chunks = [_PromptChunk()]
+        for piece in self._pieces(line):
+            if piece is None or len(chunks[-1].tokens) + len(piece[0]) > self.chunk_length:
+                chunks.append(_PromptChunk())
+            if piece is None:
+                continue
+            ids, weight, vectors = piece
+            if vectors is not None:
+                chunks[-1].fixes.append((len(chunks[-1].tokens), vectors))
+            chunks[-1].tokens += ids
+            chunks[-1].multipliers += [weight] * len(ids)
+        if len(chunks) > 1 and not chunks[-1].tokens:
+            chunks.pop()
+        return [self._padded(chunk) for chunk in chunks]
 
     def forward(self, texts):
         lines = [self.tokenize_line(text) for text in texts]
-        count = max(len(chunks) for chunks in lines)
-        zs = []
-        for i in range(count):
-            batch = [chunks[i] if i < len(chunks) else self.empty_chunk() for chunks in lines]
-            zs.append(self._encode_chunks(batch))
-        return torch.hstack(zs)
+        width = max(map(len, lines))
+        return torch.cat([self._encode_chunks([chunks[i] if i < len(chunks) else self.empty_chunk()
+                                               for chunks in lines]) for i in range(width)], dim=1)
 
     def _encode_chunks(self, batch):
         layer = self.transformer.text_model.embeddings.token_embedding
@@ -165,10 +159,10 @@ class TinyLatentDiffusion(nn.Module):
 
     def __init__(self, sd) -> None:
         super().__init__()
-        self.model = DiffusionWrapper(sd.unet, "hybrid" if sd.in_channels == 9 else "crossattn")
-        self.first_stage_model = FirstStage(sd)
+        self.model = _DiffusionWrapper(sd.unet, "hybrid" if sd.in_channels == 9 else "crossattn")
+        self.first_stage_model = _FirstStage(sd)
         self.embeddings: Dict[str, torch.Tensor] = {}   # the textual-inversion embeddings the WebUI has loaded
-        self.cond_stage_model = CustomWordsTextEncoder(sd.tokenizer, sd.text_model, self.embeddings)
+        self.cond_stage_model = _CustomWordsTextEncoder(sd.tokenizer, sd.text_model, self.embeddings)
         self.scale_factor = sd.scale_factor
         self.register_buffer("alphas_cumprod", sd.alphas_cumprod.to(torch.float32))
         self.is_sdxl = self.is_sd2 = self.is_sd3 = False
@@ -194,20 +188,17 @@ class TinyLatentDiffusion(nn.Module):
         return self.cond_stage_model(list(c))
 
     def apply_model(self, x_noisy, t, cond, return_ids=False):
-        if not isinstance(cond, dict):
-            cond = {"c_crossattn": cond if isinstance(cond, list) else [cond]}
-        return self.model(x_noisy, t, **cond)
+        as_dict = cond if isinstance(cond, dict) else {"c_crossattn": cond if isinstance(cond, list) else [cond]}
+        return self.model(x_noisy, t, **as_dict)
 
     @torch.no_grad()
     def encode_first_stage(self, x):
         return self.first_stage_model.encode(x)
 
     def get_first_stage_encoding(self, encoder_posterior):
-        if isinstance(encoder_posterior, DiagonalGaussianDistribution):
-            z = encoder_posterior.sample()
-        else:
-            z = encoder_posterior
-        return self.scale_factor * z
+        """A draw of the posterior (torch's global generator), scaled."""
+        sample = getattr(encoder_posterior, "sample", None)
+        return self.scale_factor * (sample() if sample is not None else encoder_posterior)
 
     @torch.no_grad()
     def decode_first_stage(self, z):

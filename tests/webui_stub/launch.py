@@ -1,6 +1,3 @@
-"""Stand-in for the WebUI's `launch` module, as extension installers import it: it re-exports modules.launch_utils'
-functions (is_installed, run_pip) and keeps the module itself as `launch_utils`, like the WebUI 1.10.1's launch.py."""
+"""The `launch` module as extension installers import it: launch_utils' functions, and launch_utils itself."""
 from modules import launch_utils
-
-is_installed = launch_utils.is_installed
-run_pip = launch_utils.run_pip
+from modules.launch_utils import is_installed, run_pip  # noqa: F401

@@ -1,5 +1,3 @@
-from __future__ import annotations
-
 import threading
 
-queue_lock = threading.Lock()
+queue_lock = threading.Lock()   # held while the WebUI runs a job

@@ -1,19 +1,18 @@
+"""The device and precisions the WebUI runs the model in: CPU and float32 in the stand-in."""
 from __future__ import annotations
 
 import contextlib
 
 import torch
 
-cpu: torch.device = torch.device("cpu")
-device: torch.device = cpu
-dtype: torch.dtype = torch.float32
-dtype_vae: torch.dtype = torch.float32
-dtype_unet: torch.dtype = torch.float32
+cpu = torch.device("cpu")
+device = cpu
+dtype = dtype_vae = dtype_unet = torch.float32
 unet_needs_upcast = False
-gc_calls = 0
+gc_calls = 0   # how often torch_gc ran (the stand-in's record)
 
 
-class NansException(Exception):
+class _NansException(Exception):
     pass
 
 
@@ -22,19 +21,18 @@ def cond_cast_float(input):
 
 
 def test_for_nans(x, where):
-    if not torch.isnan(x[(0, ) * len(x.shape)]):
-        return
-    raise NansException(f"A tensor with NaNs was produced in {'Unet' if where == 'unet' else 'VAE'}.")
+    """The WebUI looks at the first element only."""
+    if torch.isnan(x.flatten()[0]):
+        raise _NansException(f"A tensor with NaNs was produced in {'Unet' if where == 'unet' else 'VAE'}.")
 
 
-def torch_gc() -> None:
+def torch_gc():
     global gc_calls
     gc_calls += 1
 
 
 def autocast(disable=False):
-    # The WebUI returns a no-op context for float32 and for the CPU.
-    return contextlib.nullcontext()
+    return contextlib.nullcontext()   # the WebUI's for float32 and the CPU
 
 
 def without_autocast(disable=False):

@@ -1,79 +1,47 @@
+"""Infotexts: quoting a value for the "Key: value, …" line, and what the paste button does with one."""
 from __future__ import annotations
 
 import json
+import re
 
-class PasteField(tuple):
-    def __new__(cls, component, target, *, api=None):
-        return super().__new__(cls, (component, target))
-
-    def __init__(self, component, target, *, api=None):
-        super().__init__()
-        self.api = api
-        self.component = component
-        self.label = target if isinstance(target, str) else None
-        self.function = target if callable(target) else None
-
-
-_SEPARATORS = (",", "\n", ":")
+# "Key: value" with the value either a JSON string (which may hold commas) or anything up to the next comma.
+_ENTRY = re.compile(r'\s*([\w][\w \-/]*?):\s*("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)')
 
 
 def quote(text):
-    """A value with a separator in it is written as a JSON string; others as they are."""
-    return json.dumps(text, ensure_ascii=False) if any(c in str(text) for c in _SEPARATORS) else text
+    """A value holding a comma, a colon or a newline is written as a JSON string; others as they are."""
+    return json.dumps(text, ensure_ascii=False) if re.search(r"[,:\n]", str(text)) else text
 
 
-def unquote(text):
-    if not (len(text) >= 2 and text.startswith('"') and text.endswith('"')):
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+def _unquote(value):
+    if len(value) > 1 and value[0] == value[-1] == '"':
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
 
 
-def _entries(line: str):
-    """ "Key: value" entries of a parameters line, split at commas outside JSON-quoted values."""
-    entry, quoted, escaped = "", False, False
-    for c in line + ",":
-        if c == "," and not quoted:
-            if ":" in entry:
-                key, value = entry.split(":", 1)
-                yield key.strip(), value.strip()
-            entry = ""
-            continue
-        entry += c
-        if quoted and c == "\\" and not escaped:
-            escaped = True
-            continue
-        if c == '"' and not escaped:
-            quoted = not quoted
-        escaped = False
-
-
-def parse_generation_parameters(x: str) -> dict:
-    """The "Key: value, …" parameters line of an infotext (its last line) as a dict of strings."""
-    return {key: unquote(value) for key, value in _entries(x.strip().split("\n")[-1])}
+def _parameters(infotext):
+    return {key: _unquote(value.strip()) for key, value in _ENTRY.findall(infotext.strip().split("\n")[-1])}
 
 
 def paste_values(fields, infotext: str) -> list:
-    """What pasting `infotext` sets each (component, target) of `fields` to: the parameters are parsed, the
-    on_infotext_pasted callbacks run, each target is read (a key or a function of the parameters) and converted to
-    the type of the component's value; None where the component is left as it is."""
+    """What pasting `infotext` puts in each (component, key or function of the parameters) of `fields`: the
+    parameters line is parsed, the on_infotext_pasted callbacks may change it, each value is converted to the type
+    of its component's value (int components get a float; "False" is False); None leaves a component as it is."""
     from modules import script_callbacks
 
-    params = parse_generation_parameters(infotext)
+    params = _parameters(infotext)
     script_callbacks.infotext_pasted_callback(infotext, params)
     values = []
     for component, target in fields:
-        v = target(params) if callable(target) else params.get(target, None)
-        if v is None:
+        value = target(params) if callable(target) else params.get(target)
+        kind = type(component.value)
+        if value is None:
             values.append(None)
-            continue
-        valtype = type(component.value)
-        if valtype == bool and v == "False":
-            values.append(False)
-        elif valtype == int:
-            values.append(float(v))
+        elif kind is bool:
+            values.append(value != "False" and bool(value))
         else:
-            values.append(valtype(v))
+            values.append(float(value) if kind is int else kind(value))
     return values

@@ -1,19 +1,17 @@
-"""Stand-in for the WebUI's `modules.launch_utils` (1.10.1): `script_path`, `is_installed` and `run_pip`, whose pip
-only records what it is asked (`pip_commands`); `installed` (distribution -> version) is set by the tests."""
+"""What extension installers call: is_installed and run_pip. This pip installs nothing: it records the command in
+`pip_commands`; `installed` (distribution -> version) is what the tests say is installed."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from modules.paths import script_path  # noqa: F401  (the WebUI has it here too; install.py reads it)
 
-from modules.paths import script_path  # the WebUI's folder (the real one imports it from modules.paths_internal)
-
-installed: Dict[str, str] = {}
-pip_commands: List[str] = []
+installed = {}
+pip_commands = []
 
 
-def is_installed(package: str) -> bool:
+def is_installed(package):
     return package in installed
 
 
-def run_pip(command: str, desc: Optional[str] = None, live: bool = False) -> str:
+def run_pip(command, desc=None, live=False):
     pip_commands.append(command)
     return ""

@@ -10,7 +10,7 @@ from typing import List
 
 import torch
 
-ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at_step", "cond"])
+_ScheduledCond = namedtuple("ScheduledPromptConditioning", ["end_at_step", "cond"])
 
 
 class SdConditioning(list):
@@ -166,7 +166,7 @@ def get_learned_conditioning(model, prompts, steps, hires_steps=None, use_old_sc
         if prompt not in cache:
             texts = SdConditioning([text for _, text in schedule], copy_from=prompts)
             conds = model.get_learned_conditioning(texts)
-            cache[prompt] = [ScheduledPromptConditioning(end, conds[i]) for i, (end, _) in enumerate(schedule)]
+            cache[prompt] = [_ScheduledCond(end, conds[i]) for i, (end, _) in enumerate(schedule)]
         res.append(cache[prompt])
     return res
 
@@ -192,24 +192,24 @@ def get_multicond_prompt_list(prompts):
     return indexes, flat, index_of
 
 
-class ComposableScheduledPromptConditioning:
+class _Composable:
     def __init__(self, schedules, weight=1.0):
-        self.schedules: List[ScheduledPromptConditioning] = schedules
+        self.schedules: List[_ScheduledCond] = schedules
         self.weight: float = weight
 
 
-class MulticondLearnedConditioning:
+class _Multicond:
     def __init__(self, shape, batch):
         self.shape: tuple = shape
-        self.batch: List[List[ComposableScheduledPromptConditioning]] = batch
+        self.batch: List[List[_Composable]] = batch
 
 
 def get_multicond_learned_conditioning(model, prompts, steps, hires_steps=None,
-                                       use_old_scheduling=False) -> MulticondLearnedConditioning:
+                                       use_old_scheduling=False) -> _Multicond:
     indexes, flat, _ = get_multicond_prompt_list(prompts)
     learned = get_learned_conditioning(model, flat, steps, hires_steps, use_old_scheduling)
-    batch = [[ComposableScheduledPromptConditioning(learned[i], weight) for i, weight in parts] for parts in indexes]
-    return MulticondLearnedConditioning(shape=(len(prompts),), batch=batch)
+    batch = [[_Composable(learned[i], weight) for i, weight in parts] for parts in indexes]
+    return _Multicond(shape=(len(prompts),), batch=batch)
 
 
 def _at_step(schedules, current_step):
@@ -220,14 +220,14 @@ def reconstruct_cond_batch(c, current_step):
     return torch.stack([_at_step(schedules, current_step) for schedules in c])
 
 
-def stack_conds(tensors):
+def _stack_conds(tensors):
     """Stacks conds of different token lengths by repeating each one's last vector."""
     longest = max(t.shape[0] for t in tensors)
     return torch.stack([t if t.shape[0] == longest else torch.cat([t, t[-1:].repeat(longest - t.shape[0], 1)])
                         for t in tensors])
 
 
-def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step):
+def reconstruct_multicond_batch(c: _Multicond, current_step):
     tensors, conds_list = [], []
     for parts in c.batch:
         conds = []
@@ -235,7 +235,7 @@ def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step):
             conds.append((len(tensors), part.weight))
             tensors.append(_at_step(part.schedules, current_step))
         conds_list.append(conds)
-    return conds_list, stack_conds(tensors)
+    return conds_list, _stack_conds(tensors)
 
 
 # ---- emphasis -----------------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+"""Seeded noise: one generator per image of the batch."""
 from __future__ import annotations
 
 import torch
@@ -5,50 +6,32 @@ import torch
 from modules import devices, shared
 
 
-def randn(seed, shape, generator=None):
-    """Sets the global torch seed to `seed`, then draws (from `generator` when given)."""
-    manual_seed(seed)
-    if shared.opts.randn_source == "CPU" or devices.device.type == 'mps':
-        return torch.randn(shape, device=devices.cpu, generator=generator).to(devices.device)
-    return torch.randn(shape, device=devices.device, generator=generator)
-
-
-def randn_without_seed(shape, generator=None):
-    if shared.opts.randn_source == "CPU" or devices.device.type == 'mps':
-        return torch.randn(shape, device=devices.cpu, generator=generator).to(devices.device)
-    return torch.randn(shape, device=devices.device, generator=generator)
-
-
-def manual_seed(seed):
-    torch.manual_seed(seed)
-
-
-def create_generator(seed):
-    device = devices.cpu if shared.opts.randn_source == "CPU" or devices.device.type == 'mps' else devices.device
-    return torch.Generator(device).manual_seed(int(seed))
-
-
 class ImageRNG:
-    """One generator per image of the batch, seeded with the image's seed: `next()` gives (B, *shape), the
-    first call the initial noise, later calls more noise from the same generators. (The stand-in leaves out
-    variation seeds, seed resizing and the NV source.)"""
+    """`next()` is (B, *shape): the first call each image's seed's initial noise (and torch's global seed set to
+    the image's, as the WebUI leaves it), later calls the next draws of the same generators (re-seeded with
+    seed + "Eta noise seed delta" when that option is set). Variation seeds, seed resizing and the NV source are
+    not in the stand-in."""
 
     def __init__(self, shape, seeds, subseeds=None, subseed_strength=0.0, seed_resize_from_h=0, seed_resize_from_w=0):
-        assert not subseed_strength and seed_resize_from_h <= 0 and seed_resize_from_w <= 0, "not in the stand-in"
-        self.shape = tuple(map(int, shape))
-        self.seeds = seeds
-        self.generators = [create_generator(seed) for seed in seeds]
+        if subseed_strength or seed_resize_from_h > 0 or seed_resize_from_w > 0:
+            raise NotImplementedError("variation seeds and seed resizing are not in the stand-in")
+        self.shape = tuple(int(n) for n in shape)
+        self.seeds = list(seeds)
         self.is_first = True
+        self.generators = self._generators(0)
 
-    def first(self):
-        xs = [randn(seed, self.shape, generator=generator) for seed, generator in zip(self.seeds, self.generators)]
-        eta_noise_seed_delta = shared.opts.eta_noise_seed_delta or 0
-        if eta_noise_seed_delta:
-            self.generators = [create_generator(seed + eta_noise_seed_delta) for seed in self.seeds]
-        return torch.stack(xs).to(shared.device)
+    def _generators(self, delta):
+        on_cpu = shared.opts.randn_source == "CPU" or devices.device.type == "mps"
+        self._device = devices.cpu if on_cpu else devices.device
+        return [torch.Generator(self._device).manual_seed(int(seed) + delta) for seed in self.seeds]
 
     def next(self):
-        if self.is_first:
-            self.is_first = False
-            return self.first()
-        return torch.stack([randn_without_seed(self.shape, generator=g) for g in self.generators]).to(shared.device)
+        draws = []
+        for seed, generator in zip(self.seeds, self.generators):
+            if self.is_first:
+                torch.manual_seed(seed)
+            draws.append(torch.randn(self.shape, generator=generator, device=self._device).to(devices.device))
+        if self.is_first and shared.opts.eta_noise_seed_delta:
+            self.generators = self._generators(shared.opts.eta_noise_seed_delta)
+        self.is_first = False
+        return torch.stack(draws).to(shared.device)

@@ -1,3 +1,5 @@
+"""Scripts: the base class an extension's script derives from, the per-image hook arguments, the registry of
+loaded script classes, and `ScriptRunner` (p.scripts) with the per-image hooks process_images calls."""
 from __future__ import annotations
 
 import re
@@ -8,7 +10,11 @@ import gradio as gr
 
 from modules import paths
 
-AlwaysVisible = object()
+AlwaysVisible = object()   # what show() returns for a script that is always on (an accordion, not a dropdown entry)
+current_basedir = paths.script_path
+scripts_data = []          # ScriptClassData of every loaded script
+ScriptClassData = namedtuple("ScriptClassData", "script_class path basedir module")
+errors = []                # (hook, script, exception): the stand-in's record of what the WebUI reports and goes past
 
 
 class PostprocessImageArgs:
@@ -18,9 +24,7 @@ class PostprocessImageArgs:
 
 class PostProcessMaskOverlayArgs:
     def __init__(self, index, mask_for_overlay, overlay_image):
-        self.index = index
-        self.mask_for_overlay = mask_for_overlay
-        self.overlay_image = overlay_image
+        self.index, self.mask_for_overlay, self.overlay_image = index, mask_for_overlay, overlay_image
 
 
 @dataclass
@@ -29,102 +33,60 @@ class OnComponent:
 
 
 class Script:
-    name = None
-    section = None
-    filename = None
-    args_from = None
-    args_to = None
-    alwayson = False
-    is_txt2img = False
-    is_img2img = False
-    tabname = None
-    group = None
-    create_group = True
-    infotext_fields = None
-    paste_field_names = None
-    api_info = None
-    setup_for_ui_only = False
-    controls = None
-    on_before_component_elem_id = None
+    args_from = args_to = None
+    is_txt2img = is_img2img = False
+    infotext_fields = paste_field_names = None
     on_after_component_elem_id = None
 
     def title(self):
-        raise NotImplementedError()
-
-    def ui(self, is_img2img):
-        pass
+        raise NotImplementedError
 
     def show(self, is_img2img):
         return True
 
-    def run(self, p, *args):
+    def ui(self, is_img2img):
         pass
 
-    def setup(self, p, *args):
+    def postprocess_image(self, p, pp, *args):
         pass
 
-    def before_process(self, p, *args):
+    def postprocess_maskoverlay(self, p, ppmo, *args):
         pass
 
-    def process(self, p, *args):
-        pass
-
-    def postprocess_image(self, p, pp: PostprocessImageArgs, *args):
-        pass
-
-    def postprocess_maskoverlay(self, p, ppmo: PostProcessMaskOverlayArgs, *args):
-        pass
-
-    def postprocess_image_after_composite(self, p, pp: PostprocessImageArgs, *args):
+    def postprocess_image_after_composite(self, p, pp, *args):
         pass
 
     def postprocess(self, p, processed, *args):
         pass
 
     def on_after_component(self, callback, *, elem_id):
-        if self.on_after_component_elem_id is None:
-            self.on_after_component_elem_id = []
-        self.on_after_component_elem_id.append((elem_id, callback))
+        """callback(OnComponent) once the UI has made the component with that elem_id."""
+        self.on_after_component_elem_id = (self.on_after_component_elem_id or []) + [(elem_id, callback)]
 
     def elem_id(self, item_id):
-        # script_[<tab>_]<title as lowercase identifier>_<item>; the tab only when shown on both tabs
-        title = re.sub(r"[^a-z_0-9]", "", self.title().lower().replace(" ", "_"))
+        """script_[txt2img_|img2img_]<title, lower case, spaces as _, other non-word characters dropped>_<item>; the
+        tab only for scripts shown the same way on both tabs."""
         tab = ("img2img_" if self.is_img2img else "txt2img_") if self.show(True) == self.show(False) else ""
+        title = re.sub(r"[^a-z0-9_]", "", re.sub(r"\s", "_", self.title().lower()))
         return f"script_{tab}{title}_{item_id}"
 
 
-current_basedir = paths.script_path
-
-
-def basedir():
-    return current_basedir
-
-
-ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
-scripts_data = []
-
-
-errors = []   # (hook, script, exception): the WebUI reports a script's exception and goes on
-
-
 class ScriptRunner:
-    """`p.scripts`: runs each always-on script's per-image hooks with its slice of `p.script_args`."""
-
     def __init__(self, alwayson_scripts=()):
         self.alwayson_scripts = list(alwayson_scripts)
 
-    def _run(self, hook, p, *hook_args):
+    def _each(self, hook, p, *hook_args):
         for script in self.alwayson_scripts:
             try:
                 getattr(script, hook)(p, *hook_args, *p.script_args[script.args_from:script.args_to])
             except Exception as e:
                 errors.append((hook, script, e))
 
-    def postprocess_image(self, p, pp: PostprocessImageArgs):
-        self._run("postprocess_image", p, pp)
+    def postprocess_image(self, p, pp):
+        self._each("postprocess_image", p, pp)
 
-    def postprocess_maskoverlay(self, p, ppmo: PostProcessMaskOverlayArgs):
-        self._run("postprocess_maskoverlay", p, ppmo)
+    def postprocess_maskoverlay(self, p, ppmo):
+        self._each("postprocess_maskoverlay", p, ppmo)
 
-    def postprocess_image_after_composite(self, p, pp: PostprocessImageArgs):
-        self._run("postprocess_image_after_composite", p, pp)
+    def postprocess_image_after_composite(self, p, pp):
+        self._each("postprocess_image_after_composite", p, pp)

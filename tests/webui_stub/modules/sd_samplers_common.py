@@ -1,3 +1,5 @@
+"""What the stand-in's samplers share: the registry record, img2img step counts, the seeded noise k-diffusion
+draws, and a base class that runs an img2img pass with progress, Interrupt/Skip and the sampler's own options."""
 from __future__ import annotations
 
 import inspect
@@ -7,152 +9,119 @@ import torch
 
 import k_diffusion.sampling
 from modules import shared
-from modules.shared import opts, state
-
-SamplerDataTuple = namedtuple('SamplerData', ['name', 'constructor', 'aliases', 'options'])
 
 
-class SamplerData(SamplerDataTuple):
+class SamplerData(namedtuple("SamplerData", "name constructor aliases options")):
     def total_steps(self, steps):
-        if self.options.get("second_order", False):
-            steps = steps * 2
-        return steps
+        """Denoiser calls per step count: second-order samplers call it twice a step."""
+        return steps * (2 if self.options.get("second_order") else 1)
+
+
+class InterruptedException(BaseException):
+    """Raised inside a pass to end it; the sampler then returns its last latent."""
 
 
 def setup_img2img_steps(p, steps=None):
-    if opts.img2img_fix_steps or steps is not None:
-        requested_steps = (steps or p.steps)
-        steps = int(requested_steps / min(p.denoising_strength, 0.999)) if p.denoising_strength > 0 else 0
-        t_enc = requested_steps - 1
-    else:
-        steps = p.steps
-        t_enc = int(min(p.denoising_strength, 0.999) * steps)
-    return steps, t_enc
-
-
-def samples_to_images_tensor(sample, approximation=None, model=None):
-    """Latents → images in [-1, 1] with the full VAE (the stand-in has no approximate decoders)."""
-    model = model if model is not None else shared.sd_model
-    with torch.no_grad():
-        return model.decode_first_stage(sample.to(model.first_stage_model.dtype))
+    """(length of the schedule, index it starts at) for img2img at p.denoising_strength. By default the schedule has
+    p.steps levels and the pass runs the last strength·steps of them; with "img2img does exactly the steps asked"
+    the schedule is lengthened so that the pass runs p.steps − 1 … of it."""
+    strength = min(p.denoising_strength, 0.999)
+    if steps is None and not shared.opts.img2img_fix_steps:
+        return p.steps, int(strength * p.steps)
+    asked = steps or p.steps
+    return (int(asked / strength) if p.denoising_strength > 0 else 0), asked - 1
 
 
 def decode_first_stage(model, x):
     from modules import devices
-    return samples_to_images_tensor(x.to(devices.dtype_vae), None, model)
+    with torch.no_grad():
+        return model.decode_first_stage(x.to(devices.dtype_vae))
 
 
 def images_tensor_to_samples(image, approximation=None, model=None):
-    """Images in [0, 1] → latents (a sample of the VAE's posterior, as the WebUI's "Full" encoder)."""
+    """[0, 1] images → latents: one draw of the VAE posterior per image."""
     from modules import devices
-    model = model if model is not None else shared.sd_model
-    image = image.to(shared.device, dtype=devices.dtype_vae) * 2 - 1
-    if len(image) > 1:
-        return torch.stack([model.get_first_stage_encoding(model.encode_first_stage(img[None]))[0] for img in image])
-    return model.get_first_stage_encoding(model.encode_first_stage(image))
+    model = shared.sd_model if model is None else model
+    pixels = image.to(shared.device, devices.dtype_vae) * 2 - 1
+    latents = [model.get_first_stage_encoding(model.encode_first_stage(one[None])) for one in pixels]
+    return torch.cat(latents)
 
 
 def store_latent(decoded):
-    # The live preview image is only made when parallel processing is not allowed (--lowvram/--medvram).
-    state.current_latent = decoded
+    """The live preview's latent (the stand-in makes no preview image)."""
+    shared.state.current_latent = decoded
 
 
-class InterruptedException(BaseException):
-    pass
+class _SeededTorch:
+    """What k_diffusion.sampling sees as `torch` during a pass: torch, except that randn_like is the pass's next
+    seeded draw (ImageRNG), so a pass is the same for the same seed on any device."""
 
-
-class TorchHijack:
-    """Replaces k_diffusion.sampling's `torch` so that its randn_like draws from the job's seeds."""
-
-    def __init__(self, p):
-        self.rng = p.rng
-
-    def __getattr__(self, item):
-        if item == 'randn_like':
-            return self.randn_like
-        if hasattr(torch, item):
-            return getattr(torch, item)
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{item}'")
+    def __init__(self, rng):
+        self._rng = rng
 
     def randn_like(self, x):
-        return self.rng.next()
+        return self._rng.next()
+
+    def __getattr__(self, name):
+        return torch.__dict__[name] if name in torch.__dict__ else getattr(torch, name)
+
+
+# Options a sampling function takes from p when its signature has them.
+_OWN_OPTIONS = {"sample_euler": ("s_churn", "s_tmin", "s_tmax", "s_noise"),
+                "sample_heun": ("s_churn", "s_tmin", "s_tmax", "s_noise")}
 
 
 class Sampler:
+    """A sampling function over the CFG denoiser `model_wrap_cfg`. Subclasses give `img2img_start`: the noised
+    start latent and the schedule argument of the function."""
+    eta_option, eta_infotext, eta_default = "eta_ancestral", "Eta", 1.0
+
     def __init__(self, funcname):
-        self.funcname = funcname
-        self.func = funcname
-        self.extra_params = []
-        self.sampler_noises = None
-        self.stop_at = None
-        self.eta = None
-        self.config: SamplerData = None
-        self.last_latent = None
-        self.s_min_uncond = None
-        self.s_churn = 0.0
-        self.s_tmin = 0.0
-        self.s_tmax = float('inf')
-        self.s_noise = 1.0
-        self.eta_option_field = 'eta_ancestral'
-        self.eta_infotext_field = 'Eta'
-        self.eta_default = 1.0
-        self.conditioning_key = getattr(shared.sd_model.model, 'conditioning_key', 'crossattn')
-        self.p = None
-        self.model_wrap_cfg = None
-        self.sampler_extra_args = None
-        self.options = {}
+        self.funcname = self.func = funcname
+        self.config = self.p = self.model_wrap_cfg = self.last_latent = self.stop_at = self.sampler_extra_args = None
+        self.conditioning_key = getattr(shared.sd_model.model, "conditioning_key", "crossattn")
 
     def callback_state(self, d):
-        step = d['i']
-        if self.stop_at is not None and step > self.stop_at:
+        if self.stop_at is not None and d["i"] > self.stop_at:
             raise InterruptedException
-        state.sampling_step = step
+        shared.state.sampling_step = d["i"]
         shared.total_tqdm.update()
 
     def launch_sampling(self, steps, func):
         self.model_wrap_cfg.steps = steps
-        self.model_wrap_cfg.total_steps = self.config.total_steps(steps)
-        state.sampling_steps = steps
-        state.sampling_step = 0
+        shared.state.sampling_steps, shared.state.sampling_step = steps, 0
         try:
             return func()
-        except RecursionError:
+        except (InterruptedException, RecursionError):
             return self.last_latent
-        except InterruptedException:
-            return self.last_latent
-
-    def number_of_needed_noises(self, p):
-        return p.steps
 
     def initialize(self, p) -> dict:
+        """Points the denoiser at p and k-diffusion at p's noise; the function's keyword options from p."""
         self.p = p
-        self.model_wrap_cfg.p = p
-        self.model_wrap_cfg.mask = p.mask if hasattr(p, 'mask') else None
-        self.model_wrap_cfg.nmask = p.nmask if hasattr(p, 'nmask') else None
-        self.model_wrap_cfg.step = 0
-        self.model_wrap_cfg.image_cfg_scale = getattr(p, 'image_cfg_scale', None)
-        self.eta = p.eta if p.eta is not None else getattr(opts, self.eta_option_field, 0.0)
-        self.s_min_uncond = getattr(p, 's_min_uncond', 0.0)
-
-        k_diffusion.sampling.torch = TorchHijack(p)
-
-        extra_params_kwargs = {}
-        for param_name in self.extra_params:
-            if hasattr(p, param_name) and param_name in inspect.signature(self.func).parameters:
-                extra_params_kwargs[param_name] = getattr(p, param_name)
-        if 'eta' in inspect.signature(self.func).parameters:
-            if self.eta != self.eta_default:
-                p.extra_generation_params[self.eta_infotext_field] = self.eta
-            extra_params_kwargs['eta'] = self.eta
-        return extra_params_kwargs
-
-    def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
-        raise NotImplementedError()
+        cfg = self.model_wrap_cfg
+        cfg.p, cfg.mask, cfg.nmask, cfg.step = p, getattr(p, "mask", None), getattr(p, "nmask", None), 0
+        k_diffusion.sampling.torch = _SeededTorch(p.rng)
+        takes = inspect.signature(self.func).parameters
+        kwargs = {name: getattr(p, name) for name in _OWN_OPTIONS.get(self.funcname, ()) if name in takes}
+        if "eta" in takes:
+            eta = p.eta if p.eta is not None else getattr(shared.opts, self.eta_option)
+            if eta != self.eta_default:
+                p.extra_generation_params[self.eta_infotext] = eta
+            kwargs["eta"] = eta
+        return kwargs
 
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None,
                        image_conditioning=None):
-        raise NotImplementedError()
+        steps, t_enc = setup_img2img_steps(p, steps)
+        start, schedule = self.img2img_start(p, x, noise, steps, t_enc)
+        kwargs = {**self.initialize(p), **schedule}
+        self.model_wrap_cfg.init_latent = self.last_latent = x
+        self.sampler_extra_args = dict(cond=conditioning, image_cond=image_conditioning,
+                                       uncond=unconditional_conditioning, cond_scale=p.cfg_scale,
+                                       s_min_uncond=p.s_min_uncond)
+        return self.launch_sampling(t_enc + 1, lambda: self.func(
+            self.model_wrap_cfg, start, extra_args=self.sampler_extra_args, disable=False,
+            callback=self.callback_state, **kwargs))
 
-    def add_infotext(self, p):
-        if self.model_wrap_cfg.padded_cond_uncond:
-            p.extra_generation_params["Pad conds"] = True
+    def img2img_start(self, p, x, noise, steps, t_enc):
+        raise NotImplementedError

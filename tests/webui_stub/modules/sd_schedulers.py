@@ -1,31 +1,26 @@
+"""Schedule types (a subset of the WebUI's): Automatic leaves the choice to the sampler."""
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import k_diffusion.sampling
 
 
-@dataclasses.dataclass
-class Scheduler:
+@dataclass
+class _Scheduler:
     name: str
     label: str
-    function: any
-
-    default_rho: float = -1
+    function: Optional[Callable]
     need_inner_model: bool = False
-    aliases: list = None
 
 
-def uniform(n, sigma_min, sigma_max, inner_model, device):
+def _uniform(n, sigma_min, sigma_max, inner_model, device):
     return inner_model.get_sigmas(n).to(device)
 
 
-# A subset of the WebUI's list.
-schedulers = [
-    Scheduler('automatic', 'Automatic', None),
-    Scheduler('uniform', 'Uniform', uniform, need_inner_model=True),
-    Scheduler('karras', 'Karras', k_diffusion.sampling.get_sigmas_karras, default_rho=7.0),
-    Scheduler('exponential', 'Exponential', k_diffusion.sampling.get_sigmas_exponential),
-]
-
-schedulers_map = {**{x.name: x for x in schedulers}, **{x.label: x for x in schedulers}}
+schedulers = [_Scheduler("automatic", "Automatic", None),
+              _Scheduler("uniform", "Uniform", _uniform, need_inner_model=True),
+              _Scheduler("karras", "Karras", k_diffusion.sampling.get_sigmas_karras),
+              _Scheduler("exponential", "Exponential", k_diffusion.sampling.get_sigmas_exponential)]
+schedulers_map = {key: s for s in schedulers for key in (s.name, s.label)}

@@ -4,23 +4,24 @@ import gradio as gr
 
 
 class InputAccordion(gr.Checkbox):
-    """An accordion whose open state is the value of a hidden checkbox (the WebUI's script-enable widget)."""
+    """A checkbox shown as an accordion: the accordion is open exactly when the (hidden) checkbox is ticked, so the
+    value is the enable switch of a script's section."""
 
-    global_index = 0
+    _count = 0
 
     def __init__(self, value, **kwargs):
-        self.accordion_id = kwargs.get("elem_id") or f"input-accordion-{InputAccordion.global_index}"
-        InputAccordion.global_index += 1
-        super().__init__(value, **{**kwargs, "elem_id": f"{self.accordion_id}-checkbox", "visible": False})
-        self.accordion = gr.Accordion(**{**kwargs, "elem_id": self.accordion_id, "label": kwargs.get("label", "Accordion"),
-                                         "elem_classes": ["input-accordion"], "open": value})
+        InputAccordion._count += 1
+        self.accordion_id = kwargs.get("elem_id") or f"input-accordion-{InputAccordion._count}"
+        super().__init__(value, **dict(kwargs, elem_id=self.accordion_id + "-checkbox", visible=False))
+        self.accordion = gr.Accordion(**dict(kwargs, elem_id=self.accordion_id, open=value,
+                                             label=kwargs.get("label", "Accordion"), elem_classes=["input-accordion"]))
 
     def __enter__(self):
         self.accordion.__enter__()
         return self
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
-        self.accordion.__exit__(exc_type, exc_val, exc_tb)
+    def __exit__(self, *exc):
+        self.accordion.__exit__(*exc)
 
     def get_block_name(self):
         return "checkbox"

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import io
 import json
 import logging
-import math
 import random
 import re
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field as dataclass_field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
@@ -33,10 +31,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, Field, ValidationError, validator
+from pydantic import ValidationError
 
 from . import __version__
 from .admission import Admission, Busy, max_queue
+from .api_errors import InputError, error_response, errors_response, http_error_response, unknown_field_message
+from .api_models import HandInfo, RefineRequest, RefineResponse, TriedStrength
 from .settings import HandRefinerArgs, field_names, from_script_args
 from .detection import DetectorUnavailable
 from .imageio import MAX_PIXELS, MAX_PIXELS_ENV, ImageTooLarge, check_pixels, max_pixels
@@ -47,69 +47,10 @@ from .pipeline import tried_entries
 from .service import HandRefinerService, ModelLoadError
 
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # imageio's limit, the same as the command line's and the WebUI's
-MAX_TEXT_CHARS = 10_000  # prompts and names: CLIP reads 77 tokens; megabytes would only cost tokenizer time
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*(;base64)?,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 log = logging.getLogger(__name__)
-
-
-class InputError(Exception):
-    """A client error about one field: HTTP status, the field's location and the message."""
-
-    def __init__(self, field: Sequence[Any], message: str, status: int = 422, kind: str = "value_error") -> None:
-        super().__init__(message)
-        self.loc = list(field)
-        self.message = message
-        self.status = status
-        self.kind = kind
-
-    def http(self, prefix: Sequence[Any] = ("body",)) -> HTTPException:
-        return HTTPException(self.status, detail=[{"loc": [*prefix, *self.loc], "msg": self.message,
-                                                   "type": self.kind}])
-
-    def response(self, prefix: Sequence[Any] = ("body",)) -> JSONResponse:
-        return error_response(self.status, self.message, [*prefix, *self.loc], self.kind)
-
-
-# ---- the one error shape --------------------------------------------------------------------------------------
-
-def error_response(status: int, msg: str, loc: Sequence[Any] = (), kind: str = "value_error") -> JSONResponse:
-    """The shape of every `/handrefiner/*` error: `{"detail": [{"loc", "msg", "type"}]}`."""
-    return errors_response(status, [{"loc": list(loc), "msg": msg, "type": kind}])
-
-
-def errors_response(status: int, errors: Sequence[dict]) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": [
-        {"loc": list(e.get("loc", [])), "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))}
-        for e in errors]})
-
-
-def http_error_response(error: HTTPException) -> JSONResponse:
-    """An HTTPException in the one shape: a list detail is kept (it is already [{loc, msg, type}]), text becomes
-    one entry without a location."""
-    if isinstance(error.detail, list) and all(isinstance(e, dict) for e in error.detail):
-        return errors_response(error.status_code, error.detail)
-    kind = "server_error.unavailable" if error.status_code == 503 else f"http_error.{error.status_code}"
-    return error_response(error.status_code, str(error.detail), [], kind)
-
-
-def closest_field(name: Any, valid: Sequence[str]) -> Optional[str]:
-    """The valid field name a misspelt one most likely means ("strenght" → "strength"), or None."""
-    if not isinstance(name, str):
-        return None
-    lowered = {v.lower(): v for v in valid}
-    if name.lower() in lowered:
-        return lowered[name.lower()]
-    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
-    return lowered[match[0]] if match else None
-
-
-def unknown_field_message(name: Any, valid: Sequence[str]) -> str:
-    closest = closest_field(name, valid)
-    if closest is not None:
-        return f"unknown field {name!r}; did you mean {closest!r}?"
-    return f"unknown field {name!r}; the fields are: {', '.join(valid)}"
 
 
 # ---- image decoding -----------------------------------------------------------------------------------------
@@ -185,103 +126,6 @@ def encode_png(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-# ---- request and response models ----------------------------------------------------------------------------
-
-_SCALAR_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-
-
-class RefineRequest(HandRefinerArgs):
-    """Every HandRefiner setting (same names and defaults as the UI and infotext), plus the image and what to
-    return. `prompt`/`negative_prompt` are the hands' prompts; `enabled` is accepted and ignored here."""
-
-    image: str = Field(..., description="Base64 PNG, JPEG or WebP; a data:image/...;base64, prefix is accepted.")
-    return_depth: bool = Field(False, description="Also return the depth map (base64 PNG).")
-    return_mask: bool = Field(False, description="Also return the inpainting mask (base64 PNG).")
-
-    @validator("*", pre=True)
-    def _json_types(cls, value: Any, field: Any) -> Any:
-        # JSON clients get no silent coercion ("30" → 30, 2.5 → 2, 1 → True): a mistyped field is an error.
-        if field.name == "adaptive_strengths":
-            return _check_numbers(value, "a list of numbers")
-        if field.name == "boxes":
-            if not isinstance(value, list):
-                raise TypeError(f"must be a list of [x0, y0, x1, y1] boxes, got {type(value).__name__}")
-            return [_check_numbers(b, "a box [x0, y0, x1, y1] of 4 numbers", length=4) for b in value]
-        expected = _scalar_type(field.outer_type_)
-        if expected is str and field.name != "image" and isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
-            raise ValueError(f"is {len(value)} characters long; at most {MAX_TEXT_CHARS}")
-        return value if expected is None else _check_scalar(value, expected)
-
-    def settings(self) -> HandRefinerArgs:
-        return HandRefinerArgs(**self.dict(include=set(field_names())))
-
-
-def _scalar_type(annotation: Any) -> Optional[type]:
-    # Constrained fields (Field(ge=...)) have pydantic subclasses of int/float as their type.
-    for kind in _SCALAR_TYPES:
-        if isinstance(annotation, type) and issubclass(annotation, kind):
-            return kind
-    return None
-
-
-def _check_scalar(value: Any, expected: type) -> Any:
-    ok = (isinstance(value, bool) if expected is bool else
-          isinstance(value, str) if expected is str else
-          isinstance(value, (int, float)) and not isinstance(value, bool))
-    if not ok:
-        raise TypeError(f"must be {_SCALAR_TYPES[expected]}, got {type(value).__name__} {value!r:.60}")
-    if expected in (int, float) and not math.isfinite(value):
-        raise TypeError(f"must be a finite number, got {value!r}")
-    if expected is int and isinstance(value, float):
-        if not value.is_integer():
-            raise TypeError(f"must be an integer, got {value!r}")
-        return int(value)
-    return value
-
-
-def _check_numbers(value: Any, what: str, length: Optional[int] = None) -> Any:
-    if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
-        raise TypeError(f"must be {what}, got {value!r:.80}")
-    for item in value:
-        _check_scalar(item, float)
-    return value
-
-
-class TriedStrength(BaseModel):
-    strength: float
-    mpjpe: Optional[float] = Field(None, description="2D MPJPE (px); null when no hand was found in the sample.")
-
-
-class HandInfo(BaseModel):
-    box: Tuple[int, int, int, int] = Field(..., description="Mask box [x0, y0, x1, y1] in pixels, x1/y1 exclusive.")
-    handedness: Optional[str] = Field(None, description="'left' / 'right' (the person's own); None: no hand found "
-                                                        "in a user box.")
-    score: Optional[float] = Field(None, description="Detection confidence.")
-    refined: bool
-    strength: Optional[float] = Field(None, description="Control strength kept.")
-    mpjpe: Optional[float] = Field(None, description="2D MPJPE (px) of the kept sample (adaptive mode).")
-    tried: List[TriedStrength] = Field([], description="The strengths sampled (adaptive mode), in order, each with "
-                                                       "its MPJPE.")
-    mesh: Optional[str] = Field(None, description="The mesh model its depth guide was rendered from ('graphormer' or "
-                                                  "'landmarks'); None: no mesh (no hand found in a user box).")
-    found_by: Optional[str] = Field(None, description="How the hand was found: 'palm', 'low', 'flip', 'edge', 'tile', "
-                                                      "'pose' (the hand search's passes) or 'user_box' (the landmark "
-                                                      "model alone on a box you gave, where no palm was found).")
-
-
-class RefineResponse(BaseModel):
-    image: str = Field(..., description="The refined image, base64 PNG (unchanged when no hand was refined).")
-    width: int
-    height: int
-    depth: Optional[str] = None
-    mask: Optional[str] = None
-    hands: List[HandInfo]
-    seed: int
-    infotext: str
-    message: str
-    timings_ms: Dict[str, float]
 
 
 # ---- validation helpers (also for the WebUI's alwayson_scripts) ----------------------------------------------

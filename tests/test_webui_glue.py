@@ -61,7 +61,7 @@ def script(wui):
     shared.state.begin("test")
     shared.state.job_count = 1
     s = wui.HandRefinerScript()
-    s.is_img2img = False
+    s.is_img2img, s.tabname = False, "txt2img"   # as the WebUI sets them before ui()
     return s
 
 
@@ -146,13 +146,13 @@ def test_ui_has_one_component_per_field_in_order_and_defaults_map_back(script):
 def test_img2img_accordion_opens_with_the_box_editor_reading_every_setting(script):
     """img2img: "Edit hand boxes" is the accordion's first group, with the editor on img2img's input image; Detect
     reads every widget (the settings below it included); a new image in img2img clears stale boxes."""
-    script.is_img2img = True
+    script.is_img2img, script.tabname = True, "img2img"
     try:
         with gr.Blocks() as blocks:
             script.init_image = gr.Image(type="pil", elem_id="img2img_image")
             controls = script.ui(True)
     finally:
-        script.is_img2img, script.init_image = False, None
+        script.is_img2img, script.tabname, script.init_image = False, "txt2img", None
     ids = [b.elem_id for b in blocks.blocks.values() if getattr(b, "elem_id", None)]
     editor_group = ids.index("script_img2img_handrefiner_edit_hand_boxes")
     assert editor_group < ids.index("script_img2img_handrefiner_strength")
@@ -828,7 +828,7 @@ def test_img2img_box_editor_edits_the_boxes_widget_and_boxes_follow_the_resize(w
     from modules.scripts import OnComponent
 
     script = wui.HandRefinerScript()
-    script.is_img2img = True
+    script.is_img2img, script.tabname = True, "img2img"
     with gr.Blocks():
         init_image = gr.Image(elem_id="img2img_image", type="pil")
         for elem_id, callback in script.on_after_component_elem_id:

@@ -56,6 +56,12 @@ def callbacks(wui):
     script_callbacks.remove_callbacks_for_function(on_after)
 
 
+# Two float32 computations of the same image (a batch against single passes, ldm's loop against the WebUI's): their
+# sums run in another order, and how depends on the CPU's vector kernels and the batch size. One machine measured
+# up to 1.6e-5 where another stayed under 1e-5; 1e-4 on [-1, 1] is 0.013 of a grey level.
+FLOAT_NOISE = 1e-4
+
+
 def sd_model():
     from modules import shared
 
@@ -269,7 +275,7 @@ def test_webui_ddim_is_the_official_loop_on_the_webui_ddim_timesteps(wui, tiny_c
     with torch.no_grad(), inject_control(sd.unet, tiny_controlnet, req.hint, 0.6):
         z = ddim_inpaint(denoise, x_T, p.init_latent, blend_mask(req.mask), schedule, generator,
                          callback=lambda i, n: torch.randn(shape, generator=generator))   # the WebUI's η-noise draw
-    torch.testing.assert_close(out, sd.decode_latent(z).float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out, sd.decode_latent(z).float(), rtol=0, atol=FLOAT_NOISE)
 
 
 def test_strengths_in_one_batch_equal_one_pass_each(wui, tiny_controlnet):
@@ -282,14 +288,14 @@ def test_strengths_in_one_batch_equal_one_pass_each(wui, tiny_controlnet):
     together = one(sd, tiny_controlnet, req, [0.4, 1.0], SEED)
     assert one.passes == 1
     apart = torch.cat([one(sd, tiny_controlnet, req, [s], SEED) for s in (0.4, 1.0)])
-    torch.testing.assert_close(together, apart, rtol=0, atol=1e-5)
+    torch.testing.assert_close(together, apart, rtol=0, atol=FLOAT_NOISE)
     assert (together[0] - together[1]).abs().max() > 1e-3    # the strengths differ
 
     composed = request(steps=2, prompt="a hand AND an open palm:0.5")
     eng = engine(wui, "Euler a")
     split = eng(sd, tiny_controlnet, composed, [0.4, 1.0], SEED)
     assert eng.passes == 2
-    torch.testing.assert_close(split[1:], eng(sd, tiny_controlnet, composed, [1.0], SEED), rtol=0, atol=1e-5)
+    torch.testing.assert_close(split[1:], eng(sd, tiny_controlnet, composed, [1.0], SEED), rtol=0, atol=FLOAT_NOISE)
 
 
 @pytest.mark.parametrize("setting, upcast", [("auto_vae_precision", torch.float32),

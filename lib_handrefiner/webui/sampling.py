@@ -226,8 +226,11 @@ class WebUISampling:
         interrupted = m.sd_samplers_common.InterruptedException
 
         handles: List[Any] = []   # the control context's handle, once entered
+        denoiser_calls = 0
 
         def before_call() -> None:
+            nonlocal denoiser_calls
+            denoiser_calls += 1
             if should_stop is not None and should_stop():
                 for handle in handles:
                     handle.stopped = True   # a pass stopped before its first UNet call is not a control failure
@@ -248,8 +251,14 @@ class WebUISampling:
             if handle is not None:
                 handles.append(handle)
             self.passes += 1
-            return p.sample(conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds, subseeds=p.subseeds,
-                            subseed_strength=p.subseed_strength, prompts=p.prompts)
+            samples = p.sample(conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds, subseeds=p.subseeds,
+                               subseed_strength=p.subseed_strength, prompts=p.prompts)
+            if handle is not None and denoiser_calls == 0:
+                # The sampler asked for no denoising step at all (the WebUI's DDIM with a single timestep, e.g. 2
+                # steps at denoising 1): nothing was sampled, so no UNet call missed the control. A sampler that
+                # did call the denoiser while the hooked UNet never ran stays an error (another UNet sampled).
+                handle.stopped = True
+            return samples
 
 
 def once(draw: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:

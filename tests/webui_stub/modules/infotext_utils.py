@@ -22,8 +22,9 @@ def _unquote(value):
     return value
 
 
-def _parameters(infotext):
-    return {key: _unquote(value.strip()) for key, value in _ENTRY.findall(infotext.strip().split("\n")[-1])}
+def parse_generation_parameters(x, skip_fields=None):
+    """The "Key: value, …" parameters (the infotext's last line) as a dict; the prompts are not needed here."""
+    return {key: _unquote(value.strip()) for key, value in _ENTRY.findall(x.strip().split("\n")[-1])}
 
 
 def paste_values(fields, infotext: str) -> list:
@@ -32,7 +33,7 @@ def paste_values(fields, infotext: str) -> list:
     of its component's value (int components get a float; "False" is False); None leaves a component as it is."""
     from modules import script_callbacks
 
-    params = _parameters(infotext)
+    params = parse_generation_parameters(infotext)
     script_callbacks.infotext_pasted_callback(infotext, params)
     values = []
     for component, target in fields:

@@ -35,6 +35,7 @@ class OnComponent:
 class Script:
     args_from = args_to = None
     is_txt2img = is_img2img = False
+    tabname = None   # "txt2img" or "img2img", set by the WebUI before ui()
     infotext_fields = paste_field_names = None
     on_after_component_elem_id = None
 

@@ -27,12 +27,12 @@ class InputAccordion(gr.Checkbox):
         return "checkbox"
 
 
-class FormComponent:
+class _FormComponent:
     def get_expected_parent(self):
         return gr.components.Form
 
 
-class ToolButton(FormComponent, gr.Button):
+class ToolButton(_FormComponent, gr.Button):
     """A small button holding one symbol, that fits in a form row (the WebUI's seed dice and recycle)."""
 
     def __init__(self, *args, **kwargs):

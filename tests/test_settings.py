@@ -171,9 +171,11 @@ def test_a_field_of_no_group_goes_in_more_at_the_end(monkeypatch):
     from lib_handrefiner.settings import groups as settings_groups
 
     groups = dict(settings_groups.GROUPS)
-    groups["row:sampling"] = ("steps", "cfg_scale", "denoising_strength")   # as if "seed" were new
+    assert "accordion:More" not in dict(s.layout())   # every field has its group today
+    groups["accordion:Sampling"] = tuple(n for n in groups["accordion:Sampling"] if n != "seed")   # as if it were new
     monkeypatch.setattr(settings_groups, "GROUPS", groups)
-    assert s.layout()[-1][0] == "accordion:More" and s.layout()[-1][1][0] == "seed"
+    assert s.layout()[-1] == ("accordion:More", ["seed"])
+    assert sorted(s.layout_fields()) == sorted(s.field_names()[1:])   # every field placed once
 
 
 def test_the_settings_package_needs_only_pydantic():

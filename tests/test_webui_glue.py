@@ -166,15 +166,6 @@ def test_img2img_accordion_opens_with_the_box_editor_reading_every_setting(scrip
     assert "script_img2img_handrefiner_mesh_model" in hints and "landmarks" in hints
 
 
-def test_a_field_without_a_group_goes_in_more_at_the_end(monkeypatch):
-    groups = dict(webui.GROUPS)
-    groups["accordion:Sampling"] = ("sampler", "scheduler", "steps", "cfg_scale", "denoising_strength",
-                                    "extra_negative")  # as if "seed" were new
-    monkeypatch.setattr(settings_groups, "GROUPS", groups)
-    assert sorted(webui.layout_fields()) == sorted(field_names()[1:])
-    assert webui.layout()[-1] == ("accordion:More", ["seed", "adaptive_batch"])
-
-
 def test_the_accordion_shows_the_main_settings_and_groups_the_rest():
     """Visible at once: strength, mode, the hands' prompts, ControlNet and checkpoint; everything else in collapsed
     groups. In img2img the hand boxes (with the editor) come first; every field is placed once in either tab."""

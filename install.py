@@ -117,7 +117,8 @@ def held_back_conflicts(distribution: str, version_of: VersionOf, requires_of: R
     ["protobuf 3.20.0 (mediapipe needs protobuf<5,>=4.25.3)"]: it would fail at run time, and HandRefiner's
     installs may not change them."""
     try:
-        from packaging.requirements import InvalidRequirement, Requirement as Declared
+        from packaging.requirements import InvalidRequirement
+        from packaging.requirements import Requirement as Declared
     except ImportError:  # the WebUI has packaging; without it nothing can be checked
         return []
     conflicts = []

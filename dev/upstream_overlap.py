@@ -121,8 +121,8 @@ def project_files(targets: list[Path]) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    targets = [Path(a).resolve() for a in argv] or [ROOT / d for d in ("lib_handrefiner", "scripts", "javascript", "tests")] + [
-        ROOT / "install.py", ROOT / "preload.py"]
+    default = [ROOT / d for d in ("lib_handrefiner", "scripts", "javascript", "tests")]
+    targets = [Path(a).resolve() for a in argv] or default + [ROOT / "install.py", ROOT / "preload.py"]
     projects = [p for p in UPSTREAM if available(p)]
     missing = sorted(set(UPSTREAM) - set(projects))
     if missing:

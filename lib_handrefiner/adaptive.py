@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Callable, Generic, List, Optional, Sequence, T
 import numpy as np
 
 if TYPE_CHECKING:  # imports MediaPipe / the mesh models only where pose_error runs
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.detection import Hand
     from lib_handrefiner.mesh import MeshModel
+    from lib_handrefiner.settings import HandRefinerArgs
 
 T = TypeVar("T")
 
@@ -91,8 +91,8 @@ def pose_error(refined_rgb: np.ndarray, target_joints_xy: np.ndarray,
     `target_joints_xy` are in `refined_rgb`'s pixels (the crop's, when refining a crop); `mesh_model` is the model
     (or its name) that built the target mesh, so both sides carry the same model's bias.
     """
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.detection import detect_hands
+    from lib_handrefiner.settings import HandRefinerArgs
 
     args = args or HandRefinerArgs()
     target = _joints_xy(target_joints_xy)

@@ -22,7 +22,8 @@ import re
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
@@ -33,18 +34,24 @@ from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import ValidationError
 
-from . import __version__
-from .admission import Admission, Busy, max_queue
-from .api_errors import InputError, error_response, errors_response, http_error_response, unknown_field_message
-from .api_models import HandInfo, RefineRequest, RefineResponse, TriedStrength
-from .settings import HandRefinerArgs, field_names, from_script_args
-from .detection import DetectorUnavailable
-from .imageio import MAX_PIXELS, MAX_PIXELS_ENV, ImageTooLarge, check_pixels, max_pixels
-from .mesh import MeshModelError
-from .models_registry import ModelListing, ModelNameError, resolve_name
-from .perception import nothing_to_refine_message, with_mesh_warning
-from .pipeline import tried_entries
-from .service import HandRefinerService, ModelLoadError
+from lib_handrefiner import __version__
+from lib_handrefiner.admission import Admission, Busy, max_queue
+from lib_handrefiner.api_errors import (
+    InputError,
+    error_response,
+    errors_response,
+    http_error_response,
+    unknown_field_message,
+)
+from lib_handrefiner.api_models import HandInfo, RefineRequest, RefineResponse, TriedStrength
+from lib_handrefiner.detection import DetectorUnavailable
+from lib_handrefiner.imageio import MAX_PIXELS, MAX_PIXELS_ENV, ImageTooLarge, check_pixels, max_pixels
+from lib_handrefiner.mesh import MeshModelError
+from lib_handrefiner.models_registry import ModelListing, ModelNameError, resolve_name
+from lib_handrefiner.perception import nothing_to_refine_message, with_mesh_warning
+from lib_handrefiner.pipeline import tried_entries
+from lib_handrefiner.service import HandRefinerService, ModelLoadError
+from lib_handrefiner.settings import HandRefinerArgs, field_names, from_script_args
 
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # imageio's limit, the same as the command line's and the WebUI's
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -85,7 +92,7 @@ def decode_image(data: object, field: str = "image", max_pixels: int = DEFAULT_M
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise InputError([field], f"{field} is a corrupt or truncated {image.format} file ({e}); send the whole "
                                   "file") from e
-    from .imageio import ImageError, to_rgb
+    from lib_handrefiner.imageio import ImageError, to_rgb
     try:
         return to_rgb(image)
     except ImageError as e:

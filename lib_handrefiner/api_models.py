@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from pydantic import BaseModel, Field, validator
 
-from .settings import HandRefinerArgs, field_names
+from lib_handrefiner.settings import HandRefinerArgs, field_names
 
 MAX_TEXT_CHARS = 10_000  # prompts and names: CLIP reads 77 tokens; megabytes would only cost tokenizer time
 

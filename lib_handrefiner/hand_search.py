@@ -28,8 +28,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lib_handrefiner import detection
-from lib_handrefiner.detection import (Hand, PalmCandidate, detect_hands, landmarks_in_region, make_hand,
-                                       padded_pass, palm_candidates, pose_arms, uncrop_hand)
+from lib_handrefiner.detection import (
+    Hand,
+    PalmCandidate,
+    detect_hands,
+    landmarks_in_region,
+    make_hand,
+    padded_pass,
+    palm_candidates,
+    pose_arms,
+    uncrop_hand,
+)
 from lib_handrefiner.masking import clamp_box
 
 FOUND_BY = ("palm", "low", "flip", "edge", "tile", "pose", "user_box")
@@ -53,7 +62,8 @@ SAME_REGION_SHIFT = 0.25
 # hair, straps and faces: their hands must pass this stricter presence threshold (the dev set: 0.6 kept 2 false
 # hands, 0.85 none, and the same true ones).
 TILE_PRESENCE = 0.85
-# Tiles: squares of this fraction of the image's shorter side, overlapping by TILE_OVERLAP, only for images whose shorter
+# Tiles: squares of this fraction of the image's shorter side, overlapping by TILE_OVERLAP, only for images whose
+# shorter
 # side is at least TILE_MIN_SIDE (smaller images show their hands large enough to the whole-image pass).
 TILE_FRACTION = 0.6
 TILE_OVERLAP = 0.25

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
+from lib_handrefiner.settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
@@ -80,7 +80,7 @@ def list_model_files(folders: Iterable[Path | str | None], files: Iterable[Path 
 def mesh_model_status(folders: Iterable[Path | str | None]) -> List[MeshModelStatus]:
     """auto, graphormer and landmarks: whether each can be used with the files in `folders`; for Mesh Graphormer
     the missing files and, as the reason, what each is and where to get it."""
-    from .mesh.graphormer.files import missing_files, missing_message
+    from lib_handrefiner.mesh.graphormer.files import missing_files, missing_message
 
     folders = [Path(f) for f in folders if f]
     missing = missing_files(folders)
@@ -132,7 +132,7 @@ class ModelSlots:
                    dtype: Any = None) -> Tuple[Any, str]:
         """(model, warning) for the `mesh_model` setting `requested` (mesh.resolve_mesh_model), the model held in
         the "mesh" slot: Mesh Graphormer loads once per folders, device and dtype."""
-        from .mesh import get_mesh_model, resolve_mesh_model
+        from lib_handrefiner.mesh import get_mesh_model, resolve_mesh_model
 
         folders = [Path(f) for f in folders]
 

@@ -9,13 +9,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.depth import render_depth
 from lib_handrefiner.detection import Hand
 from lib_handrefiner.hand_search import find_hands, hand_in_box
 from lib_handrefiner.imageio import ImageLike, to_rgb
 from lib_handrefiner.masking import IntBox, box_iou, build_mask, clamp_box, hand_box, union_box
 from lib_handrefiner.mesh import HandMesh, MeshModel, resolve_mesh_model
+from lib_handrefiner.settings import HandRefinerArgs
 
 # In "add" mode, a hand found in a user box that overlaps a detected hand this much is that hand.
 SAME_HAND_IOU = 0.5

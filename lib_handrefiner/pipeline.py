@@ -19,12 +19,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lib_handrefiner.settings import (BUILTIN_SAMPLER, DEFAULT_NEGATIVE_PROMPT, MESHES_INFOTEXT_KEY, HandRefinerArgs, replace,
-                                      to_infotext)
 from lib_handrefiner.masking import enclosing_box
-from lib_handrefiner.sampler import LATENT_SCALE, InpaintRequest, SamplingInterrupted, ddim_step_count, \
-    sample_inpaint, size_multiple, with_extra_negative
+from lib_handrefiner.sampler import (
+    LATENT_SCALE,
+    InpaintRequest,
+    SamplingInterrupted,
+    ddim_step_count,
+    sample_inpaint,
+    size_multiple,
+    with_extra_negative,
+)
 from lib_handrefiner.sd_model import SDModel
+from lib_handrefiner.settings import (
+    BUILTIN_SAMPLER,
+    DEFAULT_NEGATIVE_PROMPT,
+    MESHES_INFOTEXT_KEY,
+    HandRefinerArgs,
+    replace,
+    to_infotext,
+)
 
 Box = Tuple[int, int, int, int]
 CROP_CONTEXT = 0.5      # a crop's side is the mask box's longest side × (1 + this): room for the arm and background
@@ -309,7 +322,8 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
                  mesh_warning: str = "") -> RefineResult:
     """Refines the hands of `image` (any RGB input `imageio.to_rgb` takes). `args.prompt`/`negative_prompt`, when
     set, override the job's prompts given here; without a job negative (None) the official one is used.
-    `perception` skips detection (e.g. user-edited boxes). `progress(done, total)` is called after every sampling step; `should_stop()` is polled before each one and
+    `perception` skips detection (e.g. user-edited boxes). `progress(done, total)` is called after every sampling
+    step; `should_stop()` is polled before each one and
     ends the run with the hands refined so far. `sample_fn` inpaints each crop (None: the built-in
     `sample_inpaint`); crops, masks, the adaptive search and compositing are the same whichever samples.
     `mesh_model` is the model `args.mesh_model` resolved to (None: resolved here) and `mesh_warning` the warning

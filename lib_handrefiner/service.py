@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from .settings import HandRefinerArgs
-from .models_registry import ModelListing, ModelSlots, build_listing, resolve_name
+from lib_handrefiner.models_registry import ModelListing, ModelSlots, build_listing, resolve_name
+from lib_handrefiner.settings import HandRefinerArgs
 
 
 class ModelLoadError(RuntimeError):
@@ -73,11 +73,11 @@ class StandaloneService:
         return self.controlnet.stem
 
     def perceive(self, image: np.ndarray, args: HandRefinerArgs) -> Any:
-        from .perception import perceive
+        from lib_handrefiner.perception import perceive
         return perceive(image, args, *self._mesh_model(args))
 
     def refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any = None) -> Any:
-        from .pipeline import refine_image
+        from lib_handrefiner.pipeline import refine_image
         listing = self.listing()
         controlnet_path = resolve_name(args.controlnet, listing.controlnets, "controlnet")
         checkpoint_path = (resolve_name(args.inpaint_checkpoint, listing.checkpoints, "inpaint_checkpoint")
@@ -98,12 +98,12 @@ class StandaloneService:
                                        self.device, torch.float16 if on_gpu else torch.float32)
 
     def _load_sd(self, path: Path) -> Any:
-        from .sd_model import load_sd_checkpoint
+        from lib_handrefiner.sd_model import load_sd_checkpoint
         config = path.with_suffix(".yaml")
         return load_sd_checkpoint(path, config_path=config if config.is_file() else None, device=self.device)
 
     def _load_controlnet(self, path: Path) -> Any:
-        from .controlnet import load_controlnet
+        from lib_handrefiner.controlnet import load_controlnet
         return load_controlnet(path, device=self.device, fused_attention=True)
 
     def _load(self, kind: str, path: Path, loader: Callable[[Path], Any]) -> Any:

@@ -23,12 +23,12 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from .settings import FIELDS, HandRefinerArgs, describe_error, from_widget, replace
-from .settings import parse_boxes as parse_box_text
-from .detection import DetectorUnavailable
-from .imageio import to_rgb
-from .mesh import MeshModelError
-from .service import HandRefinerService
+from lib_handrefiner.detection import DetectorUnavailable
+from lib_handrefiner.imageio import to_rgb
+from lib_handrefiner.mesh import MeshModelError
+from lib_handrefiner.service import HandRefinerService
+from lib_handrefiner.settings import FIELDS, HandRefinerArgs, describe_error, from_widget, replace
+from lib_handrefiner.settings import parse_boxes as parse_box_text
 
 ROOT = Path(__file__).resolve().parents[1]
 Box = Tuple[float, float, float, float]

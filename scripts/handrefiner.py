@@ -11,20 +11,19 @@ import html
 import json
 
 import gradio as gr
-
 from modules import devices, extra_networks, prompt_parser, script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
 from lib_handrefiner import webui
-from lib_handrefiner.webui import accordion, sampling as webui_sampling
-from lib_handrefiner.settings import EDITOR_GROUP, BOXES_GROUP, field_names
+from lib_handrefiner.settings import BOXES_GROUP, EDITOR_GROUP, field_names
 from lib_handrefiner.ui import field_control, field_label
+from lib_handrefiner.webui import accordion
+from lib_handrefiner.webui import sampling as webui_sampling
 
 
 def _sampling_modules() -> webui_sampling.WebUIModules:
     """The WebUI modules the hand pass drives when a WebUI sampler is chosen."""
     import k_diffusion.sampling
-
     from modules import processing, rng, sd_samplers, sd_samplers_common, sd_samplers_timesteps, sd_schedulers
 
     return webui_sampling.WebUIModules(

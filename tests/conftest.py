@@ -129,10 +129,9 @@ def graphormer_folder(tmp_path_factory) -> Path:
     """A models folder with Mesh Graphormer's three files, as a user would have them: the network with seeded
     random weights in the released layout (~855 MB, legacy torch.save; heads set so that the mesh lands in its
     crop, see graphormer_fixtures.mesh_shaped_heads), a synthetic MANO_RIGHT.pkl and mano_downsampling.npz."""
-    import numpy as np
-
     import graphormer_fixtures
     import mano_files
+    import numpy as np
 
     folder = tmp_path_factory.mktemp("graphormer-models")
     arrays = mano_files.write_synthetic_mano(folder / "MANO_RIGHT.pkl")

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
-
 from unets import LayerwiseUNet
 
 

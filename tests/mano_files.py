@@ -108,10 +108,10 @@ class _Py2Writer:
 
     def dtype(self, dtype: np.dtype) -> None:
         self.global_("numpy", "dtype")
-        self.tuple((dtype.str[1:] if dtype != object else "O8", 0, 1))
+        self.tuple((dtype.str[1:] if dtype.kind != "O" else "O8", 0, 1))
         self.op(b"R")
-        order = "|" if dtype.itemsize == 1 or dtype == object else "<"
-        self.tuple((3, order, None, None, None, -1, -1, 63 if dtype == object else 0))
+        order = "|" if dtype.itemsize == 1 or dtype.kind == "O" else "<"
+        self.tuple((3, order, None, None, None, -1, -1, 63 if dtype.kind == "O" else 0))
         self.op(b"b")
 
     def ndarray(self, a: np.ndarray) -> None:
@@ -126,7 +126,7 @@ class _Py2Writer:
         self.tuple(tuple(int(n) for n in a.shape))
         self.dtype(a.dtype)
         self.value(False)
-        self.value(list(a) if a.dtype == object else a.tobytes())  # an object array pickles its elements
+        self.value(list(a) if a.dtype.kind == "O" else a.tobytes())  # an object array pickles its elements
         self.op(b"tb")                               # TUPLE, BUILD
 
     def bytes(self) -> bytes:

@@ -74,8 +74,9 @@ def surfaces_digest() -> Dict[str, Any]:
             "as_dict": _plain(s.as_dict(args)[name]),
         })
     out["cases"] = rows
-    out["spellings"] = [[name, text, run(lambda: getattr(s.from_infotext({"HandRefiner": "on", s.FIELDS[name].title: text}), name)),
-                         run(lambda: s.parse_setting(f"{name}={text}")[1])] for name, text, _ in SPELLINGS]
+    out["spellings"] = [
+        [name, text, run(lambda: getattr(s.from_infotext({"HandRefiner": "on", s.FIELDS[name].title: text}), name)),
+         run(lambda: s.parse_setting(f"{name}={text}")[1])] for name, text, _ in SPELLINGS]
     out["bad"] = [[name, run(lambda: s.HandRefinerArgs(**{name: value}))] for name, value in BAD]
     out["unknown"] = run(lambda: s.from_script_args({"strenght": 0.4}))
     try:

@@ -10,19 +10,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import OFFICIAL_NEGATIVE, api_client, b64_file, infotext_value, strict_loads
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
+from pickles import tiny_lightning_checkpoint
 from PIL import Image
 
 from lib_handrefiner import __version__
-from lib_handrefiner.api import (DEFAULT_MAX_PIXELS, ApiConfig, InputError, decode_image, install_alwayson_validation,
-                                 mount, validate_script_args)
-from lib_handrefiner.settings import HandRefinerArgs
+from lib_handrefiner.api import (
+    DEFAULT_MAX_PIXELS,
+    ApiConfig,
+    InputError,
+    decode_image,
+    install_alwayson_validation,
+    mount,
+    validate_script_args,
+)
 from lib_handrefiner.models_registry import ModelNameError, build_listing, check_name_safe, resolve_name
 from lib_handrefiner.service import StandaloneService
-
-from conftest import OFFICIAL_NEGATIVE, api_client, b64_file, infotext_value, strict_loads
-from pickles import tiny_lightning_checkpoint
+from lib_handrefiner.settings import HandRefinerArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 MALFORMED = ROOT / "examples" / "malformed_1.jpg"
@@ -441,7 +447,8 @@ def test_every_handrefiner_error_has_one_shape_on_an_app_that_reshapes_errors(se
         "bad image": client.post("/handrefiner/refine", json={"image": "not base64!"}),
         "too many pixels": client.post("/handrefiner/refine", json={"image": base64.b64encode(
             png_header_only(100, 100)).decode()}),
-        "malformed JSON": client.post("/handrefiner/refine", content=b"{", headers={"content-type": "application/json"}),
+        "malformed JSON": client.post("/handrefiner/refine", content=b"{",
+                                      headers={"content-type": "application/json"}),
         "missing field": client.post("/handrefiner/refine", json={}),
         "unknown controlnet": client.post("/handrefiner/refine", json={"image": GREY, "controlnet": "nope"}),
         "unknown path": client.get("/handrefiner/nothing"),

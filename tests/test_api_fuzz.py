@@ -20,12 +20,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from test_api import b64_image, png_header_only
 
 from lib_handrefiner.api import mount
-from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.service import StandaloneService
-
-from test_api import b64_image, png_header_only
+from lib_handrefiner.settings import HandRefinerArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("HANDREFINER_FUZZ_EXAMPLES", "1000"))  # the issue asks for at least 1,000

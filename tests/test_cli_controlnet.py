@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from pickles import write_lightning_checkpoint
 from safetensors.torch import load_file, save_file
 
 from lib_handrefiner.cli import main
 from lib_handrefiner.controlnet import ControlNetConfig, load_controlnet
-
-from pickles import write_lightning_checkpoint
 
 SHARED_TINY = (Path(__file__).resolve().parents[2] / "shared" / "models" / "tiny-sd15-inpaint"
                / "tiny-inpaint.safetensors")

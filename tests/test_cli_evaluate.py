@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES
 from PIL import Image
 
 from lib_handrefiner.cli import main
-from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.cli.evaluate import evaluate, list_images, markdown_table, to_json
-
-from conftest import EXAMPLES
+from lib_handrefiner.settings import HandRefinerArgs
 
 HAND_IMAGES = ["freihand_sample1.jpg", "freihand_sample2.jpg", "internet_fig1.jpg", "malformed_1.jpg"]
 

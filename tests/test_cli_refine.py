@@ -6,12 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, OFFICIAL_NEGATIVE, infotext_value, strict_loads
+from pickles import tiny_lightning_checkpoint, write_lightning_checkpoint
 from PIL import Image
 
 from lib_handrefiner.cli import main
-
-from conftest import EXAMPLES, OFFICIAL_NEGATIVE, infotext_value, strict_loads
-from pickles import tiny_lightning_checkpoint, write_lightning_checkpoint
 
 
 def _models(tiny_models):

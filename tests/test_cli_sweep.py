@@ -6,13 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 from PIL import Image
 
 from lib_handrefiner.cli import main
 from lib_handrefiner.cli.sweep import parse_strengths
 from lib_handrefiner.grid import LABEL_HEIGHT
-
-from conftest import EXAMPLES
 
 FAST = ["--steps", "2", "--crop-resolution", "64", "--cfg", "5"]
 
@@ -23,10 +22,10 @@ def _models(tiny_models):
 
 def test_sweep_writes_a_labelled_grid_with_one_refined_crop_per_strength(tiny_models, tmp_path, capsys):
     from lib_handrefiner.adaptive import pose_error
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.perception import perceive
     from lib_handrefiner.pipeline import cut, hand_crop_region
+    from lib_handrefiner.settings import HandRefinerArgs
 
     out = tmp_path / "grid.png"
     image = EXAMPLES / "malformed_1.jpg"

@@ -4,15 +4,22 @@ that every residual got in; and, where reForge's source is at hand, its own UNet
 from __future__ import annotations
 
 import pytest
+import reforge_source
 import torch
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
+from unets import (
+    TINY_UNET,
+    BypassingUNet,
+    LayerwiseUNet,
+    as_control,
+    build_unet,
+    controlled_unet_reference,
+    inputs,
+    randomise,
+)
 
 from lib_handrefiner.control_injection import ControlNotAppliedError, inject_control
 from lib_handrefiner.controlnet import ControlNet, ControlNetConfig
-
-import reforge_source
-from unets import (TINY_UNET, BypassingUNet, LayerwiseUNet, as_control, build_unet, controlled_unet_reference,
-                   inputs, randomise)
 
 FAMILIES = {"ldm": UNetModel, "layerwise": LayerwiseUNet}
 
@@ -258,7 +265,8 @@ def reforge_unet(openaimodel, ldm_unet):
     """reForge's UNet (ldm_patched) in the tiny configuration, with `ldm_unet`'s weights (same key names)."""
     levels = len(TINY_UNET["channel_mult"])
     unet = openaimodel.UNetModel(
-        image_size=TINY_UNET["image_size"], in_channels=ldm_unet.in_channels, model_channels=TINY_UNET["model_channels"],
+        image_size=TINY_UNET["image_size"], in_channels=ldm_unet.in_channels,
+        model_channels=TINY_UNET["model_channels"],
         out_channels=TINY_UNET["out_channels"], num_res_blocks=TINY_UNET["num_res_blocks"],
         channel_mult=tuple(TINY_UNET["channel_mult"]), num_heads=TINY_UNET["num_heads"], use_spatial_transformer=True,
         transformer_depth=[1] * levels * TINY_UNET["num_res_blocks"],   # attention at every level of the tiny UNet

@@ -8,13 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from lib_handrefiner.control_injection import inject_control
-from lib_handrefiner.controlnet import (CONTROL_PREFIX, ControlNet, ControlNetConfig, ControlNetLoadError,
-                                        controlnet_from_unet, load_controlnet, read_controlnet_file, save_controlnet)
-
 from pickles import write_lightning_checkpoint
 from unets import build_unet, inputs, randomise
+
+from lib_handrefiner.control_injection import inject_control
+from lib_handrefiner.controlnet import (
+    CONTROL_PREFIX,
+    ControlNet,
+    ControlNetConfig,
+    ControlNetLoadError,
+    controlnet_from_unet,
+    load_controlnet,
+    read_controlnet_file,
+    save_controlnet,
+)
 
 DATA = Path(__file__).parent / "data"
 SHARED_MANIFEST = (Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "checkpoints"
@@ -261,13 +268,13 @@ def test_fused_attention_on_loading_changes_only_the_speed(tiny_models, tiny_con
 @pytest.mark.parametrize("program", ["refine", "sweep", "serve"])
 def test_the_standalone_programs_sample_with_a_fused_attention_controlnet(program, tiny_models, tmp_path,
                                                                           monkeypatch):
+    from conftest import EXAMPLES
+
     from lib_handrefiner import pipeline
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.cli import main
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.service import StandaloneService
-
-    from conftest import EXAMPLES
+    from lib_handrefiner.settings import HandRefinerArgs
 
     sampled = []
     refine_image = pipeline.refine_image

@@ -6,11 +6,11 @@ import pickle
 import pickletools
 from pathlib import Path
 
+import mano_files
 import numpy as np
 import pytest
 import torch
 
-import mano_files
 from lib_handrefiner import safe_pickle
 from lib_handrefiner.mesh import get_mesh_model
 from lib_handrefiner.mesh.graphormer import files, mano
@@ -157,7 +157,7 @@ def test_each_missing_file_is_named_with_what_it_is_and_where_to_get_it(tmp_path
     message = str(caught.value)
     assert f"needs {len(missing)} file(s)" in message
     for required in files.REQUIRED_FILES:
-        line = next((l for l in message.splitlines() if l.startswith(f"- {required.name}:")), None)
+        line = next((text for text in message.splitlines() if text.startswith(f"- {required.name}:")), None)
         assert (line is not None) == (required.name in missing)
         if line:
             assert required.what in line and required.where in line and str(folder / "handrefiner") in line

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import graphormer_fixtures
+import mano_files
 import numpy as np
 import pytest
 import torch
-
-import graphormer_fixtures
-import mano_files
-from lib_handrefiner.mesh.graphormer import mano
 from graphormer_fixtures import manifest_entries
+
+from lib_handrefiner.mesh.graphormer import mano
 from lib_handrefiner.mesh.graphormer.network import GraphormerHandNetwork
 
 DATA = Path(__file__).parent / "data"

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import api_client, b64_file
 from PIL import Image
 
-from lib_handrefiner.settings import FIELDS, HandRefinerArgs, field_names, from_infotext
 from lib_handrefiner.cli import main
 from lib_handrefiner.imageio import load_image
 from lib_handrefiner.mesh import MeshModelError, resolve_mesh_model
 from lib_handrefiner.mesh.graphormer import files
 from lib_handrefiner.models_registry import ModelSlots
-
-from conftest import api_client, b64_file
+from lib_handrefiner.settings import FIELDS, HandRefinerArgs, field_names, from_infotext
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SHIPPED = sorted(EXAMPLES.glob("*.jpg"))

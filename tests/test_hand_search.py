@@ -7,8 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib_handrefiner.hand_search import (DEFAULT_PASSES, FOUND_BY, PASSES, find_hands, hand_in_box,
-                                         pose_hand_region, same_hand, _starts)
+from lib_handrefiner.hand_search import (
+    DEFAULT_PASSES,
+    FOUND_BY,
+    PASSES,
+    _starts,
+    find_hands,
+    hand_in_box,
+    pose_hand_region,
+    same_hand,
+)
 from lib_handrefiner.imageio import load_image
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

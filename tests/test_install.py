@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, webui_stand_in
 
 
@@ -151,7 +150,8 @@ def test_the_requirements_file_is_the_one_the_launcher_reads(installer, launch, 
     (elsewhere / "reqs.txt").write_text("httpx==0.24.1\n")
     monkeypatch.chdir(elsewhere)
     cases = [({}, "psutil==5.9.5"), ({"REQS_FILE": "requirements_cpu.txt"}, "Pillow==9.5.0"),
-             ({"REQS_FILE": "reqs.txt"}, "httpx==0.24.1"), ({"REQS_FILE": str(elsewhere / "reqs.txt")}, "httpx==0.24.1"),
+             ({"REQS_FILE": "reqs.txt"}, "httpx==0.24.1"),
+             ({"REQS_FILE": str(elsewhere / "reqs.txt")}, "httpx==0.24.1"),
              ({"REQS_FILE": "missing.txt"}, None)]
     for environ, pin in cases:
         seen = []

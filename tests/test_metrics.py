@@ -11,8 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib_handrefiner.metrics import (detection_confidence, feature_statistics, fid_from_features, frechet_distance,
-                                     kid_from_features, mpjpe_2d)
+from lib_handrefiner.metrics import (
+    detection_confidence,
+    feature_statistics,
+    fid_from_features,
+    frechet_distance,
+    kid_from_features,
+    mpjpe_2d,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

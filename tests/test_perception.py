@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.imageio import load_image
 from lib_handrefiner.perception import overlay_image, perceive
+from lib_handrefiner.settings import HandRefinerArgs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.jpg"))

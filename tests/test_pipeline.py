@@ -5,13 +5,19 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from lib_handrefiner.settings import HandRefinerArgs, to_infotext
-from lib_handrefiner.imageio import load_image
-from lib_handrefiner.pipeline import (CropRegion, composite, cut, format_infotext, hand_crop_region, refine_image,
-                                      whole_image_region)
-
 from conftest import EXAMPLES, OFFICIAL_NEGATIVE
+
+from lib_handrefiner.imageio import load_image
+from lib_handrefiner.pipeline import (
+    CropRegion,
+    composite,
+    cut,
+    format_infotext,
+    hand_crop_region,
+    refine_image,
+    whole_image_region,
+)
+from lib_handrefiner.settings import HandRefinerArgs, to_infotext
 
 FAST = dict(steps=2, crop_resolution=64, cfg_scale=5.0)
 
@@ -98,7 +104,8 @@ def test_refine_is_seeded_and_changes_only_the_hand(malformed, perceived, tiny_s
     n = sum(h.refinable for h in perceived.hands)
     assert len(a.hands) == n and a.hands[0].strength == 0.55 and a.hands[0].seed == 5
     assert steps[-1] == (2 * n, 2 * n)
-    assert a.infotext.startswith("HandRefiner: True, HandRefiner strength: 0.55") and "HandRefiner seed: 5" in a.infotext
+    assert a.infotext.startswith("HandRefiner: True, HandRefiner strength: 0.55")
+    assert "HandRefiner seed: 5" in a.infotext
     assert {"sample", "composite", "total"} <= set(a.timings_ms)
 
 
@@ -224,8 +231,8 @@ def test_a_512_image_is_refined_whole_at_scale_1_as_the_official_code_does(malfo
     from lib_handrefiner import pipeline
 
     requests, real = [], pipeline.sample_inpaint
-    monkeypatch.setattr(pipeline, "sample_inpaint", lambda sd, cn, request, *a, **k: (requests.append(request),
-                                                                                      real(sd, cn, request, *a, **k))[1])
+    monkeypatch.setattr(pipeline, "sample_inpaint",
+                        lambda sd, cn, request, *a, **k: (requests.append(request), real(sd, cn, request, *a, **k))[1])
     assert malformed.shape[:2] == (512, 512)
     result = refine_image(malformed, tiny_sd, tiny_controlnet, HandRefinerArgs(steps=1, cfg_scale=5.0), seed=1,
                           perception=perceived)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import api_client
 from PIL import Image
 
-from conftest import api_client
 from lib_handrefiner import imageio
 from lib_handrefiner.cli import main
 from lib_handrefiner.imageio import ImageTooLarge, load_image, max_pixels

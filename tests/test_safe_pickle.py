@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pickles import LIGHTNING_MODULE, write_lightning_checkpoint
 
 from lib_handrefiner import safe_pickle
 from lib_handrefiner.safe_pickle import Placeholder, UnpicklingError
-
-from pickles import LIGHTNING_MODULE, write_lightning_checkpoint
 
 
 def _every_kind_of_value() -> dict:

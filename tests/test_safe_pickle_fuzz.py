@@ -10,12 +10,12 @@ import struct
 import time
 from pathlib import Path
 
+import mano_files
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mano_files
 from lib_handrefiner import safe_pickle
 from lib_handrefiner.mesh.graphormer import files
 from lib_handrefiner.mesh.graphormer.files import GraphormerFileError

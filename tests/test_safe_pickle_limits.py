@@ -15,12 +15,12 @@ import time
 import zipfile
 from pathlib import Path
 
+import mano_files
 import numpy as np
 import pytest
 import scipy.sparse
 import torch
 
-import mano_files
 from lib_handrefiner import safe_pickle
 from lib_handrefiner.mesh import resolve_mesh_model
 from lib_handrefiner.mesh.graphormer import files

@@ -9,9 +9,19 @@ import numpy as np
 import pytest
 import torch
 
+from lib_handrefiner.sampler import (
+    InpaintRequest,
+    SamplingInterrupted,
+    blend_mask,
+    cfg_denoiser,
+    ddim_inpaint,
+    ddim_schedule,
+    ddim_step_count,
+    latent_mask,
+    sample_inpaint,
+    with_extra_negative,
+)
 from lib_handrefiner.settings import HandRefinerArgs
-from lib_handrefiner.sampler import (InpaintRequest, SamplingInterrupted, blend_mask, cfg_denoiser, ddim_inpaint,
-                                     ddim_schedule, ddim_step_count, latent_mask, sample_inpaint, with_extra_negative)
 
 LATENT = (1, 4, 8, 8)
 

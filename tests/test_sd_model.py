@@ -5,14 +5,18 @@ import shutil
 
 import pytest
 import torch
+from conftest import SHARED
+from pickles import write_lightning_checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lib_handrefiner.sd_model import (SD15_UNET, CheckpointError, infer_config, load_sd_checkpoint,
-                                      scaled_linear_alphas_cumprod)
-
-from conftest import SHARED
-from pickles import write_lightning_checkpoint
+from lib_handrefiner.sd_model import (
+    SD15_UNET,
+    CheckpointError,
+    infer_config,
+    load_sd_checkpoint,
+    scaled_linear_alphas_cumprod,
+)
 
 SHARED_TINY = SHARED / "models" / "tiny-sd15-inpaint"
 
@@ -170,7 +174,8 @@ def test_shared_tiny_checkpoint_has_our_layout_and_loads(tiny_models):
     with safe_open(str(tiny_models.checkpoint), "pt") as f:
         ours = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     networks = ("model.", "first_stage_model.", "cond_stage_model.")
-    pick = lambda d: {k: v for k, v in d.items() if k.startswith(networks) and not k.endswith("position_ids")}
+    def pick(d):
+        return {k: v for k, v in d.items() if k.startswith(networks) and not k.endswith("position_ids")}
     assert pick(ours) == pick(theirs)
     model = load_sd_checkpoint(shared)  # its yaml is beside it
     assert model.in_channels == 9 and model.config.source.startswith("yaml:")

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from settings_cases import BAD, CASES, SPELLINGS, surfaces_digest
 
 from lib_handrefiner import settings as s
 from lib_handrefiner.api import script_args_errors
 from lib_handrefiner.settings import HandRefinerArgs
-
-from settings_cases import BAD, CASES, SPELLINGS, surfaces_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYDANTIC2 = Path(sys.prefix) / "pydantic2"   # dev/setup.sh installs pydantic 2 there (`pip install --target`)

@@ -10,21 +10,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
+from conftest import EXAMPLES
 from PIL import Image
+from train_data import write_training_folder
 
 from lib_handrefiner import sampler
 from lib_handrefiner.controlnet import controlnet_from_unet, load_controlnet, read_unet_state
-from lib_handrefiner.train.dataset import (SampleOrder, StepBatches, StreamLayout, TrainingSet, collate, drop_prompt,
-                                           split_validation)
+from lib_handrefiner.train import objective
+from lib_handrefiner.train.dataset import (
+    SampleOrder,
+    StepBatches,
+    StreamLayout,
+    TrainingSet,
+    collate,
+    drop_prompt,
+    split_validation,
+)
 from lib_handrefiner.train.folder import list_folder
 from lib_handrefiner.train.loop import TrainConfig, TrainError, enable_gradient_checkpointing, grad_accumulation, train
-from lib_handrefiner.train import objective
-from lib_handrefiner.train.objective import (draw_noise, masked_mse, model_inputs, predict_noise,
-                                             training_loss)
-from train_data import write_training_folder
-
-from conftest import EXAMPLES
+from lib_handrefiner.train.objective import draw_noise, masked_mse, model_inputs, predict_noise, training_loss
 
 
 @pytest.fixture(scope="module")
@@ -150,11 +154,11 @@ def test_frozen_parts_stay_frozen_and_only_the_controlnet_trains(tiny_sd, unet_s
 def test_saved_controlnet_loads_inspects_and_changes_the_refiner(tiny_sd, unet_state, data, tmp_path, capsys):
     from safetensors import safe_open
 
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.cli import main
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.perception import perceive
     from lib_handrefiner.pipeline import refine_image
+    from lib_handrefiner.settings import HandRefinerArgs
 
     init = fresh_controlnet(unet_state)
     trained = fresh_controlnet(unet_state)
@@ -178,7 +182,8 @@ def test_saved_controlnet_loads_inspects_and_changes_the_refiner(tiny_sd, unet_s
 
 
 def test_resume_continues_at_its_step_with_the_same_losses(tiny_sd, unet_state, data, tmp_path):
-    whole = train(config(data, tmp_path / "whole", steps=4, save_every=2), models=(tiny_sd, fresh_controlnet(unet_state)))
+    whole = train(config(data, tmp_path / "whole", steps=4, save_every=2),
+                  models=(tiny_sd, fresh_controlnet(unet_state)))
     first = train(config(data, tmp_path / "split", steps=2), models=(tiny_sd, fresh_controlnet(unet_state)))
     resumed_net = fresh_controlnet(unet_state)  # the weights come from the checkpoint
     rest = train(config(data, tmp_path / "split", steps=4, resume="latest"), models=(tiny_sd, resumed_net))
@@ -193,7 +198,8 @@ def test_resume_continues_at_its_step_with_the_same_losses(tiny_sd, unet_state, 
     with pytest.raises(TrainError, match="earlier run.*--resume"):
         train(config(data, tmp_path / "whole", steps=4), models=(tiny_sd, fresh_controlnet(unet_state)))
     with pytest.raises(TrainError, match="nothing to train"):
-        train(config(data, tmp_path / "split", steps=4, resume="latest"), models=(tiny_sd, fresh_controlnet(unet_state)))
+        train(config(data, tmp_path / "split", steps=4, resume="latest"),
+              models=(tiny_sd, fresh_controlnet(unet_state)))
 
 
 def test_validation_grid_at_three_strengths(tiny_sd, tiny_models, data, tmp_path):

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
+from train_data import write_training_folder
 
 from lib_handrefiner.controlnet import ControlNetLoadError, controlnet_from_unet, load_controlnet, read_unet_state
 from lib_handrefiner.train import checkpoint as ckpt
 from lib_handrefiner.train.loop import TrainConfig, TrainError, train
-from train_data import write_training_folder
-
-from conftest import ROOT
 
 STEPS = 4
 

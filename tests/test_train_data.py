@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 from PIL import Image
+from train_data import RHD_SAMPLES, encode_rhd_depth, write_rhd, write_static_gestures
 
 from lib_handrefiner.cli import main
 from lib_handrefiner.train.folder import DatasetFolderError, list_folder, read_captions, read_sample_images
 from lib_handrefiner.train.prepare import PrepareOptions, depth_levels, prepare
 from lib_handrefiner.train.sources import SourceError, hand_segments, open_source, rhd_depth
-from train_data import RHD_SAMPLES, encode_rhd_depth, write_rhd, write_static_gestures
-
-from conftest import EXAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -249,8 +248,9 @@ def test_readme_training_section_names_only_real_flags():
     import importlib
     import re
 
-    from lib_handrefiner.cli import COMMANDS
     from conftest import ROOT
+
+    from lib_handrefiner.cli import COMMANDS
 
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Train your own hand ControlNet"):text.index("## Measured")]

@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from lib_handrefiner.settings import HandRefinerArgs
-from lib_handrefiner.ui import (args_from_controls, boxes_json, clip_boxes, create_blocks, editor_html,
-                                field_control, image_signature, parse_boxes, rows_to_boxes)
+from lib_handrefiner.ui import (
+    args_from_controls,
+    boxes_json,
+    clip_boxes,
+    create_blocks,
+    editor_html,
+    field_control,
+    image_signature,
+    parse_boxes,
+    rows_to_boxes,
+)
 
 
 def test_boxes_are_clipped_ordered_and_rounded():
@@ -136,7 +145,7 @@ def new_image_handler(tiny_models):
 
     with gr.Blocks() as blocks:
         image = gr.Image(type="pil")
-        editor = build_editor(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet), image,
+        build_editor(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet), image,
                               boxes=gr.Textbox(value="", elem_id="script_boxes"))
     handler = {(dep["targets"][0], dep["trigger"]): fn.fn for dep, fn in zip(blocks.dependencies, blocks.fns)}
     return handler[(image._id, "change")]

@@ -40,9 +40,9 @@ def free_port() -> int:
 def server_url(tiny_models):
     import uvicorn
 
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.cli.serve import TINY_NOTICE, create_app
     from lib_handrefiner.service import StandaloneService
+    from lib_handrefiner.settings import HandRefinerArgs
 
     service = StandaloneService(tiny_models.checkpoint, tiny_models.controlnet)
     app = create_app(service, TINY_NOTICE, HandRefinerArgs(steps=2, crop_resolution=64, seed=3))

@@ -6,12 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from forge_stand_in import ForgeShapedModel, forge_2_shaped_model
 
 from lib_handrefiner.sampler import InpaintRequest, sample_inpaint
 from lib_handrefiner.webui.backend import ForgeBackend, LdmBackend, UnsupportedBackendError, backend_for
 from lib_handrefiner.webui.sd_adapter import WebUISDModel, sd1_problem, upcast_vae_after_nans
-
-from forge_stand_in import ForgeShapedModel, forge_2_shaped_model
 
 
 @pytest.fixture()

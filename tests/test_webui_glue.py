@@ -14,15 +14,13 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES, OFFICIAL_NEGATIVE, ROOT, strict_loads, webui_stand_in
+from pickles import tiny_lightning_checkpoint
 from PIL import Image
 
-from conftest import EXAMPLES, OFFICIAL_NEGATIVE, ROOT, strict_loads, webui_stand_in
 from lib_handrefiner import webui
-from lib_handrefiner.settings import groups as settings_groups
-from lib_handrefiner.settings import HandRefinerArgs, field_names, to_infotext
 from lib_handrefiner.imageio import load_image
-
-from pickles import tiny_lightning_checkpoint
+from lib_handrefiner.settings import HandRefinerArgs, field_names, to_infotext
 
 CONTROLNET_NAME = HandRefinerArgs().controlnet
 FAST = dict(steps=2, crop_resolution=64, cfg_scale=5.0)
@@ -41,8 +39,8 @@ def wui(tiny_models, tiny_sd, tmp_path_factory):
     (root / "models" / "Stable-diffusion" / "clip-tiny").symlink_to(tiny_models.checkpoint.parent / "clip-tiny")
     try:
         with webui_stand_in():
-            from modules import scripts, shared
             from latent_diffusion import TinyLatentDiffusion
+            from modules import scripts, shared
 
             shared.sd_model = TinyLatentDiffusion(tiny_sd)
             spec = importlib.util.spec_from_file_location("handrefiner.py", ROOT / "scripts" / "handrefiner.py")
@@ -189,8 +187,9 @@ def test_the_accordion_shows_the_main_settings_and_groups_the_rest():
 def test_the_recycle_button_reuses_the_hand_seed_of_the_selected_image(wui):
     import json
 
-    from lib_handrefiner.webui.accordion import reused_seed
     from modules.infotext_utils import parse_generation_parameters
+
+    from lib_handrefiner.webui.accordion import reused_seed
 
     info = json.dumps({"infotexts": ["a hand\nSteps: 2, Seed: 11, HandRefiner: True",
                                      "a hand\nSteps: 2, Seed: 12, HandRefiner: True, HandRefiner seed: 99"]})
@@ -645,7 +644,8 @@ def test_app_started_mounts_the_api_on_the_webui_app(wui):
         return {"images": []}
 
     def post(args):
-        return client.post("/sdapi/v1/txt2img", json={"prompt": "x", "alwayson_scripts": {"HandRefiner": {"args": args}}})
+        return client.post("/sdapi/v1/txt2img",
+                           json={"prompt": "x", "alwayson_scripts": {"HandRefiner": {"args": args}}})
 
     # widget-format values (as the API's own defaults are) pass; a bad one is named before anything runs
     assert post([True, 0.6, "fixed", "0.4, 0.6", None, None, "", "", "x", "landmarks", CONTROLNET_NAME,
@@ -763,7 +763,8 @@ def test_a_regular_current_model_hands_the_pass_to_an_inpainting_checkpoint(wui,
 def test_inpainting_candidates_are_sd1_inpainting_models_by_name_and_header(wui, tiny_models, tmp_path):
     from lib_handrefiner.models_registry import build_listing
 
-    for name, src in (("a-inpainting", tiny_models.checkpoint), ("b-inpaint-really-regular", tiny_models.regular_checkpoint),
+    for name, src in (("a-inpainting", tiny_models.checkpoint),
+                      ("b-inpaint-really-regular", tiny_models.regular_checkpoint),
                       ("c-plain", tiny_models.checkpoint)):
         os.link(src, tmp_path / f"{name}.safetensors")
     (tmp_path / "d-inpainting.ckpt").write_bytes(b"not read until loaded")
@@ -991,8 +992,8 @@ def test_mesh_graphormer_in_the_webui(wui, script, malformed, graphormer_folder)
     without its files, the image is kept and the result names each missing file and where to get it."""
     from modules import shared
 
-    from lib_handrefiner.settings import MESHES_INFOTEXT_KEY
     from lib_handrefiner.mesh.graphormer.files import FILE_NAMES
+    from lib_handrefiner.settings import MESHES_INFOTEXT_KEY
 
     controls, _ = ui_values(script)
     by_name = dict(zip(field_names(), controls))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import webui_stand_in
+
 from lib_handrefiner.webui.prompts import OwnPromptEncoder, WebUIPromptEncoder, pad_to_same_length
 
 LONG = " ".join(["a hand with five fingers"] * 20)   # 100 tokens: two 77-token chunks

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import webui_stand_in
+
 from lib_handrefiner.control_injection import inject_control
-from lib_handrefiner.sampler import DDIMSchedule, InpaintRequest, SamplingInterrupted, blend_mask, cfg_denoiser, \
-    ddim_inpaint
+from lib_handrefiner.sampler import (
+    DDIMSchedule,
+    InpaintRequest,
+    SamplingInterrupted,
+    blend_mask,
+    cfg_denoiser,
+    ddim_inpaint,
+)
 
 SEED = 7
 SIZE = 64
@@ -21,8 +27,17 @@ def wui(tiny_sd):
     with webui_stand_in():
         import k_diffusion.sampling
         from latent_diffusion import TinyLatentDiffusion
-        from modules import (devices, extra_networks, processing, rng, sd_samplers, sd_samplers_common,
-                             sd_samplers_timesteps, sd_schedulers, shared)
+        from modules import (
+            devices,
+            extra_networks,
+            processing,
+            rng,
+            sd_samplers,
+            sd_samplers_common,
+            sd_samplers_timesteps,
+            sd_schedulers,
+            shared,
+        )
 
         from lib_handrefiner.webui import WebUISDModel
         from lib_handrefiner.webui.sampling import WebUIModules

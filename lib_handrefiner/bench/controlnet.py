@@ -14,14 +14,11 @@ import torch
 from lib_handrefiner.bench._timing import median_ms
 
 
-
-
 def build(arch: str, device: torch.device, dtype: torch.dtype):
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     from lib_handrefiner.controlnet import controlnet_from_unet
-    from lib_handrefiner.sd_model import quiet_ldm
-    from lib_handrefiner.sd_model import SD15_UNET
+    from lib_handrefiner.sd_model import SD15_UNET, quiet_ldm
     from lib_handrefiner.tiny import TINY_UNET
 
     params = dict(SD15_UNET if arch == "sd15" else TINY_UNET)

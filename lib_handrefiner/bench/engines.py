@@ -52,8 +52,8 @@ def main(argv: List[str]) -> int:
         print(f"needs {STUB} (the WebUI stand-in of the repository's tests)", file=sys.stderr)
         return 2
 
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.imageio import load_image
+    from lib_handrefiner.settings import HandRefinerArgs
 
     image = load_image(EXAMPLE)
     base = HandRefinerArgs(steps=ns.steps, crop_resolution=ns.crop, prompt="a hand, five fingers")
@@ -70,7 +70,8 @@ def main(argv: List[str]) -> int:
             mine = run_samplers(stand_in.refine_fn(image), image, base, ns, repeats=1)
             print("\nthe real WebUI vs the stand-in (same files, seed, settings)")
             for name in real:
-                print(f"  {name:<28} {hand_difference(real[name]['image'], mine[name]['image'], real[name]['mask']):7.3f}")
+                difference = hand_difference(real[name]["image"], mine[name]["image"], real[name]["mask"])
+                print(f"  {name:<28} {difference:7.3f}")
         return 0
     results = run_samplers(stand_in.refine_fn(image), image, base, ns)
     print("\nthe WebUI stand-in")
@@ -103,8 +104,8 @@ def report(results: Dict[str, dict]) -> None:
     reference = next(iter(results.values()))
     print(f"  {'sampler':<28} {'s/hand':>7} {'vs DDIM (HandRefiner)':>22} {'seed to seed':>13}")
     for name, r in results.items():
-        print(f"  {name:<28} {r['seconds']:7.2f} {hand_difference(r['image'], reference['image'], reference['mask']):22.3f}"
-              f" {r['seed_to_seed']:13.3f}")
+        difference = hand_difference(r["image"], reference["image"], reference["mask"])
+        print(f"  {name:<28} {r['seconds']:7.2f} {difference:22.3f} {r['seed_to_seed']:13.3f}")
 
 
 def refine_over_api(url: str, image: np.ndarray, args, seed: int) -> Tuple[np.ndarray, np.ndarray, int]:
@@ -136,17 +137,27 @@ class StandIn:
         import torch
 
         from lib_handrefiner import webui
-        from lib_handrefiner.settings import HandRefinerArgs
         from lib_handrefiner.controlnet import load_controlnet
         from lib_handrefiner.sd_model import find_config, load_sd_checkpoint
+        from lib_handrefiner.settings import HandRefinerArgs
         from lib_handrefiner.tiny import ensure_tiny_models
         from lib_handrefiner.webui.sampling import WebUIModules
 
         sys.path.insert(0, str(STUB))
         import k_diffusion.sampling
         from latent_diffusion import TinyLatentDiffusion
-        from modules import (devices, extra_networks, processing, prompt_parser, rng, sd_samplers,
-                             sd_samplers_common, sd_samplers_timesteps, sd_schedulers, shared)
+        from modules import (
+            devices,
+            extra_networks,
+            processing,
+            prompt_parser,
+            rng,
+            sd_samplers,
+            sd_samplers_common,
+            sd_samplers_timesteps,
+            sd_schedulers,
+            shared,
+        )
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         models = Path(tempfile.mkdtemp(prefix="handrefiner-bench-")) / "models"
@@ -183,8 +194,14 @@ class StandIn:
 
         from lib_handrefiner.control_injection import inject_control
         from lib_handrefiner.pipeline import refine_image, to_uint8
-        from lib_handrefiner.sampler import (DDIMSchedule, blend_mask, cfg_denoiser, ddim_inpaint, ddim_schedule,
-                                             sample_inpaint)
+        from lib_handrefiner.sampler import (
+            DDIMSchedule,
+            blend_mask,
+            cfg_denoiser,
+            ddim_inpaint,
+            ddim_schedule,
+            sample_inpaint,
+        )
         from lib_handrefiner.webui import WebUISDModel
         from lib_handrefiner.webui.sampling import WebUISampling, _preserved_globals
 

@@ -58,12 +58,12 @@ def best_of(repeats: int, run: Callable[[], object], device: torch.device) -> tu
 
 
 def main(argv: list[str]) -> int:
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.perception import perceive
     from lib_handrefiner.pipeline import refine_image
     from lib_handrefiner.sampler import ddim_step_count
     from lib_handrefiner.sd_model import place
+    from lib_handrefiner.settings import HandRefinerArgs
 
     parser = argparse.ArgumentParser(prog="python -m lib_handrefiner.bench gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

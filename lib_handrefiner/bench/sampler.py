@@ -83,8 +83,8 @@ def compare(sd, controlnet, first: np.ndarray, second: np.ndarray, args, repeats
 
 def big_and_crop(source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A 1024² image with one hand (the example upscaled) and the 512² crop of it around the hand."""
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.perception import perceive
+    from lib_handrefiner.settings import HandRefinerArgs
 
     big = np.array(Image.fromarray(source).resize((1024, 1024), Image.LANCZOS))
     box = next(h.box for h in perceive(big, HandRefinerArgs()).hands if h.refinable)
@@ -94,8 +94,8 @@ def big_and_crop(source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv: list[str]) -> int:
-    from lib_handrefiner.settings import HandRefinerArgs
     from lib_handrefiner.imageio import load_image
+    from lib_handrefiner.settings import HandRefinerArgs
 
     parser = argparse.ArgumentParser(prog="python -m lib_handrefiner.bench sampler", description=__doc__)
     parser.add_argument("--steps", type=int, default=6)

@@ -27,8 +27,15 @@ ARCH_DEFAULTS = {"tiny": dict(resolution=64, precision="fp32"), "sd15": dict(res
 def build(arch: str, device: torch.device, dtype: torch.dtype):
     """The frozen SD model and a ControlNet initialised from its UNet (random zero convs, so all of it acts)."""
     from lib_handrefiner.controlnet import controlnet_from_unet
-    from lib_handrefiner.sd_model import CLIP_VIT_L14_TEXT, SD15_UNET, SD15_VAE, SDConfig, build_model, place, \
-        use_fast_attention
+    from lib_handrefiner.sd_model import (
+        CLIP_VIT_L14_TEXT,
+        SD15_UNET,
+        SD15_VAE,
+        SDConfig,
+        build_model,
+        place,
+        use_fast_attention,
+    )
     from lib_handrefiner.tiny import make_non_degenerate, tiny_config
 
     config = tiny_config() if arch == "tiny" else SDConfig(unet=dict(SD15_UNET), vae=dict(SD15_VAE), embed_dim=4,
@@ -60,8 +67,13 @@ def synthetic_batches(count: int, batch_size: int, resolution: int, latent_chann
 
 
 def measure(ns: argparse.Namespace) -> int:
-    from lib_handrefiner.train.loop import ControlNetObjective, enable_gradient_checkpointing, freeze, \
-        resolve_precision, train_step
+    from lib_handrefiner.train.loop import (
+        ControlNetObjective,
+        enable_gradient_checkpointing,
+        freeze,
+        resolve_precision,
+        train_step,
+    )
 
     torch.set_num_threads(ns.threads)
     device = torch.device(ns.device)

@@ -1,7 +1,8 @@
 """`python -m lib_handrefiner.bench webui [--repeats N]`: what the WebUI integration adds around the pipeline.
 
 Median milliseconds, tiny models, the shipped malformed hand at 2 steps / 64 px crop: `pipeline.refine_image` on
-the plain SD model (perception included), the same through `webui.WebUIRefiner.process_image` on the WebUI-shaped model (the adapter,
+the plain SD model (perception included), the same through `webui.WebUIRefiner.process_image` on the WebUI-shaped
+model (the adapter,
 progress, model moves, memory release; the difference is the glue's cost), the script-args parsing done per image,
 and install.py's check when everything is installed. Needs the repository's tests/webui_stub (the stand-in for the
 WebUI's objects).
@@ -37,11 +38,11 @@ def main(argv: List[str]) -> int:
     from PIL import Image
 
     from lib_handrefiner import webui
-    from lib_handrefiner.settings import HandRefinerArgs, field_names
     from lib_handrefiner.controlnet import load_controlnet
     from lib_handrefiner.imageio import load_image
     from lib_handrefiner.pipeline import refine_image
     from lib_handrefiner.sd_model import load_sd_checkpoint
+    from lib_handrefiner.settings import HandRefinerArgs, field_names
     from lib_handrefiner.tiny import ensure_tiny_models
 
     sys.path.insert(0, str(STUB))

@@ -1,7 +1,8 @@
 """Command line: `python -m lib_handrefiner COMMAND …`.
 
 Each command lives in its own module, which exposes `add_arguments(parser)` and `run(namespace) -> int`;
-modules are imported only when their command runs, so `detect` does not pay for torch. lib_handrefiner/__main__.py calls `main`.
+modules are imported only when their command runs, so `detect` does not pay for torch. lib_handrefiner/__main__.py
+calls `main`.
 """
 from __future__ import annotations
 

@@ -16,9 +16,9 @@ from typing import Dict, List, Sequence, Tuple
 
 from pydantic import ValidationError
 
-from lib_handrefiner.settings import FIELDS, HandRefinerArgs
 from lib_handrefiner.cli.common import add_mesh_arguments, load_mesh_model, make_output_folder, settings_error
 from lib_handrefiner.safe_write import OutputError, OutputFolder, png
+from lib_handrefiner.settings import FIELDS, HandRefinerArgs
 
 DEFAULTS = HandRefinerArgs()
 

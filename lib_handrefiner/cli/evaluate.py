@@ -23,9 +23,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from lib_handrefiner import strict_json
-from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.cli.common import make_output_folder
 from lib_handrefiner.safe_write import OutputFolder
+from lib_handrefiner.settings import HandRefinerArgs
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 REFINED_TAG = ".refined"  # cli refine's output name: <stem>.refined.png

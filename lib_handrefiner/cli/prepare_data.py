@@ -5,7 +5,8 @@ Each sample becomes a crop around its hands at --resolution (cut as the refiner 
 mask and the depth hint in the project's convention; samples whose masks are broken are dropped and counted
 (DST/prepare.json lists the reasons). `--hint landmarks` renders the hint with the project's own MANO-free mesh
 (MediaPipe → landmark mesh → depth) instead of the dataset's depth, so that the ControlNet learns exactly the hints
-the refiner gives it with the landmark mesh. Captions come from `--captions FILE.jsonl` ({"jpg": source file name, "txt": caption}
+the refiner gives it with the landmark mesh. Captions come from `--captions FILE.jsonl` ({"jpg": source file name,
+"txt": caption}
 per line); without it they are empty.
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dst", type=Path, metavar="DST", help="the training folder to write")
     parser.add_argument("--hint", choices=HINTS, default=d.hint,
                         help="depth hint: the dataset's depth (default), or a mesh model's rendered depth "
-                             "(landmarks: the project's weight-free mesh; graphormer: Mesh Graphormer, needs its files)")
+                             "(landmarks: the project's weight-free mesh; graphormer: Mesh Graphormer, needs its "
+                             "files)")
     parser.add_argument("--mask", choices=MASKS, default=d.mask,
                         help="hand mask: the segmentation, or the refiner's inference mask (padded keypoint box ∪ "
                              "depth pixels); auto: segmentation with --hint dataset, else inference")

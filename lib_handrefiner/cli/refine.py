@@ -12,10 +12,16 @@ import sys
 from pathlib import Path
 
 from lib_handrefiner import strict_json
-from lib_handrefiner.settings import HandRefinerArgs, parse_setting
-from lib_handrefiner.cli.common import (add_mesh_arguments, add_negative_argument, load_mesh_model, make_output_folder,
-                                        sampling_device, settings_error)
+from lib_handrefiner.cli.common import (
+    add_mesh_arguments,
+    add_negative_argument,
+    load_mesh_model,
+    make_output_folder,
+    sampling_device,
+    settings_error,
+)
 from lib_handrefiner.safe_write import OutputFolder, png
+from lib_handrefiner.settings import HandRefinerArgs, parse_setting
 
 DEFAULTS = HandRefinerArgs()
 

@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 from typing import Optional, Tuple
 
-from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.cli.common import add_mesh_arguments
 from lib_handrefiner.mesh import MODELS_DIR_ENV
+from lib_handrefiner.settings import HandRefinerArgs
 
 TINY_NOTICE = ("No weights configured: serving TINY RANDOM models (for trying the UI and API; the refined hands "
                "are noise). Pass --checkpoint and --controlnet for real results.")

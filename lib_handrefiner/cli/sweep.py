@@ -18,10 +18,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from lib_handrefiner import strict_json
-from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.cli.common import add_mesh_arguments, add_negative_argument, load_mesh_model, sampling_device
 from lib_handrefiner.grid import GridTile, grid_image, mpjpe_text
 from lib_handrefiner.safe_write import OutputError, OutputFolder, png
+from lib_handrefiner.settings import HandRefinerArgs
 
 DEFAULTS = HandRefinerArgs()
 DEFAULT_STRENGTHS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"

@@ -51,7 +51,7 @@ Pass your own allow-list, built from the ones here::
 """
 # The package by concern: core (errors, Limits, placeholders), unpickler (RestrictedUnpickler, load/loads),
 # constructors (BASE_GLOBALS, NUMPY_GLOBALS, scipy.sparse/chumpy conversion), files (npz, torch files, TORCH_GLOBALS).
-from .constructors import (
+from lib_handrefiner.safe_pickle.constructors import (
     BASE_GLOBALS,
     NUMPY_GLOBALS,
     chumpy_array,
@@ -59,7 +59,7 @@ from .constructors import (
     plain_data,
     sparse_matrix,
 )
-from .core import (
+from lib_handrefiner.safe_pickle.core import (
     LIMITS,
     Globals,
     Limits,
@@ -69,7 +69,7 @@ from .core import (
     UnpicklingError,
     placeholder_class,
 )
-from .files import (
+from lib_handrefiner.safe_pickle.files import (
     LEGACY_MAGIC,
     LEGACY_PROTOCOL,
     TORCH_GLOBALS,
@@ -80,7 +80,7 @@ from .files import (
     load_torch_file,
     load_torch_stream,
 )
-from .unpickler import RestrictedUnpickler, check_structure, load, loads
+from lib_handrefiner.safe_pickle.unpickler import RestrictedUnpickler, check_structure, load, loads
 
 __all__ = [
     "BASE_GLOBALS", "LEGACY_MAGIC", "LEGACY_PROTOCOL", "LIMITS", "NUMPY_GLOBALS", "TORCH_GLOBALS", "Globals", "Limits",

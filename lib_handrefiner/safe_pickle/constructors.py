@@ -10,7 +10,7 @@ from typing import Any, Dict, Mapping, Tuple
 import numpy as np
 import torch
 
-from .core import Marker, Placeholder, UnpicklingError, _brief
+from lib_handrefiner.safe_pickle.core import Marker, Placeholder, UnpicklingError, _brief
 
 # ---- safe constructors: Python and numpy --------------------------------------------------------------------
 

@@ -15,17 +15,9 @@ from typing import Any, BinaryIO, Dict, Tuple, Union
 import numpy as np
 import torch
 
-from .constructors import BASE_GLOBALS, NUMPY_GLOBALS, plain_data
-from .core import (
-    LIMITS,
-    Globals,
-    Limits,
-    Marker,
-    PickleLimitError,
-    UnpicklingError,
-    _brief,
-)
-from .unpickler import RestrictedUnpickler
+from lib_handrefiner.safe_pickle.constructors import BASE_GLOBALS, NUMPY_GLOBALS, plain_data
+from lib_handrefiner.safe_pickle.core import LIMITS, Globals, Limits, Marker, PickleLimitError, UnpicklingError, _brief
+from lib_handrefiner.safe_pickle.unpickler import RestrictedUnpickler
 
 log = logging.getLogger(__name__)
 

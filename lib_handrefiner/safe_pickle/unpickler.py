@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from .constructors import (
+from lib_handrefiner.safe_pickle.constructors import (
     _NEWOBJ_TYPES,
     _check_array_state,
     _check_dtype_state,
@@ -22,7 +22,7 @@ from .constructors import (
     _ordered_dict,
     _set,
 )
-from .core import (
+from lib_handrefiner.safe_pickle.core import (
     LIMITS,
     Globals,
     Limits,

@@ -9,20 +9,35 @@
 - boxes, text: box text and value text, read in one place; errors: a ValidationError as one line
 - groups: the accordion's groups, the settings section's fields, the XYZ axes
 """
-from .boxes import format_boxes, parse_boxes
-from .cli import parse_setting
-from .compat import PYDANTIC_V2, FieldSpec, as_dict, replace
-from .errors import describe_error, unknown_setting_message
-from .fields import FIELDS, field_names
-from .infotext import MESHES_INFOTEXT_KEY, from_infotext, to_infotext
-from .groups import BOXES_GROUP, EDITOR_GROUP, GROUPS, OTHER_GROUP, SETTING_FIELDS, XYZ_FIELDS, layout, layout_fields
-from .model import (AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, DEFAULT_NEGATIVE_PROMPT, EXTRA_NEGATIVE_DEFAULT,
-                    HandRefinerArgs)
-from .script_args import from_script_args
-from .text import parse_bool, parse_floats
-from .widget import CURRENT_MODEL, LIST_FIELDS, from_widget, to_widget
+from lib_handrefiner.settings.boxes import format_boxes, parse_boxes
+from lib_handrefiner.settings.cli import parse_setting
+from lib_handrefiner.settings.compat import PYDANTIC_V2, FieldSpec, as_dict, replace
+from lib_handrefiner.settings.errors import describe_error, unknown_setting_message
+from lib_handrefiner.settings.fields import FIELDS, field_names
+from lib_handrefiner.settings.groups import (
+           BOXES_GROUP,
+           EDITOR_GROUP,
+           GROUPS,
+           OTHER_GROUP,
+           SETTING_FIELDS,
+           XYZ_FIELDS,
+           layout,
+           layout_fields,
+)
+from lib_handrefiner.settings.infotext import MESHES_INFOTEXT_KEY, from_infotext, to_infotext
+from lib_handrefiner.settings.model import (
+           AUTOMATIC_SCHEDULER,
+           BUILTIN_SAMPLER,
+           DEFAULT_NEGATIVE_PROMPT,
+           EXTRA_NEGATIVE_DEFAULT,
+           HandRefinerArgs,
+)
+from lib_handrefiner.settings.script_args import from_script_args
+from lib_handrefiner.settings.text import parse_bool, parse_floats
+from lib_handrefiner.settings.widget import CURRENT_MODEL, LIST_FIELDS, from_widget, to_widget
 
-__all__ = ["AUTOMATIC_SCHEDULER", "BOXES_GROUP", "BUILTIN_SAMPLER", "EDITOR_GROUP", "CURRENT_MODEL", "DEFAULT_NEGATIVE_PROMPT",
+__all__ = ["AUTOMATIC_SCHEDULER", "BOXES_GROUP", "BUILTIN_SAMPLER", "EDITOR_GROUP", "CURRENT_MODEL",
+           "DEFAULT_NEGATIVE_PROMPT",
            "EXTRA_NEGATIVE_DEFAULT", "FIELDS", "FieldSpec", "GROUPS", "HandRefinerArgs", "LIST_FIELDS",
            "MESHES_INFOTEXT_KEY", "OTHER_GROUP", "PYDANTIC_V2", "SETTING_FIELDS", "XYZ_FIELDS", "as_dict",
            "describe_error", "field_names", "format_boxes", "from_infotext", "from_script_args", "from_widget",

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Tuple
 
-from .fields import FIELDS, field_names
-from .text import parse_text
+from lib_handrefiner.settings.fields import FIELDS, field_names
+from lib_handrefiner.settings.text import parse_text
 
 
 def parse_setting(text: str) -> Tuple[str, Any]:

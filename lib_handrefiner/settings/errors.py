@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 from pydantic import ValidationError
 
-from .fields import field_names
+from lib_handrefiner.settings.fields import field_names
 
 _EXTRA_FIELD = ("value_error.extra", "extra_forbidden")   # pydantic 1's and 2's "unknown field" error types
 

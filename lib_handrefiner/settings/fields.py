@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from .compat import FieldSpec, field_specs
-from .model import HandRefinerArgs
+from lib_handrefiner.settings.compat import FieldSpec, field_specs
+from lib_handrefiner.settings.model import HandRefinerArgs
 
 FIELDS: Dict[str, FieldSpec] = field_specs(HandRefinerArgs)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
-from .fields import field_names
+from lib_handrefiner.settings.fields import field_names
 
 # What a user sets on every job is visible at once (strength, mode, the hands' prompts, ControlNet and checkpoint);
 # the rest is in groups that start collapsed, their fields side by side (the script puts an accordion's fields in

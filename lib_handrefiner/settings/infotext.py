@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from .fields import FIELDS
-from .model import HandRefinerArgs
-from .text import format_text, parse_text
+from lib_handrefiner.settings.fields import FIELDS
+from lib_handrefiner.settings.model import HandRefinerArgs
+from lib_handrefiner.settings.text import format_text, parse_text
 
 MESHES_INFOTEXT_KEY = "HandRefiner meshes"  # a result entry: the mesh model of each refined hand, in order
 ALWAYS_WRITTEN = ("enabled", "strength", "mode")

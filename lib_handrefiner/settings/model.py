@@ -13,7 +13,7 @@ from typing import List, Literal, Tuple
 
 from pydantic import Field
 
-from .compat import SettingsModel, check
+from lib_handrefiner.settings.compat import SettingsModel, check
 
 EXTRA_NEGATIVE_DEFAULT = "fake 3D rendered image"
 # The official negative prompt (handrefiner.py) after its first part, the extra negative above: what the hands are
@@ -71,8 +71,8 @@ class HandRefinerArgs(SettingsModel):
                                                   "the larger of this and mask_padding is used.")
     mask_dilation: int = Field(0, ge=0, le=256, title="HandRefiner mask dilation", description="Grow the mask (px).")
     mask_feather: int = Field(8, ge=0, le=256, title="HandRefiner mask feather",
-                              description="Feather the mask's edge inward when compositing (px): nothing outside the mask "
-                                          "changes.")
+                              description="Feather the mask's edge inward when compositing (px): nothing outside the "
+                                          "mask changes.")
     crop: bool = Field(True, title="HandRefiner crop",
                        description="Crop each hand, refine it at the working resolution and paste it back.")
     crop_resolution: int = Field(512, ge=64, le=2048, title="HandRefiner crop resolution",
@@ -96,7 +96,8 @@ class HandRefinerArgs(SettingsModel):
     # Fields added after the first release go last: positional `alwayson_scripts` args keep their meaning.
     adaptive_batch: int = Field(2, ge=1, le=8, title="HandRefiner adaptive batch",
                                 description="Strengths sampled together in one batch, from the same noise: more is "
-                                            "faster where memory allows (a GPU); the same strengths are tried in the same order.")
+                                            "faster where memory allows (a GPU); the same strengths are tried in the "
+                                            "same order.")
     sampler: str = Field(BUILTIN_SAMPLER, min_length=1, title="HandRefiner sampler",
                          description=f"{BUILTIN_SAMPLER}: the official sampler (DDIM, the known region re-noised and "
                                      "blended in before every step). In the WebUI also any of its samplers (Euler a, "

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .compat import as_dict
-from .fields import FIELDS, field_names
-from .model import HandRefinerArgs
-from .widget import from_widget
+from lib_handrefiner.settings.compat import as_dict
+from lib_handrefiner.settings.fields import FIELDS, field_names
+from lib_handrefiner.settings.model import HandRefinerArgs
+from lib_handrefiner.settings.widget import from_widget
 
 
 def from_script_args(values: Any, defaults: Optional[HandRefinerArgs] = None) -> HandRefinerArgs:

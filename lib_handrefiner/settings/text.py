@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .boxes import format_boxes, parse_boxes
-from .compat import FieldSpec
+from lib_handrefiner.settings.boxes import format_boxes, parse_boxes
+from lib_handrefiner.settings.compat import FieldSpec
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .boxes import format_boxes, parse_boxes
-from .fields import FIELDS
-from .text import parse_floats
+from lib_handrefiner.settings.boxes import format_boxes, parse_boxes
+from lib_handrefiner.settings.fields import FIELDS
+from lib_handrefiner.settings.text import parse_floats
 
 CURRENT_MODEL = "Current model"   # the checkpoint dropdown's entry for "the WebUI's loaded model" (the field's "")
 LIST_FIELDS = tuple(name for name, f in FIELDS.items() if f.kind in ("floats", "boxes"))   # widgets holding text

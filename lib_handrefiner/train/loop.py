@@ -23,8 +23,15 @@ from torch import nn
 from lib_handrefiner.safe_write import OutputFolder, png, write_file
 from lib_handrefiner.train import checkpoint as ckpt
 from lib_handrefiner.train import distributed
-from lib_handrefiner.train.dataset import (PROMPT_DROPOUT, SampleOrder, StepBatches, StreamLayout, TrainingSet,
-                                           collate, split_validation)
+from lib_handrefiner.train.dataset import (
+    PROMPT_DROPOUT,
+    SampleOrder,
+    StepBatches,
+    StreamLayout,
+    TrainingSet,
+    collate,
+    split_validation,
+)
 from lib_handrefiner.train.folder import list_folder, read_sample_images
 from lib_handrefiner.train.objective import SampleNoise, TrainBatch, draw_noise, training_loss
 

@@ -4,7 +4,8 @@ and the depth hint in the project's convention, or a reason the sample is droppe
 
 The hint (`hint`):
 - `dataset`: the dataset's own depth on each hand's segmentation pixels, normalised on each hand to
-  255·(1 − 0.8·(d − dmin)/(dmax − dmin)) (near bright, 50 the farthest, truncated as `depth.hand_levels` does), 0 elsewhere;
+  255·(1 − 0.8·(d − dmin)/(dmax − dmin)) (near bright, 50 the farthest, truncated as `depth.hand_levels` does), 0
+  elsewhere;
 - `landmarks` / `graphormer`: MediaPipe on the image, that mesh model's mesh, its depth rendered in the crop's
   camera, as the refiner does at inference. A ControlNet trained on `landmarks` hints learns exactly the hints the
   MANO-free landmark mesh gives it.
@@ -26,10 +27,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.depth import pixel_extent
 from lib_handrefiner.masking import enclosing_box
 from lib_handrefiner.safe_write import write_file
+from lib_handrefiner.settings import HandRefinerArgs
 from lib_handrefiner.train.sources import SourceHand, SourceSample
 
 HINTS = ("dataset", "landmarks", "graphormer")

@@ -3,7 +3,8 @@
 Each sample goes through the refiner's own sampling stage (`sampler.sample_inpaint`, the call `refine_image`
 makes for every crop: DDIM with the known region re-noised and blended back, CFG with the extra negative, the
 strengths as one batch from one noise, the refiner's default negative prompt) with the sample's own mask and
-hint, and is composited through the feathered mask as the pipeline composites. The sample's hint is used rather than a re-detected mesh's, so the grid
+hint, and is composited through the feathered mask as the pipeline composites. The sample's hint is used rather than a
+re-detected mesh's, so the grid
 shows what the ControlNet makes of the hints it is trained on.
 """
 from __future__ import annotations

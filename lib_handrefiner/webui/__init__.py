@@ -20,24 +20,81 @@ One module per concern; this package only re-exports them (and the settings the 
 - hooks: the always-on script's hooks (refine, previews, infotext paste)
 - prompts, sampling: the WebUI's prompt encoding and samplers for the hand pass
 """
-from ..settings import (CURRENT_MODEL, GROUPS, LIST_FIELDS, OTHER_GROUP, SETTING_FIELDS, XYZ_FIELDS, describe_error,
-                        format_boxes, layout, layout_fields, parse_boxes, to_widget)
-from .accordion import WidgetSpec, widget_specs
-from .arguments import (KEEP_LOADED_SETTING, SETTINGS_SECTION, args_from_named_values, args_from_script_args,
-                        defaults_from_opts, setting_key, setting_spec, with_available_controlnet)
-from .backend import ForgeBackend, LdmBackend, UnsupportedBackendError, backend_for
-from .env import (MODEL_USED_KEY, RESULT_KEY, SCRIPT_TITLE, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv,
-                  job_for_image)
-from .folders import ModelFolders, model_folders
-from .hooks import (PREVIEWS_ATTRIBUTE, SavePreview, add_previews, boxes_on_output, fill_pasted_defaults,
-                    paste_field_names, postprocess_image)
-from .progress import WebUIProgress
-from .refiner import (DEFAULT_CONTROLNET_URL, WebUIRefiner, describe_sampler, failure_message, outcome_from_result,
-                      sampling_names)
-from .sd_adapter import (ModelChoice, UnsupportedModelError, WebUISDModel, check_sd1_model, choose_model,
-                         inpainting_checkpoints, sd1_problem, upcast_vae_after_nans, vae_dtype)
-from .xyz import (XYZ_ATTRIBUTE, apply_xyz_overrides, find_xyz_module, register_xyz_axes, xyz_confirm,
-                  xyz_confirm_choice, xyz_setter)
+from lib_handrefiner.settings import (
+           CURRENT_MODEL,
+           GROUPS,
+           LIST_FIELDS,
+           OTHER_GROUP,
+           SETTING_FIELDS,
+           XYZ_FIELDS,
+           describe_error,
+           format_boxes,
+           layout,
+           layout_fields,
+           parse_boxes,
+           to_widget,
+)
+from lib_handrefiner.webui.accordion import WidgetSpec, widget_specs
+from lib_handrefiner.webui.arguments import (
+           KEEP_LOADED_SETTING,
+           SETTINGS_SECTION,
+           args_from_named_values,
+           args_from_script_args,
+           defaults_from_opts,
+           setting_key,
+           setting_spec,
+           with_available_controlnet,
+)
+from lib_handrefiner.webui.backend import ForgeBackend, LdmBackend, UnsupportedBackendError, backend_for
+from lib_handrefiner.webui.env import (
+           MODEL_USED_KEY,
+           RESULT_KEY,
+           SCRIPT_TITLE,
+           HandRefinerFailure,
+           ImageJob,
+           ImageOutcome,
+           WebUIEnv,
+           job_for_image,
+)
+from lib_handrefiner.webui.folders import ModelFolders, model_folders
+from lib_handrefiner.webui.hooks import (
+           PREVIEWS_ATTRIBUTE,
+           SavePreview,
+           add_previews,
+           boxes_on_output,
+           fill_pasted_defaults,
+           paste_field_names,
+           postprocess_image,
+)
+from lib_handrefiner.webui.progress import WebUIProgress
+from lib_handrefiner.webui.refiner import (
+           DEFAULT_CONTROLNET_URL,
+           WebUIRefiner,
+           describe_sampler,
+           failure_message,
+           outcome_from_result,
+           sampling_names,
+)
+from lib_handrefiner.webui.sd_adapter import (
+           ModelChoice,
+           UnsupportedModelError,
+           WebUISDModel,
+           check_sd1_model,
+           choose_model,
+           inpainting_checkpoints,
+           sd1_problem,
+           upcast_vae_after_nans,
+           vae_dtype,
+)
+from lib_handrefiner.webui.xyz import (
+           XYZ_ATTRIBUTE,
+           apply_xyz_overrides,
+           find_xyz_module,
+           register_xyz_axes,
+           xyz_confirm,
+           xyz_confirm_choice,
+           xyz_setter,
+)
 
 __all__ = ["CURRENT_MODEL", "DEFAULT_CONTROLNET_URL", "ForgeBackend", "GROUPS", "HandRefinerFailure", "ImageJob",
            "ImageOutcome", "LdmBackend", "UnsupportedBackendError", "backend_for",

@@ -6,7 +6,14 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, CURRENT_MODEL, HandRefinerArgs, layout_fields, to_widget
+from lib_handrefiner.settings import (
+    AUTOMATIC_SCHEDULER,
+    BUILTIN_SAMPLER,
+    CURRENT_MODEL,
+    HandRefinerArgs,
+    layout_fields,
+    to_widget,
+)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from pydantic import ValidationError
 
-from ..settings import FIELDS, SETTING_FIELDS, HandRefinerArgs, from_script_args, from_widget, replace
+from lib_handrefiner.settings import FIELDS, SETTING_FIELDS, HandRefinerArgs, from_script_args, from_widget, replace
 
 log = logging.getLogger("handrefiner")
 
@@ -63,6 +63,6 @@ def setting_spec(name: str) -> Tuple[Any, str, Dict[str, Any]]:
     if field.kind == "choice":
         kwargs["choices"] = list(field.choices)
     elif field.kind in ("int", "float"):
-        kwargs = {"minimum": field.ge if field.ge is not None else 0, "maximum": field.le if field.le is not None else 1,
-                  "step": 1 if field.kind == "int" else 0.01}
+        kwargs = {"minimum": field.ge if field.ge is not None else 0,
+                  "maximum": field.le if field.le is not None else 1, "step": 1 if field.kind == "int" else 0.01}
     return field.default, label, kwargs

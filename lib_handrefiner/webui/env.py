@@ -7,8 +7,8 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import torch
 
-from .backend import backend_for
-from .folders import ModelFolders
+from lib_handrefiner.webui.backend import backend_for
+from lib_handrefiner.webui.folders import ModelFolders
 
 SCRIPT_TITLE = "HandRefiner"                  # the script's title: the `alwayson_scripts` key
 RESULT_KEY = "HandRefiner result"             # infotext entry with what happened to the image

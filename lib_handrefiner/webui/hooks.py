@@ -7,11 +7,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pydantic import ValidationError
 
-from ..settings import FIELDS, HandRefinerArgs, describe_error, from_infotext, to_infotext, to_widget
-from .arguments import args_from_script_args
-from .env import RESULT_KEY, ImageJob, ImageOutcome, job_for_image
-from .refiner import WebUIRefiner
-from .xyz import apply_xyz_overrides
+from lib_handrefiner.settings import FIELDS, HandRefinerArgs, describe_error, from_infotext, to_infotext, to_widget
+from lib_handrefiner.webui.arguments import args_from_script_args
+from lib_handrefiner.webui.env import RESULT_KEY, ImageJob, ImageOutcome, job_for_image
+from lib_handrefiner.webui.refiner import WebUIRefiner
+from lib_handrefiner.webui.xyz import apply_xyz_overrides
 
 log = logging.getLogger("handrefiner")
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, List, Tuple
 
 import torch
 
-from ..sampler import PromptConditioning
+from lib_handrefiner.sampler import PromptConditioning
 
 PromptEncoder = Callable[[str, str], PromptConditioning]   # (prompt, negative prompt) -> conditioning
 

@@ -10,15 +10,22 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, CURRENT_MODEL, HandRefinerArgs, to_infotext
-from ..detection import DetectorUnavailable
-from ..imageio import ImageTooLarge
-from ..mesh import MeshModelError
-from ..models_registry import ModelListing, ModelNameError, ModelSlots, build_listing, check_name_safe, resolve_name
-from .env import MODEL_USED_KEY, RESULT_KEY, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv
-from .folders import ModelFolders
-from .progress import WebUIProgress
-from .sd_adapter import ModelChoice, WebUISDModel, choose_model, inpainting_checkpoints
+from lib_handrefiner.detection import DetectorUnavailable
+from lib_handrefiner.imageio import ImageTooLarge
+from lib_handrefiner.mesh import MeshModelError
+from lib_handrefiner.models_registry import (
+    ModelListing,
+    ModelNameError,
+    ModelSlots,
+    build_listing,
+    check_name_safe,
+    resolve_name,
+)
+from lib_handrefiner.settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, CURRENT_MODEL, HandRefinerArgs, to_infotext
+from lib_handrefiner.webui.env import MODEL_USED_KEY, RESULT_KEY, HandRefinerFailure, ImageJob, ImageOutcome, WebUIEnv
+from lib_handrefiner.webui.folders import ModelFolders
+from lib_handrefiner.webui.progress import WebUIProgress
+from lib_handrefiner.webui.sd_adapter import ModelChoice, WebUISDModel, choose_model, inpainting_checkpoints
 
 log = logging.getLogger("handrefiner")
 
@@ -53,7 +60,7 @@ class WebUIRefiner:
         return hand[0] if hand else None
 
     def perceive(self, image: np.ndarray, args: HandRefinerArgs) -> Any:
-        from ..perception import perceive
+        from lib_handrefiner.perception import perceive
 
         env = self.env_factory()
         try:
@@ -73,7 +80,7 @@ class WebUIRefiner:
                 negative_prompt: Optional[str], progress: Optional[WebUIProgress], job: Any
                 ) -> Tuple[Any, ModelChoice]:
         """refine(), and the model choice; a choice's note is added to the message of a result that refined."""
-        from ..pipeline import refine_image
+        from lib_handrefiner.pipeline import refine_image
 
         env = self.env_factory()
         try:
@@ -101,7 +108,7 @@ class WebUIRefiner:
         """sampling.WebUISampling for a WebUI sampler; None for the built-in one."""
         if args.sampler == BUILTIN_SAMPLER:
             return None
-        from .sampling import WebUISampling
+        from lib_handrefiner.webui.sampling import WebUISampling
 
         if env.sampling is None:
             raise HandRefinerFailure(f"this WebUI's samplers are not available to HandRefiner; choose the sampler "
@@ -160,7 +167,7 @@ class WebUIRefiner:
                           ) -> Iterator[Tuple[Any, Any, ModelChoice]]:
         """The SD model (its prompts through prompts' encoders), the ControlNet, and the model choice
         (choose_model; `webui_model_only` for the WebUI's samplers)."""
-        from .prompts import OwnPromptEncoder, WebUIPromptEncoder, WithPromptEncoder
+        from lib_handrefiner.webui.prompts import OwnPromptEncoder, WebUIPromptEncoder, WithPromptEncoder
 
         listing = self.listing()
         controlnet = self._controlnet(args.controlnet, listing, env)
@@ -190,7 +197,7 @@ class WebUIRefiner:
         env.torch_gc()
 
     def _controlnet(self, name: str, listing: ModelListing, env: WebUIEnv) -> Any:
-        from ..controlnet import load_controlnet
+        from lib_handrefiner.controlnet import load_controlnet
 
         try:
             path = resolve_name(name, listing.controlnets, "ControlNet")
@@ -199,7 +206,7 @@ class WebUIRefiner:
         return self._models.get("controlnet", (path, env.dtype), lambda: load_controlnet(path, "cpu", env.dtype))
 
     def _checkpoint(self, name: str, listing: ModelListing, env: WebUIEnv) -> Any:
-        from ..sd_model import find_config, load_sd_checkpoint
+        from lib_handrefiner.sd_model import find_config, load_sd_checkpoint
 
         try:
             path = resolve_name(name, listing.checkpoints, "checkpoint")
@@ -228,7 +235,7 @@ def sampling_names(env: WebUIEnv) -> Tuple[List[str], List[str]]:
     sampling at hand every sampler and schedule type it lists."""
     if env.sampling is None:
         return [BUILTIN_SAMPLER], [AUTOMATIC_SCHEDULER]
-    from .sampling import all_sampler_names, scheduler_choices
+    from lib_handrefiner.webui.sampling import all_sampler_names, scheduler_choices
 
     return [BUILTIN_SAMPLER] + all_sampler_names(env.sampling), scheduler_choices(env.sampling)
 
@@ -270,7 +277,7 @@ def _without_controlnet_extension_hook(unet: Any) -> Iterator[None]:
 def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> ImageOutcome:
     from PIL import Image
 
-    from ..pipeline import meshes_infotext, tried_infotext
+    from lib_handrefiner.pipeline import meshes_infotext, tried_infotext
 
     refined = bool(result.hands)
     strengths = sorted({f"{h.strength:g}" for h in result.hands})

@@ -4,7 +4,8 @@
 gets the inpainted crops back, so crops, masks, compositing and the adaptive search stay the pipeline's. Each call
 is one img2img inpainting pass of the WebUI on the crop (`StableDiffusionProcessingImg2Img`, masked content
 "original"): the WebUI's prompt parsing and extra networks, its `image_conditioning` (mask channel and masked
-latent) for a 9-channel model, its sampler and schedule, seeds and noise source, its VAE decode with the NaN fallback, its
+latent) for a 9-channel model, its sampler and schedule, seeds and noise source, its VAE decode with the NaN fallback,
+its
 progress, live preview and Interrupt/Skip, and other extensions' CFG callbacks. Three things are added, all on
 objects of this pass only (the job's `p`, its sampler and the WebUI's modules are left as they were):
 
@@ -40,8 +41,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
-from ..sampler import InpaintRequest, SamplingInterrupted, blend_mask
+from lib_handrefiner.sampler import InpaintRequest, SamplingInterrupted, blend_mask
+from lib_handrefiner.settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER
 
 Scales = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]   # noise level -> (x0 scale, ε scale)
 
@@ -213,7 +214,7 @@ class WebUISampling:
 
     def _sample(self, p: Any, sd: Any, controlnet: Any, request: InpaintRequest, strengths: List[float],
                 should_stop: Optional[Callable[[], bool]]) -> torch.Tensor:
-        from ..control_injection import inject_control
+        from lib_handrefiner.control_injection import inject_control
 
         m = self.modules
         # HandRefiner's blend mask, as the built-in loop's: a latent cell with any hand pixel is regenerated (the

@@ -9,10 +9,10 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from ..settings import BUILTIN_SAMPLER
-from ..models_registry import ModelListing
-from .backend import LdmBackend, UnsupportedBackendError, backend_for
-from .env import HandRefinerFailure
+from lib_handrefiner.models_registry import ModelListing
+from lib_handrefiner.settings import BUILTIN_SAMPLER
+from lib_handrefiner.webui.backend import LdmBackend, UnsupportedBackendError, backend_for
+from lib_handrefiner.webui.env import HandRefinerFailure
 
 log = logging.getLogger("handrefiner")
 
@@ -141,7 +141,7 @@ def vae_dtype(ldm: Any) -> torch.dtype:
 def inpainting_checkpoints(listing: ModelListing) -> List[str]:
     """The checkpoints of the models folders that are SD 1.x inpainting models by name ("inpaint" in it) and, for
     .safetensors, by their header (sd_model.looks_like_sd1_inpainting), sorted."""
-    from ..sd_model import looks_like_sd1_inpainting
+    from lib_handrefiner.sd_model import looks_like_sd1_inpainting
 
     return sorted(name for name, path in listing.checkpoints.items()
                   if "inpaint" in name.lower() and looks_like_sd1_inpainting(path))
@@ -203,7 +203,7 @@ def choose_model(inpaint_checkpoint: str, ldm: Any, inpainting_checkpoints: Call
         return ModelChoice("", True, "regular model: blend-only inpainting, results are weaker")
     if webui_model_only:
         raise UnsupportedModelError(f"{problem}; the WebUI's samplers sample its loaded model: load an SD 1.5 "
-                                    f"checkpoint, or choose the sampler {BUILTIN_SAMPLER}, which refines with an SD 1.5 "
-                                    "inpainting checkpoint of the models folders")
+                                    f"checkpoint, or choose the sampler {BUILTIN_SAMPLER}, which refines with an SD "
+                                    "1.5 inpainting checkpoint of the models folders")
     raise UnsupportedModelError(f"{problem}; put an SD 1.5 inpainting checkpoint (a file name with 'inpainting' "
                                 "in it) in models/Stable-diffusion or choose one in HandRefiner's checkpoint menu")

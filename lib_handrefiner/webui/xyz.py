@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ..settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, FIELDS, XYZ_FIELDS, HandRefinerArgs, replace
+from lib_handrefiner.settings import AUTOMATIC_SCHEDULER, BUILTIN_SAMPLER, FIELDS, XYZ_FIELDS, HandRefinerArgs, replace
 
 XYZ_ATTRIBUTE = "handrefiner_xyz"             # p.<this>: {field: value} set by the XYZ-grid axes
 
@@ -50,7 +50,7 @@ def register_xyz_axes(xyz_module: Any, samplers: Callable[[], Sequence[str]] = l
                       schedulers: Callable[[], Sequence[str]] = lambda: [AUTOMATIC_SCHEDULER]) -> bool:
     """Adds "[HandRefiner] …" axes to the XYZ-grid script's options (once); `samplers()` and `schedulers()` are
     the names the sampler and schedule-type axes offer (read when the grid's UI asks)."""
-    from ..ui import field_label
+    from lib_handrefiner.ui import field_label
 
     options = xyz_module.axis_options
     if any(str(getattr(o, "label", "")).startswith("[HandRefiner]") for o in options):

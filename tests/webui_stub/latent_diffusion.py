@@ -14,9 +14,8 @@ from typing import Dict, List
 
 import torch
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-from torch import nn
-
 from modules import prompt_parser, shared
+from torch import nn
 
 
 class _DiffusionWrapper(nn.Module):

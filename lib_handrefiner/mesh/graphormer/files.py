@@ -28,8 +28,14 @@ import torch
 
 from lib_handrefiner import safe_pickle
 from lib_handrefiner.mesh import MODELS_DIR_ENV, MeshModelError
-from lib_handrefiner.mesh.graphormer.mano import (NUM_FACES, NUM_SKELETON_JOINTS, NUM_SUB_VERTICES, NUM_VERTICES, Mano,
-                                                  MeshSampling)
+from lib_handrefiner.mesh.graphormer.mano import (
+    NUM_FACES,
+    NUM_SKELETON_JOINTS,
+    NUM_SUB_VERTICES,
+    NUM_VERTICES,
+    Mano,
+    MeshSampling,
+)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,8 @@ class HighResolutionModule(nn.Module):
             return None
         if source > target:
             return nn.Sequential(nn.Conv2d(channels[source], channels[target], 1, 1, 0, bias=False),
-                                 _bn(channels[target]), nn.Upsample(scale_factor=2 ** (source - target), mode="nearest"))
+                                 _bn(channels[target]),
+                                 nn.Upsample(scale_factor=2 ** (source - target), mode="nearest"))
         steps = target - source
         return nn.Sequential(*[
             _conv_bn(channels[source], channels[target] if k == steps - 1 else channels[source], 3, 2,
@@ -150,8 +151,8 @@ class HRNetW64(nn.Module):
         self.num_stages = len(stages)
         self.incre_modules = nn.ModuleList(_blocks(Bottleneck, c, h, 1) for c, h in zip(previous, HEAD_CHANNELS))
         self.downsamp_modules = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(HEAD_CHANNELS[i] * 4, HEAD_CHANNELS[i + 1] * 4, 3, 2, 1), _bn(HEAD_CHANNELS[i + 1] * 4),
-                          nn.ReLU(inplace=True))
+            nn.Sequential(nn.Conv2d(HEAD_CHANNELS[i] * 4, HEAD_CHANNELS[i + 1] * 4, 3, 2, 1),
+                          _bn(HEAD_CHANNELS[i + 1] * 4), nn.ReLU(inplace=True))
             for i in range(len(HEAD_CHANNELS) - 1))
         self.final_layer = nn.Sequential(nn.Conv2d(GRID_DIM, FEATURE_DIM, 1, 1, 0), _bn(FEATURE_DIM),
                                          nn.ReLU(inplace=True))

@@ -34,7 +34,7 @@ if importlib.util.find_spec("torchvision") is None:
     _placeholders["torchvision"].transforms = _placeholders["torchvision.transforms"]
     sys.modules.update(_placeholders)
     try:
-        from . import utils  # noqa: F401  (binds the placeholder as utils.TF)
+        from k_diffusion import utils  # noqa: F401  (binds the placeholder as utils.TF)
     finally:
         for _name in _placeholders:
             del sys.modules[_name]

@@ -4,8 +4,14 @@ from __future__ import annotations
 import torch
 
 from modules import prompt_parser, sd_samplers_common, shared
-from modules.script_callbacks import (AfterCFGCallbackParams, CFGDenoisedParams, CFGDenoiserParams,
-                                      cfg_after_cfg_callback, cfg_denoised_callback, cfg_denoiser_callback)
+from modules.script_callbacks import (
+    AfterCFGCallbackParams,
+    CFGDenoisedParams,
+    CFGDenoiserParams,
+    cfg_after_cfg_callback,
+    cfg_denoised_callback,
+    cfg_denoiser_callback,
+)
 
 
 class CFGDenoiser(torch.nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 from collections import namedtuple
 
+import k_diffusion.sampling
 import torch
 
-import k_diffusion.sampling
 from modules import shared
 
 

@@ -5,6 +5,7 @@ import inspect
 
 import k_diffusion.external
 import k_diffusion.sampling
+
 from modules import devices, sd_samplers_common, sd_schedulers, shared
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
+import k_diffusion.sampling
 import torch
 
-import k_diffusion.sampling
 from modules import devices, sd_samplers_common, shared
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 

@@ -1,12 +1,13 @@
 """The one error shape of every `/handrefiner/*` error (`{"detail": [{"loc", "msg", "type"}]}`), the
-client error of one field (`InputError`) and the closest valid name for an unknown field."""
+client error of one field (`InputError`) and an unknown field's message (the closest valid name: settings.errors)."""
 from __future__ import annotations
 
-import difflib
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
+
+from lib_handrefiner.settings.errors import unknown_name_message
 
 
 class InputError(Exception):
@@ -47,19 +48,5 @@ def http_error_response(error: HTTPException) -> JSONResponse:
     return error_response(error.status_code, str(error.detail), [], kind)
 
 
-def closest_field(name: Any, valid: Sequence[str]) -> Optional[str]:
-    """The valid field name a misspelt one most likely means ("strenght" → "strength"), or None."""
-    if not isinstance(name, str):
-        return None
-    lowered = {v.lower(): v for v in valid}
-    if name.lower() in lowered:
-        return lowered[name.lower()]
-    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
-    return lowered[match[0]] if match else None
-
-
 def unknown_field_message(name: Any, valid: Sequence[str]) -> str:
-    closest = closest_field(name, valid)
-    if closest is not None:
-        return f"unknown field {name!r}; did you mean {closest!r}?"
-    return f"unknown field {name!r}; the fields are: {', '.join(valid)}"
+    return unknown_name_message(name, valid, "field")

@@ -3,7 +3,7 @@ the command line): pydantic's own text spans several lines per field."""
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 from pydantic import ValidationError
 
@@ -21,9 +21,26 @@ def describe_error(error: BaseException) -> str:
 
 
 def unknown_setting_message(name: Any) -> str:
-    closest = difflib.get_close_matches(str(name), field_names(), n=1)
-    hint = f"did you mean {closest[0]!r}?" if closest else f"valid names: {', '.join(field_names())}"
-    return f"unknown setting {name!r}; {hint}"
+    return unknown_name_message(name, field_names(), "setting")
+
+
+def unknown_name_message(name: Any, valid: Sequence[str], noun: str) -> str:
+    """"unknown field 'strenght'; did you mean 'strength'?", or the valid names when none is close: the settings'
+    text surfaces (noun "setting") and the API's request fields (noun "field") alike."""
+    closest = closest_name(name, valid)
+    hint = f"did you mean {closest!r}?" if closest is not None else f"the {noun}s are: {', '.join(valid)}"
+    return f"unknown {noun} {name!r}; {hint}"
+
+
+def closest_name(name: Any, valid: Sequence[str]) -> Optional[str]:
+    """The valid name a misspelt one most likely means ("strenght" → "strength", any case), or None."""
+    if not isinstance(name, str):
+        return None
+    lowered = {v.lower(): v for v in valid}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None
 
 
 def _one(error: Dict[str, Any]) -> str:

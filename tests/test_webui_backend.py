@@ -2,6 +2,7 @@
 backend), against a reForge-shaped model (tests/forge_stand_in.py) built from the tiny checkpoint."""
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +16,9 @@ from lib_handrefiner.webui.sd_adapter import WebUISDModel, sd1_problem, upcast_v
 
 @pytest.fixture()
 def forge_model(tiny_sd):
-    return ForgeShapedModel(tiny_sd)
+    # A copy: the tests change its VAE's precision in place, which must not reach the session's tiny_sd (its VAE
+    # rounded through float16 gave every later test using it other pixels).
+    return ForgeShapedModel(copy.deepcopy(tiny_sd))
 
 
 def test_each_model_gets_its_backends_adapter(forge_model):

@@ -75,6 +75,19 @@ def api_client(service):
     return TestClient(app, raise_server_exceptions=False)
 
 
+def small_hand_request(steps: int):
+    """A 64×64 inpainting request of random pixels and hint with a rectangular hand mask, seeded: the same for the
+    passes a test compares across UNet families or adapters."""
+    from lib_handrefiner.sampler import InpaintRequest
+
+    g = torch.Generator().manual_seed(1)
+    image, hint = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, torch.rand(1, 3, 64, 64, generator=g)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:40, 16:48] = 1
+    return InpaintRequest(image=image, mask=mask, hint=hint, prompt="a hand", negative_prompt="fake 3D rendered image",
+                          steps=steps, cfg_scale=7.0)
+
+
 def b64_file(path: Path) -> str:
     import base64
 

@@ -297,14 +297,11 @@ def test_reforges_unet_gets_our_residuals_as_its_own_control_argument_gives_them
 def test_a_hand_pass_on_reforges_unet_equals_the_same_pass_on_ldms(reforge, tiny_models, tiny_sd, tiny_controlnet):
     """The built-in sampler's whole pass (DDIM, known-region blend, CFG, ControlNet at 0 and 1) with the tiny SD
     model's weights in ldm's UNet (A1111) and in reForge's: the same images within float noise."""
-    from lib_handrefiner.sampler import InpaintRequest, sample_inpaint
+    from conftest import small_hand_request
 
-    g = torch.Generator().manual_seed(1)
-    image, hint = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, torch.rand(1, 3, 64, 64, generator=g)
-    mask = torch.zeros(1, 1, 64, 64)
-    mask[..., 16:40, 16:48] = 1
-    request = InpaintRequest(image=image, mask=mask, hint=hint, prompt="a hand", negative_prompt="fake 3D rendered "
-                             "image", steps=4, cfg_scale=7.0)
+    from lib_handrefiner.sampler import sample_inpaint
+
+    request = small_hand_request(steps=4)
     from lib_handrefiner.sd_model import load_sd_checkpoint
 
     on_reforge = load_sd_checkpoint(tiny_models.checkpoint)   # its own copy: the session's tiny_sd stays ldm's

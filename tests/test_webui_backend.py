@@ -7,9 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import small_hand_request
 from forge_stand_in import ForgeShapedModel, forge_2_shaped_model
 
-from lib_handrefiner.sampler import InpaintRequest, sample_inpaint
+from lib_handrefiner.sampler import sample_inpaint
 from lib_handrefiner.webui.backend import ForgeBackend, LdmBackend, UnsupportedBackendError, backend_for
 from lib_handrefiner.webui.sd_adapter import WebUISDModel, sd1_problem, upcast_vae_after_nans
 
@@ -64,12 +65,7 @@ def test_forges_model_management_loads_the_unet_before_our_own_loop(forge_model)
 def test_a_hand_pass_on_the_reforge_shaped_model_equals_the_standalone_pass(forge_model, tiny_sd, tiny_controlnet):
     """The built-in sampler through the reForge adapter (its encode, its UNet run layer by layer, the ControlNet by
     control_injection) gives the standalone pass's images, and the ControlNet acts (1.0 vs 0.0 differ)."""
-    g = torch.Generator().manual_seed(1)
-    image, hint = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, torch.rand(1, 3, 64, 64, generator=g)
-    mask = torch.zeros(1, 1, 64, 64)
-    mask[..., 16:40, 16:48] = 1
-    request = InpaintRequest(image=image, mask=mask, hint=hint, prompt="a hand", negative_prompt="fake 3D rendered "
-                             "image", steps=3, cfg_scale=7.0)
+    request = small_hand_request(steps=3)
     sd = WebUISDModel(forge_model, "cpu", torch.float32)
     assert sd.unet is forge_model.model.diffusion_model
     on_forge = sample_inpaint(sd, tiny_controlnet, request, [0.0, 1.0], seed=3)

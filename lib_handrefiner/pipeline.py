@@ -33,6 +33,7 @@ from lib_handrefiner.sd_model import SDModel
 from lib_handrefiner.settings import (
     BUILTIN_SAMPLER,
     DEFAULT_NEGATIVE_PROMPT,
+    HAND_BOXES_INFOTEXT_KEY,
     MESHES_INFOTEXT_KEY,
     HandRefinerArgs,
     replace,
@@ -110,6 +111,13 @@ def tried_infotext(hands: Sequence[RefinedHand]) -> dict:
 def meshes_infotext(hands: Sequence[RefinedHand]) -> dict:
     """{MESHES_INFOTEXT_KEY: the mesh model of each refined hand, in order} when any hand was refined."""
     return {MESHES_INFOTEXT_KEY: " ".join(h.mesh for h in hands)} if hands else {}
+
+
+def hand_boxes_infotext(hands: Sequence[RefinedHand]) -> dict:
+    """{HAND_BOXES_INFOTEXT_KEY: the box of each refined hand, "x0 y0 x1 y1;…"} when any hand was refined."""
+    from lib_handrefiner.settings.text import format_text
+
+    return {HAND_BOXES_INFOTEXT_KEY: format_text([list(h.box) for h in hands])} if hands else {}
 
 
 @dataclass
@@ -411,7 +419,8 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     else:
         message = "the hand masks are empty; image unchanged"
     _add(timings, "total", started)
-    infotext = format_infotext({**entries, **tried_infotext(refined), **meshes_infotext(refined)})
+    infotext = format_infotext({**entries, **tried_infotext(refined), **meshes_infotext(refined),
+                                **hand_boxes_infotext(refined)})
     return RefineResult(out, perception, refined, infotext, timings, with_mesh_warning(message, perception),
                         base_seed, negative)
 

@@ -77,7 +77,8 @@ def perceive(image: ImageLike, args: HandRefinerArgs = HandRefinerArgs(),
     if mesh_model is None:
         mesh_model, mesh_warning = resolve_mesh_model(args.mesh_model, fallback=args.mesh_fallback)
     model = mesh_model
-    meshes = [model.fit(c.hand, rgb) if c.hand is not None else None for c in candidates]
+    meshes = [model.fit(c.hand, rgb, c.box if c.found_by == "user_box" else None) if c.hand is not None else None
+              for c in candidates]
     lap("mesh")
     present = [i for i, m in enumerate(meshes) if m is not None]
     rendered = render_depth([meshes[i] for i in present], width, height)

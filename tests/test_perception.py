@@ -177,3 +177,14 @@ def test_mesh_graphormer_reads_a_user_box_hand_from_the_box_crop(graphormer_mode
     corners = np.array([[10, 20, 0], [50, 60, 0]], dtype=np.float64)
     assert np.array_equal(seen[0][0], network_input(rgb, official_crop(corners), mirror))
     assert not np.array_equal(seen[0][0], network_input(rgb, official_crop(hand.hand.landmarks), mirror))
+    assert hand.mesh_box == box  # the adaptive check refits there (crop_refit_error's box)
+
+    from lib_handrefiner.adaptive import crop_refit_error
+
+    seen.clear()
+    crop_refit_error(rgb, hand.hand, hand.mesh.joints[:, :2], graphormer_model, hand.mesh_box)
+    assert np.array_equal(seen[0][0], network_input(rgb, official_crop(corners), mirror))
+
+
+def test_a_detected_hand_has_no_mesh_box(results):
+    assert all(h.mesh_box is None for r in results.values() for h in r.hands)

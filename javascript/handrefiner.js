@@ -8,6 +8,8 @@
     const POLL_MS = 150;
     const MIN_SIDE = 4;
     const CORNERS = ["nw", "ne", "sw", "se"];
+    const SEND_SETTLE_MS = 800;   // after Send to img2img's image: its parameters (a second event) land too
+    const SAME_IMAGE_MS = 5000;   // no new image in img2img after this long: the image sent was already there
 
     function root() {
         if (typeof gradioApp === "function") return gradioApp();
@@ -35,12 +37,18 @@
             .filter((b) => b.every(Number.isFinite));
     }
 
-    function writeBoxes(editor, field, boxes) {
-        field.value = JSON.stringify(boxes.map((b) => b.map((v) => Math.round(v))));
-        editor.dataset.rendered = field.value;  // already drawn: the poll need not redraw (and replace) the boxes
+    // Sets a Gradio textbox as a user's typing does (its "input" event, which Gradio listens to).
+    function setField(field, value) {
+        field.value = value;
         const event = new Event("input", {bubbles: true});
         Object.defineProperty(event, "target", {value: field});
         field.dispatchEvent(event);
+    }
+
+    function writeBoxes(editor, field, boxes) {
+        const value = JSON.stringify(boxes.map((b) => b.map((v) => Math.round(v))));
+        editor.dataset.rendered = value;  // already drawn: the poll need not redraw (and replace) the boxes
+        setField(field, value);
     }
 
     function clamp(v, lo, hi) {
@@ -196,34 +204,85 @@
         });
     }
 
+    // The boxes of the hands HandRefiner refined on the txt2img image selected in the gallery: its infotext's
+    // "HandRefiner hand boxes: x0 y0 x1 y1;…" (none when it refined no hand). `generationInfo` is the WebUI's
+    // generation_info JSON (one infotext per gallery image).
+    function refinedBoxes(generationInfo) {
+        let texts = [];
+        try {
+            texts = JSON.parse(generationInfo || "{}").infotexts || [];
+        } catch (e) {
+            return [];
+        }
+        let index = typeof selected_gallery_index === "function" ? selected_gallery_index() : 0;
+        if (index < 0 || index >= texts.length) index = 0;   // nothing selected: the first image, as the WebUI sends
+        const match = /(?:^|[,\n]\s*)HandRefiner hand boxes: "?([-0-9.;\s]+)"?/.exec(texts[index] || "");
+        return match ? readBoxes({value: match[1]}) : [];
+    }
+
+    function openAccordion(elemId) {
+        const wrap = root().querySelector("#" + elemId + " .label-wrap");
+        if (wrap && !wrap.classList.contains("open")) wrap.click();
+    }
+
     // txt2img → img2img: the WebUI's own "Send to img2img" (image and parameters), then, once img2img shows the
-    // image, HandRefiner's "Edit hand boxes" opened and its hands detected there.
-    function sendToImg2img() {
+    // image and the parameters have landed, HandRefiner switched on there, "Edit hand boxes" opened and scrolled to,
+    // and the boxes of the hands refined in txt2img put in the editor (none refined: Detect hands, which says how
+    // to go on when it finds none).
+    function sendToImg2img(generationInfo) {
         const send = root().querySelector("#txt2img_send_to_img2img");
         if (!send) return [];
+        const boxes = refinedBoxes(generationInfo);
         const before = root().querySelector("#img2img_image img");
         const previous = before ? before.src : null;
         send.click();
         const started = Date.now();
         const wait = setInterval(() => {
             const img = root().querySelector("#img2img_image img");
-            if (img && img.src && img.src !== previous) {
+            const waited = Date.now() - started;
+            // A new image; or, after a while, the same one (sent again: its src does not change).
+            if (img && img.src && (img.src !== previous || waited > SAME_IMAGE_MS)) {
                 clearInterval(wait);
-                const group = root().querySelector("#script_img2img_handrefiner_edit_hand_boxes");
-                const hr = root().querySelector("#script_img2img_handrefiner_enabled");
-                [hr, group].forEach((acc) => {
-                    const wrap = acc && acc.querySelector(".label-wrap");
-                    if (wrap && !wrap.classList.contains("open")) wrap.click();
-                });
-                setTimeout(() => {
-                    const detect = root().querySelector("#script_img2img_handrefiner_editor_detect");
-                    if (detect) detect.click();
-                }, 300);
-            } else if (Date.now() - started > 30000) {
+                setTimeout(() => whenEditorIdle(() => editSentBoxes(boxes)), SEND_SETTLE_MS);
+            } else if (waited > 30000) {
                 clearInterval(wait);
             }
         }, 200);
         return [];
+    }
+
+    // `then()` once the editor's answer to the new image (its view and note: a Gradio event of their own, which can
+    // take a second on a busy machine) has landed, so that it cannot overwrite what follows.
+    function whenEditorIdle(then) {
+        const started = Date.now();
+        const busy = () => ["#script_img2img_handrefiner_editor_editor", "#script_img2img_handrefiner_editor_note"]
+            .some((id) => root().querySelector(id + " .wrap:not(.hide)"));
+        const wait = setInterval(() => {
+            if (!busy() || Date.now() - started > 30000) {
+                clearInterval(wait);
+                then();
+            }
+        }, 200);
+    }
+
+    function editSentBoxes(boxes) {
+        const accordion = "script_img2img_handrefiner_enabled", group = "script_img2img_handrefiner_edit_hand_boxes";
+        openAccordion(accordion);   // the WebUI's InputAccordion: opening it switches HandRefiner on
+        const enabled = root().querySelector("#" + accordion + " input[type=checkbox]");
+        if (enabled && !enabled.checked) enabled.click();
+        openAccordion(group);
+        setTimeout(() => {
+            const host = root().querySelector("#script_img2img_handrefiner_boxes");
+            const field = host ? host.querySelector("textarea, input") : null;
+            if (boxes.length && field) {
+                setField(field, JSON.stringify(boxes.map((b) => b.map((v) => Math.round(v)))));
+            } else {
+                const detect = root().querySelector("#script_img2img_handrefiner_editor_detect");
+                if (detect) detect.click();
+            }
+            const target = root().querySelector("#" + group);
+            if (target) target.scrollIntoView({block: "start"});
+        }, 300);
     }
 
     window.handRefinerEditor = {readBoxes, dragged, poll};

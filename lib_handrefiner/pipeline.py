@@ -33,6 +33,7 @@ from lib_handrefiner.sd_model import SDModel
 from lib_handrefiner.settings import (
     BUILTIN_SAMPLER,
     DEFAULT_NEGATIVE_PROMPT,
+    HAND_BOXES_INFOTEXT_KEY,
     MESHES_INFOTEXT_KEY,
     HandRefinerArgs,
     replace,
@@ -110,6 +111,13 @@ def tried_infotext(hands: Sequence[RefinedHand]) -> dict:
 def meshes_infotext(hands: Sequence[RefinedHand]) -> dict:
     """{MESHES_INFOTEXT_KEY: the mesh model of each refined hand, in order} when any hand was refined."""
     return {MESHES_INFOTEXT_KEY: " ".join(h.mesh for h in hands)} if hands else {}
+
+
+def hand_boxes_infotext(hands: Sequence[RefinedHand]) -> dict:
+    """{HAND_BOXES_INFOTEXT_KEY: the box of each refined hand, "x0 y0 x1 y1;…"} when any hand was refined."""
+    from lib_handrefiner.settings.text import format_text
+
+    return {HAND_BOXES_INFOTEXT_KEY: format_text([list(h.box) for h in hands])} if hands else {}
 
 
 @dataclass
@@ -411,7 +419,8 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     else:
         message = "the hand masks are empty; image unchanged"
     _add(timings, "total", started)
-    infotext = format_infotext({**entries, **tried_infotext(refined), **meshes_infotext(refined)})
+    infotext = format_infotext({**entries, **tried_infotext(refined), **meshes_infotext(refined),
+                                **hand_boxes_infotext(refined)})
     return RefineResult(out, perception, refined, infotext, timings, with_mesh_warning(message, perception),
                         base_seed, negative)
 
@@ -431,10 +440,12 @@ def _adaptive(sample: Callable[[Sequence[float]], List[np.ndarray]], unit: _Unit
     offset = (region.x0, region.y0)
     targets = [transform_mesh(hd.mesh, region.scale, offset).joints[:, :2] for hd in unit.hands]
     hands = [crop_hand(hd.hand, region.scale, offset) for hd in unit.hands]
+    boxes = [None if hd.mesh_box is None else [(v - offset[i % 2]) * region.scale for i, v in enumerate(hd.mesh_box)]
+             for hd in unit.hands]
 
     def error(crop_rgb: np.ndarray) -> float:
-        return float(np.mean([refit_error(crop_rgb, hand, target, mesh_model, args)
-                              for hand, target in zip(hands, targets)]))
+        return float(np.mean([refit_error(crop_rgb, hand, target, mesh_model, args, box)
+                              for hand, target, box in zip(hands, targets, boxes)]))
 
     return search_strength(sample, error, reference=args.adaptive_reference, strengths=args.adaptive_strengths,
                            factor=args.adaptive_factor, batch_size=args.adaptive_batch)

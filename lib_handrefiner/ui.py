@@ -173,6 +173,15 @@ def stale_boxes_note(kept: int, removed: int, width: int, height: int) -> str:
     return f"⚠ {text[:1].upper()}{text[1:]}." if text else ""
 
 
+NO_HAND_NOTE = ("⚠ No hand found in this image. Drag on the image to draw a box around each hand, or lower the "
+                "detection confidence and press Detect hands again.")
+
+
+def detect_note(found: int) -> str:
+    """What Detect says beside its boxes: nothing when it found hands, how to go on when it found none."""
+    return "" if found else NO_HAND_NOTE
+
+
 @dataclass
 class Editor:
     image: gr.Image
@@ -267,7 +276,7 @@ def connect_editor(editor: Editor, service: HandRefinerService, settings: Sequen
         perception = perceive(img, with_boxes(values, []))
         found = [tuple(p.box) for p in perception.hands]
         return (editor_html(img, boxes.elem_id), boxes_json(found), table_update(found), perception.mask,
-                perception.depth, hands_summary(perception), "", image_signature(img))
+                perception.depth, hands_summary(perception), detect_note(len(found)), image_signature(img))
 
     def on_new_image(img: Any, text: str, bound: str):
         """A new image: the editor shows it, the boxes that do not fit it go (with a note), those that fit stay
@@ -284,18 +293,21 @@ def connect_editor(editor: Editor, service: HandRefinerService, settings: Sequen
         except gr.Error:
             given = []
         kept, removed = boxes_inside(given, width, height)
-        view = editor_html(img, boxes.elem_id) if kept else ""
+        # The editor shows every new image, with or without boxes: a box can be dragged on it before any Detect.
+        view = editor_html(img, boxes.elem_id)
         return (view, boxes_json(kept) if removed else gr.update(), table_update(kept), None, None, None,
                 stale_boxes_note(len(kept), len(removed), width, height), signature)
 
     def edited_preview(img: Any, edits: Any, parse: Callable, echo: Callable, values: Sequence[Any]):
-        """After an edit of the boxes (as text or as table rows): the other view of the boxes, and the previews."""
+        """After an edit of the boxes (as text or as table rows): the other view of the boxes, the previews, and no
+        note (a note on the boxes a new image kept or removed, or on Detect's finding none, is answered by the
+        edit)."""
         if img is None:
-            return gr.update(), gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
         img = to_rgb(img)
         edited = parse(edits, img.shape[1], img.shape[0])
         perception = perceive(img, with_boxes(values, edited))
-        return echo(edited), perception.mask, perception.depth, hands_summary(perception)
+        return echo(edited), perception.mask, perception.depth, hands_summary(perception), ""
 
     def on_boxes(img: Any, text: str, *values: Any):
         return edited_preview(img, text, parse_boxes, table_update, values)
@@ -312,9 +324,9 @@ def connect_editor(editor: Editor, service: HandRefinerService, settings: Sequen
     # "input" fires on user edits only (the script fires it after a drag), never on values set from Python: so
     # Detect, the drag and the table each update the others without loops or a second perception.
     boxes.input(on_boxes, inputs=[image, boxes, *settings], outputs=[editor.table, editor.mask, editor.depth,
-                                                                      editor.hands])
+                                                                      editor.hands, editor.note])
     editor.table.input(on_table, inputs=[image, editor.table, *settings],
-                       outputs=[boxes, editor.mask, editor.depth, editor.hands])
+                       outputs=[boxes, editor.mask, editor.depth, editor.hands, editor.note])
 
 
 # ---- the standalone page ----------------------------------------------------------------------------------------

@@ -140,9 +140,13 @@ class HandRefinerScript(scripts.Script):
                         send = gr.Button("Send the image to img2img and edit its hand boxes",
                                          elem_id=self.elem_id("send_boxes"))
                         hints[send.elem_id] = ("The image selected in the gallery goes to img2img with its "
-                                               "parameters (the WebUI's own Send to img2img), and its hands are "
-                                               "detected there, ready to adjust in Edit hand boxes.")
-                        send.click(fn=None, _js="handRefinerSendToImg2img", inputs=[], outputs=[])
+                                               "parameters (the WebUI's own Send to img2img), HandRefiner on, "
+                                               "and the boxes of the hands refined here in Edit hand boxes "
+                                               "(none refined: its hands are detected there).")
+                        # The click reads the gallery's infotexts (the refined hands' boxes): generation_info is
+                        # made after the scripts' UI.
+                        self.on_after_component(lambda x, send=send: self._connect_send(send, x.component),
+                                                elem_id=f"generation_info_{self.tabname}")
             # The help of every field, as hover text (javascript/handrefiner.js), not paragraphs under the fields.
             gr.HTML(f'<div class="handrefiner-hints" data-hints="{html.escape(json.dumps(hints))}"></div>',
                     elem_id=self.elem_id("hints"))
@@ -182,6 +186,10 @@ class HandRefinerScript(scripts.Script):
         recycle.click(fn=lambda info, index: accordion.reused_seed(info, index, parse_generation_parameters),
                       _js="(info, seed) => [info, selected_gallery_index()]", show_progress=False,
                       inputs=[generation_info, seed], outputs=[seed])
+
+    @staticmethod
+    def _connect_send(send, generation_info):
+        send.click(fn=None, _js="handRefinerSendToImg2img", inputs=[generation_info], outputs=[], show_progress=False)
 
     def _box_editor(self, boxes):
         """Detect / drag / type hand boxes on img2img's input image; connected once every setting exists."""

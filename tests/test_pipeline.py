@@ -106,6 +106,9 @@ def test_refine_is_seeded_and_changes_only_the_hand(malformed, perceived, tiny_s
     assert steps[-1] == (2 * n, 2 * n)
     assert a.infotext.startswith("HandRefiner: True, HandRefiner strength: 0.55")
     assert "HandRefiner seed: 5" in a.infotext
+    # the refined hands' boxes, for txt2img's "Send … and edit its hand boxes" (a result entry, not a setting)
+    boxes = ";".join(" ".join(str(v) for v in h.box) for h in a.hands)
+    assert f"HandRefiner hand boxes: {boxes}," in a.infotext or a.infotext.endswith(f"HandRefiner hand boxes: {boxes}")
     assert {"sample", "composite", "total"} <= set(a.timings_ms)
 
 

@@ -133,10 +133,30 @@ def test_editor_on_a_pil_image_with_an_existing_boxes_field(tiny_models):
     assert rows["value"][0] == [x0, y0, x1, y1] and rows["visible"] is True
     assert mask[y0:y1, x0:x1].min() == 255 and hands[0]["handedness"] and note == ""
     assert bound == image_signature(np.asarray(photo.convert("RGB")))
-    rows, mask, depth, hands = on_boxes(photo, f"{x0} {y0} {x1} {y1}; 10 10 60 60", "12")
-    assert rows["value"] == [[x0, y0, x1, y1], [10, 10, 60, 60]] and mask[10:60, 10:60].min() == 255
+    rows, mask, depth, hands, note = on_boxes(photo, f"{x0} {y0} {x1} {y1}; 10 10 60 60", "12")
+    assert rows["value"] == [[x0, y0, x1, y1], [10, 10, 60, 60]] and mask[10:60, 10:60].min() == 255 and note == ""
     # No palm in the second box (the sky): the landmark model alone on it still gives the user a hand to refine.
     assert [h["found_by"] for h in hands] == ["palm", "user_box"] and all(h["refinable"] for h in hands)
+
+
+def test_detect_on_an_image_without_hands_says_how_to_go_on(tiny_models):
+    """No hand found: no boxes, the editor shows the image, and the note says to draw a box or lower the threshold
+    (the txt2img → img2img button lands here with the tiny model's noise)."""
+    from PIL import Image
+
+    from lib_handrefiner.service import StandaloneService
+    from lib_handrefiner.ui import NO_HAND_NOTE, build_editor
+
+    with gr.Blocks() as blocks:
+        image = gr.Image(type="pil")
+        editor = build_editor(StandaloneService(tiny_models.checkpoint, tiny_models.controlnet), image,
+                              boxes=gr.Textbox(value="", elem_id="script_boxes"))
+    handler = {(dep["targets"][0], dep["trigger"]): fn.fn for dep, fn in zip(blocks.dependencies, blocks.fns)}
+    blank = Image.new("RGB", (256, 192), (90, 120, 150))
+    view, found, rows, _, _, hands, note, _ = handler[(editor.detect._id, "click")](blank)
+    assert json.loads(found) == [] and rows["visible"] is False and hands == []
+    assert 'data-width="256"' in view and 'data-height="192"' in view
+    assert note == NO_HAND_NOTE and note.startswith("⚠ No hand found") and "Drag on the image" in note
 
 
 def new_image_handler(tiny_models):
@@ -161,7 +181,8 @@ def test_a_new_image_drops_the_boxes_that_do_not_fit_it_and_says_so(tiny_models)
     bound = image_signature(np.asarray(first))
     view, boxes, table, mask, depth, hands, note, new_bound = on_new_image(small, "[[312, 127, 512, 358]]", bound)
     assert json.loads(boxes) == [] and table["value"] == [] and table["visible"] is False
-    assert view == "" and mask is None and hands is None and new_bound == image_signature(np.asarray(small))
+    assert mask is None and hands is None and new_bound == image_signature(np.asarray(small))
+    assert 'data-width="224"' in view   # the editor shows the new image, ready for a box to be dragged on it
     assert note == "⚠ Removed 1 box(es) that lie outside this 224×224 image."
     # A box that fits the new image stays, with a note, and the editor shows the new image with it.
     view, boxes, table, _, _, _, note, _ = on_new_image(small, "10 10 60 60; 300 10 400 60", bound)

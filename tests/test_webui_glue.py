@@ -316,6 +316,8 @@ def test_refines_only_the_hand_with_the_webui_model_and_writes_infotext(wui, scr
     params = p.extra_generation_params
     assert params["HandRefiner"] == "True" and params["HandRefiner strength"] == "0.55"
     assert params["HandRefiner steps"] == 2 and params[webui.RESULT_KEY].startswith("refined 1 ")
+    # the refined hand's box (the mask box), which txt2img's send button puts in img2img's editor
+    assert params["HandRefiner hand boxes"] == " ".join(str(int(v)) for v in perception.hands[0].box)
     assert any("HandRefiner: refined" in c for c in p.comments)
     # progress: one more job, its steps counted
     assert shared.state.job_count == job_count + 1 and shared.state.job_no == job_no + 1
@@ -838,6 +840,27 @@ def test_img2img_box_editor_edits_the_boxes_widget_and_boxes_follow_the_resize(w
     assert webui.boxes_on_output(args, p, (512, 1024)).boxes == [(20, 40, 220, 440)]
     assert webui.boxes_on_output(args, p, (256, 512)).boxes == args.boxes
     assert webui.boxes_on_output(args, make_p(), (512, 1024)).boxes == args.boxes  # txt2img: output pixels
+
+
+def test_txt2img_send_button_reads_the_galleries_infotexts(script):
+    """txt2img's "Send the image to img2img and edit its hand boxes" is in the Hand boxes group; once the WebUI makes
+    generation_info_txt2img (after the scripts' UI) its click runs handRefinerSendToImg2img on that JSON, which
+    holds the refined hands' boxes of each gallery image (run in a real WebUI by tests/test_webui_browser.py)."""
+    from modules.scripts import OnComponent
+
+    with gr.Blocks() as blocks:
+        script.ui(False)
+        info = gr.Textbox(visible=False, elem_id="generation_info_txt2img")
+        for elem_id, callback in script.on_after_component_elem_id:
+            if elem_id == "generation_info_txt2img":
+                callback(OnComponent(component=info))
+    by_id = {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
+    send = by_id["script_txt2img_handrefiner_send_boxes"]
+    clicks = [d for d in blocks.dependencies if d["targets"] == [send._id] and d["trigger"] == "click"]
+    assert len(clicks) == 1
+    assert clicks[0]["js"] == "handRefinerSendToImg2img" and clicks[0]["inputs"] == [info._id]
+    assert clicks[0]["outputs"] == [] and clicks[0]["backend_fn"] is False   # the browser does it all
+    assert send.elem_id in by_id["script_txt2img_handrefiner_hints"].value
 
 
 def test_img2img_boxes_of_another_image_give_a_result_that_names_the_box(script):

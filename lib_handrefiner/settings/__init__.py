@@ -24,7 +24,12 @@ from lib_handrefiner.settings.groups import (
            layout,
            layout_fields,
 )
-from lib_handrefiner.settings.infotext import MESHES_INFOTEXT_KEY, from_infotext, to_infotext
+from lib_handrefiner.settings.infotext import (
+    HAND_BOXES_INFOTEXT_KEY,
+    MESHES_INFOTEXT_KEY,
+    from_infotext,
+    to_infotext,
+)
 from lib_handrefiner.settings.model import (
            AUTOMATIC_SCHEDULER,
            BUILTIN_SAMPLER,
@@ -39,7 +44,8 @@ from lib_handrefiner.settings.widget import CURRENT_MODEL, LIST_FIELDS, from_wid
 __all__ = ["AUTOMATIC_SCHEDULER", "BOXES_GROUP", "BUILTIN_SAMPLER", "EDITOR_GROUP", "CURRENT_MODEL",
            "DEFAULT_NEGATIVE_PROMPT",
            "EXTRA_NEGATIVE_DEFAULT", "FIELDS", "FieldSpec", "GROUPS", "HandRefinerArgs", "LIST_FIELDS",
-           "MESHES_INFOTEXT_KEY", "OTHER_GROUP", "PYDANTIC_V2", "SETTING_FIELDS", "XYZ_FIELDS", "as_dict",
+           "HAND_BOXES_INFOTEXT_KEY", "MESHES_INFOTEXT_KEY", "OTHER_GROUP", "PYDANTIC_V2", "SETTING_FIELDS",
+           "XYZ_FIELDS", "as_dict",
            "describe_error", "field_names", "format_boxes", "from_infotext", "from_script_args", "from_widget",
            "layout", "layout_fields", "parse_bool", "parse_boxes", "parse_floats", "parse_setting", "replace",
            "to_infotext", "to_widget", "unknown_setting_message"]

@@ -9,6 +9,9 @@ from lib_handrefiner.settings.model import HandRefinerArgs
 from lib_handrefiner.settings.text import format_text, parse_text
 
 MESHES_INFOTEXT_KEY = "HandRefiner meshes"  # a result entry: the mesh model of each refined hand, in order
+# A result entry, not a setting: the box of each refined hand, "x0 y0 x1 y1;…" in the image's pixels (txt2img's
+# "Send the image to img2img and edit its hand boxes" puts them in img2img's box editor).
+HAND_BOXES_INFOTEXT_KEY = "HandRefiner hand boxes"
 ALWAYS_WRITTEN = ("enabled", "strength", "mode")
 
 

@@ -277,7 +277,7 @@ def _without_controlnet_extension_hook(unet: Any) -> Iterator[None]:
 def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> ImageOutcome:
     from PIL import Image
 
-    from lib_handrefiner.pipeline import meshes_infotext, tried_infotext
+    from lib_handrefiner.pipeline import hand_boxes_infotext, meshes_infotext, tried_infotext
 
     refined = bool(result.hands)
     strengths = sorted({f"{h.strength:g}" for h in result.hands})
@@ -289,7 +289,8 @@ def outcome_from_result(job: ImageJob, args: HandRefinerArgs, result: Any) -> Im
         previews.append(("-handrefiner-mask", Image.fromarray(result.perception.mask).convert("RGB")))
     image = Image.fromarray(result.image) if refined else job.image
     return ImageOutcome(image, summary, refined,
-                        {RESULT_KEY: summary, **tried_infotext(result.hands), **meshes_infotext(result.hands)},
+                        {RESULT_KEY: summary, **tried_infotext(result.hands), **meshes_infotext(result.hands),
+                         **hand_boxes_infotext(result.hands)},
                         previews)
 
 

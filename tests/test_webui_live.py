@@ -517,13 +517,16 @@ def test_the_controlnet_acts_through_a_webui_sampler(sampler):
 @pytest.mark.skipif(not REFERENCE_URL, reason="HANDREFINER_WEBUI_REFERENCE_URL is not set: no second WebUI (with "
                                               "the same model and ControlNet) to compare with")
 def test_the_same_weights_refine_alike_in_another_webui():
-    """The same request through the WebUI's DDIM (deterministic) on this WebUI and on a reference one (A1111
-    1.10.1 beside reForge) with the same checkpoint and ControlNet: the same image within float noise."""
+    """The same request through HandRefiner's own DDIM (deterministic, the same loop in both) on this WebUI and on a
+    reference one (A1111 1.10.1 beside reForge) with the same checkpoint and ControlNet: the same hand crop and mask,
+    and the same image within float noise. (The WebUIs' own "DDIM" samplers are not the same algorithm: reForge's
+    img2img DDIM estimates the noise otherwise, so they are not compared.)"""
     with _client() as client, _client(REFERENCE_URL) as reference:
-        here = _refine_small(client, _controlnet(client), "DDIM", 1.0)
-        there = _refine_small(reference, _controlnet(reference), "DDIM", 1.0)
+        here = _refine_small(client, _controlnet(client), "DDIM (HandRefiner)", 1.0)
+        there = _refine_small(reference, _controlnet(reference), "DDIM (HandRefiner)", 1.0)
+    assert [h["box"] for h in here["hands"]] == [h["box"] for h in there["hands"]]
     a, b = (np.asarray(_decode(r["image"])).astype(int) for r in (here, there))
     difference = np.abs(a - b)
-    print(f"\nDDIM strength 1.0, this WebUI vs {REFERENCE_URL}: max |difference| {difference.max()}, "
+    print(f"\nDDIM (HandRefiner) strength 1.0, this WebUI vs {REFERENCE_URL}: max |difference| {difference.max()}, "
           f"mean {difference.mean():.4f} grey levels, {int((difference > 0).any(axis=-1).sum())} pixels differ")
     assert difference.max() <= 2 and difference.mean() < 0.05

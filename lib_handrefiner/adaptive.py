@@ -102,21 +102,22 @@ def pose_error(refined_rgb: np.ndarray, target_joints_xy: np.ndarray,
 
 
 def crop_refit_error(refined_rgb: np.ndarray, hand: "Hand", target_joints_xy: np.ndarray,
-                     mesh_model: "MeshModel") -> float:
+                     mesh_model: "MeshModel", box: Optional[Sequence[float]] = None) -> float:
     """2D MPJPE (px) between the target joints and the joints `mesh_model` fits to `refined_rgb` at the original
-    `hand` (its landmarks, so its crop) without detecting again: the official check for Mesh Graphormer
-    (HandRefiner's eval_mpjpe re-runs the network on the refined image at the crop boxes of the original hands)."""
+    `hand` (its landmarks, so its crop; or `box`, the user's box its mesh was read from) without detecting again:
+    the official check for Mesh Graphormer (HandRefiner's eval_mpjpe re-runs the network on the refined image at
+    the crop boxes of the original hands)."""
     from lib_handrefiner.metrics import mpjpe_2d
 
-    return mpjpe_2d(mesh_model.fit(hand, refined_rgb).joints, _joints_xy(target_joints_xy))
+    return mpjpe_2d(mesh_model.fit(hand, refined_rgb, box).joints, _joints_xy(target_joints_xy))
 
 
 def refit_error(refined_rgb: np.ndarray, hand: "Hand", target_joints_xy: np.ndarray, mesh_model: "MeshModel",
-                args: Optional["HandRefinerArgs"] = None) -> float:
+                args: Optional["HandRefinerArgs"] = None, box: Optional[Sequence[float]] = None) -> float:
     """The pose check of the adaptive search with `mesh_model`: crop_refit_error for models that refit at the
     original hand's crop (Mesh Graphormer, as the official code), else pose_error (detect again, then fit)."""
     if getattr(mesh_model, "refits_original_crop", False):
-        return crop_refit_error(refined_rgb, hand, target_joints_xy, mesh_model)
+        return crop_refit_error(refined_rgb, hand, target_joints_xy, mesh_model, box)
     return pose_error(refined_rgb, target_joints_xy, mesh_model, args)
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import itertools
 import os
 import re
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -109,6 +111,15 @@ def padded_pass(rgb: np.ndarray, max_hands: int = 0, detection_confidence: float
                 presence_confidence: float = 0.2) -> List[Hand]:
     """The image with a grey border, upscaled towards a 512 px shorter side but never past MediaPipe's bounds
     (a 2000×20 image is not made 51,200 px wide)."""
+    padded, scale, pad = bordered(rgb)
+    found = palm_pass(padded, max_hands, detection_confidence, presence_confidence)
+    return [unborder_hand(h, scale, pad) for h in found]
+
+
+def bordered(rgb: np.ndarray) -> Tuple[np.ndarray, float, int]:
+    """The image upscaled towards a _RETRY_MIN_SIDE shorter side (never past MediaPipe's bounds) and given a grey
+    border of _RETRY_PAD_RATIO × its shorter side: (image, scale, border px). The palm detector misses palms cut by
+    the image's edge, and small images show it small hands."""
     import cv2
 
     height, width = rgb.shape[:2]
@@ -118,10 +129,12 @@ def padded_pass(rgb: np.ndarray, max_hands: int = 0, detection_confidence: float
     big = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
                                               interpolation=cv2.INTER_CUBIC)
     pad = round(_RETRY_PAD_RATIO * min(big.shape[:2]))
-    padded = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(127, 127, 127))
-    found = palm_pass(padded, max_hands, detection_confidence, presence_confidence)
-    # Shift back by the border first, then undo the upscale: p = (p_padded - pad) / scale.
-    return [uncrop_hand(h, scale, (-pad / scale, -pad / scale)) for h in found]
+    return cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(127, 127, 127)), scale, pad
+
+
+def unborder_hand(hand: Hand, scale: float, pad: int) -> Hand:
+    """A hand found in `bordered`'s image, in the image's own pixels: p = (p_bordered - pad) / scale."""
+    return uncrop_hand(hand, scale, (-pad / scale, -pad / scale))
 
 
 def bounded(rgb: np.ndarray) -> Tuple[np.ndarray, float]:
@@ -146,7 +159,31 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
 
 
 _GRAPHS: Dict[tuple, object] = {}
+# One image's detection at a time in the process: a MediaPipe graph runs one frame at a time, and the WebUI's
+# requests come from many threads.
 _GRAPHS_LOCK = threading.Lock()
+# The hand search looks at several views and regions of one image, each independently: they run on this many
+# threads, each with graphs of its own (MediaPipe's process() lets go of the GIL while its models run). Two, not
+# every core: the WebUI's other work keeps the rest.
+DETECT_THREADS = max(1, min(2, os.cpu_count() or 1))
+_POOL: Optional[ThreadPoolExecutor] = None
+_WORKER = threading.local()      # .slot: which copy of the graphs a detection thread uses (0: the caller's)
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+
+def _each(work: Callable[[_Item], _Result], items: Sequence[_Item]) -> List[_Result]:
+    """work(item) for every item, results in order, on DETECT_THREADS threads, under _GRAPHS_LOCK and with
+    MediaPipe's start-up noise kept off stderr (both taken once here, by the calling thread)."""
+    global _POOL
+    with _GRAPHS_LOCK, _without_native_noise():
+        if DETECT_THREADS == 1 or len(items) < 2:
+            return [work(item) for item in items]
+        if _POOL is None:
+            slots = itertools.count(1)
+            _POOL = ThreadPoolExecutor(DETECT_THREADS, thread_name_prefix="handrefiner-detect",
+                                       initializer=lambda: setattr(_WORKER, "slot", next(slots)))
+        return list(_POOL.map(work, items))
 
 
 def _graph(max_hands: int, detection_confidence: float, presence_confidence: float):
@@ -159,7 +196,9 @@ def _graph(max_hands: int, detection_confidence: float, presence_confidence: flo
 
 
 def _cached(key: tuple, build):
-    """The graph `build()` makes, built once per key (under _GRAPHS_LOCK, held by the caller)."""
+    """The graph `build()` makes, built once per key and detection thread (under _GRAPHS_LOCK, held by the
+    caller of `_each`)."""
+    key = (getattr(_WORKER, "slot", 0),) + key
     if key not in _GRAPHS:
         try:
             _GRAPHS[key] = build()
@@ -258,8 +297,8 @@ def _run(rgb: np.ndarray, max_hands: int, detection_confidence: float, presence_
     height, width = rgb.shape[:2]
     if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
         raise ValueError(f"internal: a {width}x{height} image reached MediaPipe unbounded")
-    with _GRAPHS_LOCK, _without_native_noise():
-        result = _graph(max_hands, detection_confidence, presence_confidence).process({"image": rgb})
+    (result,) = _each(lambda image: _graph(max_hands, detection_confidence, presence_confidence).process(
+        {"image": image}), [rgb])
     if not result.multi_hand_landmarks:
         return []
     palms = [_palm_box_and_score(d) for d in (result.palm_detections or [])]
@@ -334,21 +373,36 @@ def _landmark_graph(presence_confidence: float):
     return _cached(("landmarks", float(presence_confidence)), build)
 
 
+# A square region of the image for the landmark model: centre (image px), side (px), rotation (radians).
+Region = Tuple[Tuple[float, float], float, float]
+
+
 def landmarks_in_region(rgb: np.ndarray, centre_xy: Tuple[float, float], side: float, rotation: float,
                         presence_confidence: float) -> Optional[Hand]:
     """The landmark model alone on the square region of `side` px centred at `centre_xy` (image pixels; it may
     reach past the image's edge), turned by `rotation` radians (MediaPipe's convention: the angle that brings the
     wrist-to-middle-finger direction upright). None when the model's hand-presence score is below
     `presence_confidence`. The hand's `score` is that threshold: a lower bound of the presence it passed."""
+    return landmarks_in_regions(rgb, [(centre_xy, side, rotation)], presence_confidence)[0]
+
+
+def landmarks_in_regions(rgb: np.ndarray, regions: Sequence[Region], presence_confidence: float
+                         ) -> List[Optional[Hand]]:
+    """`landmarks_in_region` for each region, in order, on the detection threads."""
+    rgb = _check_rgb(rgb)
+    return _each(lambda region: _landmarks(rgb, region, presence_confidence), list(regions))
+
+
+def _landmarks(rgb: np.ndarray, region: Region, presence_confidence: float) -> Optional[Hand]:
     from mediapipe.framework.formats import rect_pb2
 
-    crop, scale, origin = _region_crop(_check_rgb(rgb), centre_xy, side)
+    centre_xy, side, rotation = region
+    crop, scale, origin = _region_crop(rgb, centre_xy, side)
     height, width = crop.shape[:2]
     cx, cy = (centre_xy[0] - origin[0]) * scale, (centre_xy[1] - origin[1]) * scale
     roi = rect_pb2.NormalizedRect(x_center=cx / width, y_center=cy / height, width=side * scale / width,
                                   height=side * scale / height, rotation=rotation)
-    with _GRAPHS_LOCK, _without_native_noise():
-        result = _landmark_graph(presence_confidence).process({"image": crop, "roi": roi})
+    result = _landmark_graph(presence_confidence).process({"image": crop, "roi": roi})
     if result.landmarks is None:
         return None
     normalised = np.array([[p.x, p.y, p.z] for p in result.landmarks.landmark], dtype=np.float32)
@@ -360,10 +414,11 @@ def landmarks_in_region(rgb: np.ndarray, centre_xy: Tuple[float, float], side: f
 
 
 # The landmark model sees 224 px: a region is cut from the image with this much room around its square (enough
-# for any rotation: half its diagonal is 0.71 of its side) and shrunk to at most _REGION_CROP_SIDE px, so that
-# MediaPipe copies a small image rather than the whole picture for every region it looks at.
+# for any rotation: half its diagonal is 0.71 of its side) and shrunk so that its square is at most
+# _LANDMARK_INPUT px, so that MediaPipe copies and warps a small image rather than the whole picture for every
+# region it looks at (a 512 px crop costs 6 ms more per region than a 336 px one, measured).
 _REGION_ROOM = 0.75
-_REGION_CROP_SIDE = 512
+_LANDMARK_INPUT = 224
 
 
 def _region_crop(rgb: np.ndarray, centre_xy: Tuple[float, float], side: float
@@ -379,7 +434,7 @@ def _region_crop(rgb: np.ndarray, centre_xy: Tuple[float, float], side: float
     x1 = int(max(min(centre_xy[0] + reach + 1, width), x0 + 1))
     y1 = int(max(min(centre_xy[1] + reach + 1, height), y0 + 1))
     crop = rgb[y0:y1, x0:x1]
-    scale = min(1.0, _REGION_CROP_SIDE / max(crop.shape[:2]))
+    scale = min(1.0, _LANDMARK_INPUT / max(side, 1.0))
     if scale < 1.0:
         crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
                           interpolation=cv2.INTER_AREA)
@@ -421,8 +476,7 @@ def pose_arms(rgb: np.ndarray) -> List[Arm]:
     rgb = _check_rgb(rgb)
     small, scale = bounded(rgb)
     height, width = small.shape[:2]
-    with _GRAPHS_LOCK, _without_native_noise():
-        result = _pose_graph().process({"image": small})
+    (result,) = _each(lambda image: _pose_graph().process({"image": image}), [small])
     if result.pose_landmarks is None:
         return []
     points = np.array([[p.x * width, p.y * height] for p in result.pose_landmarks.landmark]) / scale
@@ -460,7 +514,15 @@ class PalmCandidate:
 def palm_candidates(rgb: np.ndarray, min_score: float) -> List[PalmCandidate]:
     """Every palm the palm detector scores at least `min_score` (after its own non-maximum suppression), most
     confident first, each as the region the landmark model is to look at (as MediaPipe's hand graph makes it)."""
-    rgb = _check_rgb(rgb)
+    return palm_candidates_each([(rgb, min_score)])[0]
+
+
+def palm_candidates_each(looks: Sequence[Tuple[np.ndarray, float]]) -> List[List[PalmCandidate]]:
+    """`palm_candidates` of each (image, min_score), in order, on the detection threads."""
+    return _each(lambda look: _palms(*look), [(_check_rgb(rgb), min_score) for rgb, min_score in looks])
+
+
+def _palms(rgb: np.ndarray, min_score: float) -> List[PalmCandidate]:
     small, scale = bounded(rgb)
     height, width = small.shape[:2]
 
@@ -475,8 +537,7 @@ def palm_candidates(rgb: np.ndarray, min_score: float) -> List[PalmCandidate]:
                                                float(min_score)},
                             outputs=["detections"])
 
-    with _GRAPHS_LOCK, _without_native_noise():
-        result = _cached(("palms", float(min_score)), build).process({"image": small})
+    result = _cached(("palms", float(min_score)), build).process({"image": small})
     candidates = [_palm_region(d, width, height, scale) for d in (result.detections or [])]
     return sorted(candidates, key=lambda c: -c.score)
 

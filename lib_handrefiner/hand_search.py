@@ -31,11 +31,12 @@ from lib_handrefiner import detection
 from lib_handrefiner.detection import (
     Hand,
     PalmCandidate,
+    bordered,
     detect_hands,
     landmarks_in_region,
+    landmarks_in_regions,
     make_hand,
-    padded_pass,
-    palm_candidates,
+    palm_candidates_each,
     pose_arms,
     uncrop_hand,
 )
@@ -55,7 +56,6 @@ CONFIRM_PRESENCE = 0.6
 # confident) over the whole image, and TILE_CANDIDATES per tile.
 LOW_CANDIDATES = 6
 TILE_CANDIDATES = 2
-EDGE_BORDER = 0.25
 # A candidate about the region of one already tried is not tried again.
 SAME_REGION_SHIFT = 0.25
 # Tiles see the palm detector's ordinary candidates, but each view of a small region finds hand-like things in
@@ -93,6 +93,7 @@ class FoundHand:
 @dataclass(frozen=True)
 class HandSearch:
     hands: List[FoundHand]
+    # milliseconds: "views" (the palm detector on every view the passes need, in one batch), then each pass
     pass_ms: Dict[str, float] = field(default_factory=dict)
 
     def count_by(self) -> Dict[str, int]:
@@ -106,7 +107,9 @@ def find_hands(rgb: np.ndarray, max_hands: int = 0, detection_confidence: float 
     if unknown:
         raise ValueError(f"unknown hand-search pass(es) {sorted(unknown)}; choose from {list(PASSES)}")
     search = _Search(rgb, detection_confidence, presence_confidence)
-    timings: Dict[str, float] = {}
+    start = perf_counter()
+    search.look([view for name in passes for view in _VIEWS_OF_PASS[name]])
+    timings: Dict[str, float] = {"views": (perf_counter() - start) * 1000.0}
     for name in passes:
         start = perf_counter()
         for hand in getattr(search, f"{name}_pass")():
@@ -118,8 +121,15 @@ def find_hands(rgb: np.ndarray, max_hands: int = 0, detection_confidence: float 
     return HandSearch(found, timings)
 
 
+# The views of the image each pass gives the palm detector; `find_hands` has them all looked at in one batch
+# (on detection.DETECT_THREADS threads) before the passes run.
+_VIEWS_OF_PASS = {"palm": ("whole",), "low": ("whole",), "flip": ("mirrored",), "edge": ("bordered",),
+                  "tile": ("tiles",), "pose": ()}
+
+
 class _Search:
-    """One image's search: the hands found so far and the palm detector's candidates, shared by the passes."""
+    """One image's search: the hands found so far and the palm detector's candidates in each view, shared by the
+    passes."""
 
     def __init__(self, rgb: np.ndarray, detection_confidence: float, presence_confidence: float):
         self.rgb = rgb
@@ -127,87 +137,93 @@ class _Search:
         self.presence = presence_confidence
         self.confirm = max(CONFIRM_PRESENCE, presence_confidence)
         self.found: List[FoundHand] = []
-        self._candidates: Optional[List[PalmCandidate]] = None
+        # view name -> candidates in the image's pixels, one list per picture the view shows the detector
+        self.palms: Dict[str, List[List[PalmCandidate]]] = {}
 
     def add(self, hand: Hand, found_by: str) -> None:
         if not any(same_hand(hand, f.hand) for f in self.found):
             self.found.append(FoundHand(hand, found_by))
 
-    def candidates(self) -> List[PalmCandidate]:
-        """The whole image's palm candidates down to LOW_DETECTION, from one run of the palm detector."""
-        if self._candidates is None:
-            self._candidates = palm_candidates(self.rgb, min(LOW_DETECTION, self.detection))
-        return self._candidates
+    def look(self, views: Sequence[str]) -> None:
+        """The palm detector on every picture of `views` not looked at yet, in one batch."""
+        todo = [view for view in dict.fromkeys(views) if view not in self.palms]
+        pictures = {view: getattr(self, f"_{view}_view")() for view in todo}
+        looks = [(image, score) for view in todo for image, score, _ in pictures[view]]
+        found = iter(palm_candidates_each(looks))
+        for view in todo:
+            self.palms[view] = [[back(c) for c in next(found)] for _, _, back in pictures[view]]
 
-    def _landmark(self, candidates: Sequence[PalmCandidate], presence: float, limit: int) -> List[Hand]:
-        """The landmark model on the first `limit` candidate regions not on a hand found already."""
-        hands: List[Hand] = []
-        tried: List[PalmCandidate] = []
-        for c in candidates:
-            if len(tried) >= limit:
-                break
-            if (any(_inside(c.centre, f.hand) for f in self.found) or any(_inside(c.centre, h) for h in hands)
-                    or any(_same_region(c, t) for t in tried)):
-                continue
-            tried.append(c)
-            hand = landmarks_in_region(self.rgb, c.centre, c.side, c.rotation, presence)
-            if hand is not None:
-                hands.append(_with_score(hand, c.score))
-        return hands
+    def _whole_view(self):
+        return [(self.rgb, min(LOW_DETECTION, self.detection), lambda c: c)]
 
-    def palm_pass(self) -> List[Hand]:
-        strong = [c for c in self.candidates() if c.score >= self.detection]
-        hands = self._landmark(strong, self.presence, detection.ALL_HANDS)
-        return hands or padded_pass(self.rgb, 0, self.detection, self.presence)
+    def _mirrored_view(self):
+        """The mirrored image (the palm detector is not mirror-symmetric: it proposes other palms), its
+        candidates mirrored back."""
+        width = self.rgb.shape[1]
+        return [(np.ascontiguousarray(self.rgb[:, ::-1]), min(LOW_DETECTION, self.detection),
+                 lambda c: PalmCandidate(c.score, (width - c.centre[0], c.centre[1]), c.side, -c.rotation))]
 
-    def low_pass(self) -> List[Hand]:
-        weak = [c for c in self.candidates() if c.score < self.detection]
-        return self._landmark(weak, self.confirm, LOW_CANDIDATES)
+    def _bordered_view(self):
+        """The image with a grey border (palms cut by the image's edge), small images upscaled."""
+        image, scale, pad = bordered(self.rgb)
+        return [(image, min(LOW_DETECTION, self.detection),
+                 lambda c: PalmCandidate(c.score, ((c.centre[0] - pad) / scale, (c.centre[1] - pad) / scale),
+                                         c.side / scale, c.rotation))]
 
-    def tile_pass(self) -> List[Hand]:
+    def _tiles_view(self):
+        """Overlapping square tiles (hands too small for the palm detector's 192 px view of the whole image), only
+        for images of TILE_MIN_SIDE and more; ordinary candidates only."""
         height, width = self.rgb.shape[:2]
         if min(height, width) < TILE_MIN_SIDE:
             return []
         side = int(TILE_FRACTION * min(height, width))
-        presence = max(TILE_PRESENCE, self.presence)
-        hands: List[Hand] = []
-        for y0 in _starts(height, side):
-            for x0 in _starts(width, side):
-                tile = np.ascontiguousarray(self.rgb[y0:y0 + side, x0:x0 + side])
-                shifted = [PalmCandidate(c.score, (c.centre[0] + x0, c.centre[1] + y0), c.side, c.rotation)
-                           for c in palm_candidates(tile, self.detection)]
-                hands += self._landmark(shifted, presence, TILE_CANDIDATES)
-        return hands
+        return [(np.ascontiguousarray(self.rgb[y0:y0 + side, x0:x0 + side]), self.detection,
+                 lambda c, x0=x0, y0=y0: PalmCandidate(c.score, (c.centre[0] + x0, c.centre[1] + y0), c.side,
+                                                       c.rotation))
+                for y0 in _starts(height, side) for x0 in _starts(width, side)]
+
+    def _confirm(self, groups: Sequence[Sequence[PalmCandidate]], presence: float, limit: int) -> List[Hand]:
+        """The landmark model, in one batch, on the first `limit` candidate regions of each group that are not on a
+        hand found already nor about a region chosen before in the group; its hands above `presence`."""
+        chosen: List[PalmCandidate] = []
+        for group in groups:
+            tried: List[PalmCandidate] = []
+            for c in group:
+                if len(tried) >= limit:
+                    break
+                if not (any(_inside(c.centre, f.hand) for f in self.found) or any(_same_region(c, t) for t in tried)):
+                    tried.append(c)
+            chosen += tried
+        hands = landmarks_in_regions(self.rgb, [(c.centre, c.side, c.rotation) for c in chosen], presence)
+        return [_with_score(hand, c.score) for c, hand in zip(chosen, hands) if hand is not None]
+
+    def palm_pass(self) -> List[Hand]:
+        """The palm detector's confident candidates in the whole image, else in the bordered one."""
+        for view in ("whole", "bordered"):
+            self.look([view])
+            strong = [[c for c in self.palms[view][0] if c.score >= self.detection]]
+            hands = self._confirm(strong, self.presence, detection.ALL_HANDS)
+            if hands:
+                return hands
+        return []
+
+    def low_pass(self) -> List[Hand]:
+        return self._confirm([[c for c in self.palms["whole"][0] if c.score < self.detection]], self.confirm,
+                             LOW_CANDIDATES)
 
     def flip_pass(self) -> List[Hand]:
-        """The palm detector on the mirrored image (it is not mirror-symmetric: it proposes other palms); its
-        candidates, mirrored back, are looked at by the landmark model in the image itself."""
-        width = self.rgb.shape[1]
-        mirrored = palm_candidates(np.ascontiguousarray(self.rgb[:, ::-1]), min(LOW_DETECTION, self.detection))
-        back = [PalmCandidate(c.score, (width - c.centre[0], c.centre[1]), c.side, -c.rotation) for c in mirrored]
-        return self._landmark(back, self.confirm, LOW_CANDIDATES)
+        return self._confirm(self.palms["mirrored"], self.confirm, LOW_CANDIDATES)
 
     def edge_pass(self) -> List[Hand]:
-        """The palm detector on the image with a grey border of EDGE_BORDER × its shorter side (it misses palms cut
-        by the image's edge), its candidates confirmed like "low"'s."""
-        import cv2
+        return self._confirm(self.palms["bordered"], self.confirm, LOW_CANDIDATES)
 
-        pad = max(1, round(EDGE_BORDER * min(self.rgb.shape[:2])))
-        bordered = cv2.copyMakeBorder(self.rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(127, 127, 127))
-        back = [PalmCandidate(c.score, (c.centre[0] - pad, c.centre[1] - pad), c.side, c.rotation)
-                for c in palm_candidates(bordered, min(LOW_DETECTION, self.detection))]
-        return self._landmark(back, self.confirm, LOW_CANDIDATES)
+    def tile_pass(self) -> List[Hand]:
+        # Each small view of the image finds hand-like things in hair, straps and faces: TILE_PRESENCE.
+        return self._confirm(self.palms["tiles"], max(TILE_PRESENCE, self.presence), TILE_CANDIDATES)
 
     def pose_pass(self) -> List[Hand]:
-        hands = []
-        for arm in pose_arms(self.rgb):
-            if arm.visibility < POSE_MIN_VISIBILITY:
-                continue
-            centre, side, rotation = pose_hand_region(arm)
-            hand = landmarks_in_region(self.rgb, centre, side, rotation, self.confirm)
-            if hand is not None:
-                hands.append(hand)
-        return hands
+        regions = [pose_hand_region(arm) for arm in pose_arms(self.rgb) if arm.visibility >= POSE_MIN_VISIBILITY]
+        return [hand for hand in landmarks_in_regions(self.rgb, regions, self.confirm) if hand is not None]
 
 
 def _same_region(a: PalmCandidate, b: PalmCandidate) -> bool:
@@ -281,12 +297,12 @@ def hand_in_box(rgb: np.ndarray, box: Sequence[float], detection_confidence: flo
     x0, y0, x1, y1 = (float(v) for v in box)
     centre = ((x0 + x1) / 2, (y0 + y1) / 2)
     side = max(x1 - x0, y1 - y0, 8.0) * USER_BOX_GROW
-    for threshold in (max(CONFIRM_PRESENCE, presence_confidence), 0.0):
-        for degrees in USER_BOX_ROTATIONS:
-            hand = landmarks_in_region(rgb, centre, side, math.radians(degrees), threshold)
-            if hand is not None:
-                return FoundHand(hand, "user_box")
-    raise AssertionError("the landmark model with no presence threshold always answers")
+    turned = [(centre, side, math.radians(degrees)) for degrees in USER_BOX_ROTATIONS]
+    confident = landmarks_in_regions(rgb, turned, max(CONFIRM_PRESENCE, presence_confidence))
+    hand = next((h for h in confident if h is not None), None)
+    if hand is None:  # the landmark model with no presence threshold always answers
+        hand = landmarks_in_region(rgb, centre, side, 0.0, 0.0)
+    return FoundHand(hand, "user_box")
 
 
 def detect_in_box_crop(rgb: np.ndarray, box: Sequence[float], detection_confidence: float,

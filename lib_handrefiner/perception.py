@@ -30,6 +30,8 @@ class PerceivedHand:
     from_user_box: bool = False
     found_by: str = ""        # how the hand was found: hand_search.FOUND_BY ("palm", "tile", "flip", "pose",
                               # "user_box": the landmark model alone on the user's box); "" for no hand
+    mesh_box: Optional[IntBox] = None  # the box the mesh model read the hand from ("user_box" hands), else None
+
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def perceive(image: ImageLike, args: HandRefinerArgs = HandRefinerArgs(),
     if mesh_model is None:
         mesh_model, mesh_warning = resolve_mesh_model(args.mesh_model, fallback=args.mesh_fallback)
     model = mesh_model
-    meshes = [model.fit(c.hand, rgb) if c.hand is not None else None for c in candidates]
+    meshes = [model.fit(c.hand, rgb, _mesh_box(c)) if c.hand is not None else None for c in candidates]
     lap("mesh")
     present = [i for i, m in enumerate(meshes) if m is not None]
     rendered = render_depth([meshes[i] for i in present], width, height)
@@ -132,7 +134,13 @@ def _perceived(candidate: _Candidate, mesh: Optional[HandMesh], depth_extent: Op
         box = union_box(hand_box(hand.landmarks, width, height, args.mask_padding, args.mask_padding_ratio,
                                  depth_extent), box)
     refinable = hand is not None and mesh is not None and hand.size >= args.min_hand_size
-    return PerceivedHand(hand, mesh, box, refinable, candidate.from_user_box, candidate.found_by if hand else "")
+    return PerceivedHand(hand, mesh, box, refinable, candidate.from_user_box, candidate.found_by if hand else "",
+                         _mesh_box(candidate))
+
+
+def _mesh_box(candidate: _Candidate) -> Optional[IntBox]:
+    """The user's box of a hand only the landmark model found in it: the mesh model reads the hand from there."""
+    return candidate.box if candidate.found_by == "user_box" else None
 
 
 # ---- pictures ---------------------------------------------------------------------------------------------------

@@ -463,10 +463,12 @@ def _adaptive(sample: Callable[[Sequence[float]], List[np.ndarray]], unit: _Unit
     offset = (region.x0, region.y0)
     targets = [transform_mesh(hd.mesh, region.scale, offset).joints[:, :2] for hd in unit.hands]
     hands = [crop_hand(hd.hand, region.scale, offset) for hd in unit.hands]
+    boxes = [None if hd.mesh_box is None else [(v - offset[i % 2]) * region.scale for i, v in enumerate(hd.mesh_box)]
+             for hd in unit.hands]
 
     def error(crop_rgb: np.ndarray) -> float:
-        return float(np.mean([refit_error(crop_rgb, hand, target, mesh_model, args)
-                              for hand, target in zip(hands, targets)]))
+        return float(np.mean([refit_error(crop_rgb, hand, target, mesh_model, args, box)
+                              for hand, target, box in zip(hands, targets, boxes)]))
 
     return search_strength(sample, error, reference=args.adaptive_reference, strengths=args.adaptive_strengths,
                            factor=args.adaptive_factor, batch_size=args.adaptive_batch)

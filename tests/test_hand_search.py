@@ -41,7 +41,7 @@ def test_the_default_finds_every_hand_of_a_group_image_no_two_hand_cap(group):
                         int(f.hand.keypoint_box[1] + f.hand.keypoint_box[3] >= 1024)) for f in result.hands)
     assert quadrants == [(0, 0), (0, 1), (1, 0), (1, 1)]  # one per picture
     assert all(f.found_by in FOUND_BY for f in result.hands)
-    assert set(result.pass_ms) == set(DEFAULT_PASSES)
+    assert list(result.pass_ms) == ["views", *DEFAULT_PASSES]  # the palm detector's views, then each pass
     # max_hands keeps the most confident
     top = find_hands(group, max_hands=2).hands
     assert len(top) == 2
@@ -52,7 +52,7 @@ def test_each_pass_runs_and_names_itself():
     rgb = _example("malformed_3")
     for name in PASSES:
         result = find_hands(rgb, passes=[name])
-        assert list(result.pass_ms) == [name]
+        assert list(result.pass_ms) == ["views", name]
         assert all(f.found_by == name for f in result.hands)
     assert len(find_hands(rgb, passes=["palm"]).hands) == 1
     with pytest.raises(ValueError, match="unknown hand-search pass"):
@@ -143,3 +143,49 @@ def test_palm_candidates_give_the_regions_of_mediapipes_own_hand_graph():
         assert np.abs(ours.landmarks[:, :2] - graph_hand.landmarks[:, :2]).max() < 0.02 * graph_hand.size
         assert ours.handedness == graph_hand.handedness
         assert candidates[0].score == pytest.approx(graph_hand.score, abs=1e-4)
+
+
+def _hands_of(result):
+    return [(f.found_by, f.hand.handedness, f.hand.landmarks) for f in result.hands]
+
+
+def _same_hands(a, b) -> bool:
+    return len(a) == len(b) and all(x[:2] == y[:2] and np.allclose(x[2], y[2], atol=1e-3) for x, y in zip(a, b))
+
+
+def test_the_detection_threads_find_what_one_thread_finds(group, monkeypatch):
+    from lib_handrefiner import detection
+
+    threaded = _hands_of(find_hands(group))
+    monkeypatch.setattr(detection, "DETECT_THREADS", 1)
+    assert _same_hands(threaded, _hands_of(find_hands(group)))
+
+
+def test_searches_from_many_threads_at_once_find_what_each_finds_alone(group):
+    # The WebUI serves requests from many threads: one image's detection at a time, each whole and unmixed.
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [group, _example("malformed_3"), np.ascontiguousarray(group[:, ::-1]), _example("malformed_1")]
+    alone = [_hands_of(find_hands(rgb)) for rgb in images]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda rgb: _hands_of(find_hands(rgb)), images))
+    assert all(_same_hands(a, b) for a, b in zip(alone, together))
+    assert [len(a) for a in alone] == [4, 1, 4, 1]
+
+
+def test_the_threaded_search_keeps_the_console_clean_and_stderr_working():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from lib_handrefiner.hand_search import find_hands\n"
+            "from lib_handrefiner.imageio import load_image\n"
+            f"print(len(find_hands(load_image({str(EXAMPLES / 'malformed_1.jpg')!r})).hands))\n"
+            "print('stderr after the search', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=str(EXAMPLES.parent))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]
+    assert "stderr after the search" in done.stderr
+    for noise in ("XNNPACK", "absl::InitializeLog", "W0000", "I0000"):
+        assert noise not in done.stderr, done.stderr

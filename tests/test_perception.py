@@ -157,3 +157,34 @@ def test_overlay_shows_depth_and_landmarks(results):
     # Hand pixels are brighter than the darkened background outside the mask.
     assert picture[hand].mean() > picture[r.mask == 0].mean() + 30
     assert not np.array_equal(picture, rgb)
+
+
+def test_mesh_graphormer_reads_a_user_box_hand_from_the_box_crop(graphormer_model, monkeypatch):
+    # Issue 19: where only the landmark model (at no presence threshold) found the hand in a user's box, its
+    # landmarks say little; Mesh Graphormer then reads the hand from the crop of the box itself, as in the paper.
+    from lib_handrefiner.mesh.graphormer.model import network_input, official_crop
+
+    rgb = np.zeros((128, 128, 3), np.uint8)
+    rgb[..., 0] = np.arange(128, dtype=np.uint8)[None, :] * 2
+    rgb[..., 1] = np.arange(128, dtype=np.uint8)[:, None] * 2
+    box = (10, 20, 50, 60)
+    seen = []
+    predict = graphormer_model.predict
+    monkeypatch.setattr(graphormer_model, "predict", lambda images: seen.append(images.copy()) or predict(images))
+    (hand,) = perceive(rgb, HandRefinerArgs(boxes=[box]), mesh_model=graphormer_model).hands
+    assert hand.found_by == "user_box" and hand.mesh is not None and hand.refinable
+    mirror = hand.hand.handedness == "left"
+    corners = np.array([[10, 20, 0], [50, 60, 0]], dtype=np.float64)
+    assert np.array_equal(seen[0][0], network_input(rgb, official_crop(corners), mirror))
+    assert not np.array_equal(seen[0][0], network_input(rgb, official_crop(hand.hand.landmarks), mirror))
+    assert hand.mesh_box == box  # the adaptive check refits there (crop_refit_error's box)
+
+    from lib_handrefiner.adaptive import crop_refit_error
+
+    seen.clear()
+    crop_refit_error(rgb, hand.hand, hand.mesh.joints[:, :2], graphormer_model, hand.mesh_box)
+    assert np.array_equal(seen[0][0], network_input(rgb, official_crop(corners), mirror))
+
+
+def test_a_detected_hand_has_no_mesh_box(results):
+    assert all(h.mesh_box is None for r in results.values() for h in r.hands)

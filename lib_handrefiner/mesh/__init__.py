@@ -50,7 +50,10 @@ class HandMesh:
 class MeshModel(Protocol):
     name: str
 
-    def fit(self, hand: Hand, rgb: np.ndarray) -> HandMesh: ...
+    # `box` (image px x0, y0, x1, y1): the user's box of a hand that only the landmark model found there
+    # (found_by "user_box"), whose landmarks may not be trusted: a model that reads the image takes its crop from
+    # the box, as the paper does; the landmark mesh has nothing else to go by.
+    def fit(self, hand: Hand, rgb: np.ndarray, box: Optional[Sequence[float]] = None) -> HandMesh: ...
 
 
 class MeshModelError(ValueError):

@@ -64,7 +64,7 @@ class LandmarkMeshModel:
     def __init__(self, models_dir: object = None, device: object = None, dtype: object = None) -> None:
         del models_dir, device, dtype  # needs no files, runs no network
 
-    def fit(self, hand: Hand, rgb: Optional[np.ndarray] = None) -> HandMesh:
+    def fit(self, hand: Hand, rgb: Optional[np.ndarray] = None, box: Optional[Sequence[float]] = None) -> HandMesh:
         return landmark_mesh(hand.landmarks)
 
 

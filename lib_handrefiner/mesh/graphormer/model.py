@@ -23,7 +23,7 @@ at the wrist's depth, so everything that reads a mesh's 2D projection keeps work
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -151,8 +151,11 @@ class GraphormerMeshModel(torch.nn.Module):
         camera, _, _, vertices = self.network(x, self.template_joints, self.template_vertices_sub)
         return camera.float().cpu().numpy(), vertices.float().cpu().numpy()
 
-    def fit(self, hand: Hand, rgb: np.ndarray) -> HandMesh:
-        crop = official_crop(hand.landmarks)
+    def fit(self, hand: Hand, rgb: np.ndarray, box: Optional[Sequence[float]] = None) -> HandMesh:
+        """The mesh of the hand in the official crop around its landmarks, or around `box` (a user's box the
+        landmark model alone found the hand in: the network then reads the hand from the crop, as in the paper)."""
+        corners = None if box is None else np.array([[box[0], box[1], 0.0], [box[2], box[3], 0.0]])
+        crop = official_crop(hand.landmarks if corners is None else corners)
         mirror = hand.handedness == "left"
         cameras, vertices = self.predict(network_input(rgb, crop, mirror)[None])
         return hand_mesh(cameras[0], vertices[0], self.faces, self.joint_regressor, crop, mirror,

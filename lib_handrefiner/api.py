@@ -409,8 +409,9 @@ def run_refine(service: HandRefinerService, request: RefineRequest, lock: Any, c
             result = service.refine(image, args, seed, perception=perception)
             out, refined, infotext, message = result.image, list(result.hands), result.infotext, result.message
             timings = {"perception": perception.timings_ms.get("total", 0.0), **result.timings_ms}
+            unet_calls = result.unet_calls
         else:
-            out, refined, infotext = image, [], ""
+            out, refined, infotext, unet_calls = image, [], "", 0
             timings = {"perception": perception.timings_ms.get("total", 0.0)}
             message = with_mesh_warning(nothing_to_refine_message(perception, args), perception)
     finished = time.perf_counter()
@@ -422,6 +423,7 @@ def run_refine(service: HandRefinerService, request: RefineRequest, lock: Any, c
         hands=hand_infos(perception.hands, refined), seed=seed, infotext=infotext, message=message,
         timings_ms={**{k: float(v) for k, v in timings.items()},
                     "decode": ms(started, decoded), "queue": ms(decoded, locked), "run": ms(locked, finished)},
+        unet_calls=unet_calls,
     )
     response.timings_ms["total"] = ms(started, time.perf_counter())
     return response

@@ -105,3 +105,6 @@ class RefineResponse(BaseModel):
     infotext: str
     message: str
     timings_ms: Dict[str, float]
+    unet_calls: int = Field(0, description="Forward calls of the UNet in the hand passes (each with the ControlNet; "
+                                           "a call may hold both CFG branches): the sampling cost, independent of "
+                                           "the machine's load. 0 when nothing was sampled.")

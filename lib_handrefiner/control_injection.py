@@ -53,19 +53,25 @@ class ControlHandle:
     stopped: bool = False                             # the sampler stopped before calling the UNet: not an error
     _in_call: bool = field(default=False, repr=False)
     _pending: set = field(default_factory=set, repr=False)   # residual indices not yet added in this call
-    _encoded: Optional[Tuple[torch.Tensor, tuple, torch.Tensor]] = field(default=None, repr=False)
+    _encoded: Optional[Tuple[torch.Tensor, tuple, Optional[torch.Tensor], torch.Tensor]] = field(default=None,
+                                                                                                 repr=False)
 
     def encoded_hint(self) -> torch.Tensor:
         """The hint encoder's output for the current hint (not yet tiled to the UNet batch), cached until the hint
-        is reassigned or modified in place. The cache holds the hint itself: identity, not id(), decides."""
+        is reassigned or modified in place. The cache holds the hint itself: identity, not id(), decides. An
+        in-place change shows in the tensor's version counter; an inference tensor (made under
+        `torch.inference_mode`, as reForge runs its jobs) has none, so its cached copy is compared instead."""
         controlnet, hint = self.controlnet, self.hint
-        key = (hint._version, controlnet.device, controlnet.dtype)
-        if self._encoded is None or self._encoded[0] is not hint or self._encoded[1] != key:
+        inference = hint.is_inference()
+        key = (None if inference else hint._version, controlnet.device, controlnet.dtype)
+        cached = self._encoded
+        if (cached is None or cached[0] is not hint or cached[1] != key
+                or (inference and not torch.equal(cached[2], hint))):
             batch = hint if hint.dim() == 4 else hint.unsqueeze(0)
             encoded = controlnet.encode_hint(batch.to(controlnet.device, controlnet.dtype))
-            self._encoded = (hint, key, encoded)
+            self._encoded = (hint, key, hint.clone() if inference else None, encoded)
             self.hint_encodings += 1
-        return self._encoded[2]
+        return self._encoded[3]
 
 
 # ---- the residuals of one call -------------------------------------------------------------------------------

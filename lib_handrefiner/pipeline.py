@@ -9,11 +9,12 @@ aspect works.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -130,6 +131,7 @@ class RefineResult:
     message: str
     seed: int = 0
     negative_prompt: str = ""       # the hands' negative prompt, before the extra negative (resolve_negative)
+    unet_calls: int = 0             # forward calls of the UNet in the hand passes: their cost, whatever the load
 
 
 def round_up(n: float, multiple: int = LATENT_SCALE) -> int:
@@ -376,6 +378,7 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     passes = 1 if args.mode == "fixed" else math.ceil((1 + len(args.adaptive_strengths)) / args.adaptive_batch)
     on_step = _StepCounter(progress, ddim_step_count(args.steps, args.denoising_strength) * passes * len(units))
     out, refined, regions, interrupted = original, [], 0, False
+    unet_calls = [0]
     for unit in units:
         region = unit.region
         t = time.perf_counter()
@@ -387,8 +390,9 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
         _add(timings, "crop", t)
 
         def sample(strengths: Sequence[float]) -> List[np.ndarray]:
-            return to_uint8((sample_fn or sample_inpaint)(sd, controlnet, request, list(strengths), unit.seed, on_step,
-                                                          should_stop))
+            with counted_calls(getattr(sd, "unet", None), unet_calls):
+                return to_uint8((sample_fn or sample_inpaint)(sd, controlnet, request, list(strengths), unit.seed,
+                                                              on_step, should_stop))
 
         t = time.perf_counter()
         try:
@@ -422,7 +426,26 @@ def refine_image(image, sd: SDModel, controlnet, args: HandRefinerArgs, prompt: 
     infotext = format_infotext({**entries, **tried_infotext(refined), **meshes_infotext(refined),
                                 **hand_boxes_infotext(refined)})
     return RefineResult(out, perception, refined, infotext, timings, with_mesh_warning(message, perception),
-                        base_seed, negative)
+                        base_seed, negative, unet_calls[0])
+
+
+@contextlib.contextmanager
+def counted_calls(module: Any, count: List[int]) -> Iterator[None]:
+    """Adds the forward calls of `module` (a torch module; anything else counts nothing) inside the context to
+    count[0]. Every engine samples through the UNet's forward (the ControlNet's hooks rely on it), so this counts
+    the built-in loop's calls and the WebUI samplers' alike."""
+    if not isinstance(module, torch.nn.Module):
+        yield
+        return
+
+    def counted(*_: Any) -> None:
+        count[0] += 1
+
+    handle = module.register_forward_pre_hook(counted)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _add(timings: dict, key: str, since: float) -> None:

@@ -118,6 +118,7 @@ def test_refine_happy_path_on_a_malformed_hand(client):
     assert np.abs(refined.astype(int) - source.astype(int))[mask > 0].mean() > 1
     assert body["seed"] == 7 and "HandRefiner" in body["infotext"]
     assert {"decode", "queue", "run", "total"} <= set(body["timings_ms"])
+    assert body["unet_calls"] == 2 * sum(h["refined"] for h in body["hands"])   # 2 steps, one region per hand
 
 
 def test_adaptive_mode_reports_the_strengths_tried_in_strict_json(client):

@@ -124,6 +124,25 @@ def test_the_hint_is_encoded_once_per_hint_not_once_per_step(pair):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+def test_an_inference_mode_hint_is_encoded_once_and_again_when_changed_in_place(pair):
+    """reForge runs its jobs under torch.inference_mode: the hint is then an inference tensor, which has no version
+    counter (reading it raised "Inference tensors do not track version counter" and failed every WebUI-sampler
+    hand pass there)."""
+    unet, controlnet = pair
+    x, t, context, hint = inputs(unet.in_channels)
+    with torch.inference_mode():
+        hint = hint.clone()
+        with inject_control(unet, controlnet, hint, strength=1.0) as handle:
+            for _ in range(3):
+                unet(x, t, context)
+            assert (handle.calls, handle.hint_encodings) == (3, 1)
+            hint.mul_(0.5)  # changed in place: encoded again
+            got = unet(x, t, context)
+            assert handle.hint_encodings == 2
+        expected = controlled_unet_reference(unet, controlnet(x[:, :4], hint, t, context), x, t, context)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
 @torch.no_grad()
 def test_hooks_fire_through_a_forward_replaced_by_another_extension(pair):
     unet, controlnet = pair

@@ -104,6 +104,7 @@ def test_refine_is_seeded_and_changes_only_the_hand(malformed, perceived, tiny_s
     n = sum(h.refinable for h in perceived.hands)
     assert len(a.hands) == n and a.hands[0].strength == 0.55 and a.hands[0].seed == 5
     assert steps[-1] == (2 * n, 2 * n)
+    assert a.unet_calls == 2 * n   # one UNet call (both CFG branches in one batch) per step and hand
     assert a.infotext.startswith("HandRefiner: True, HandRefiner strength: 0.55")
     assert "HandRefiner seed: 5" in a.infotext
     # the refined hands' boxes, for txt2img's "Send … and edit its hand boxes" (a result entry, not a setting)

@@ -912,6 +912,29 @@ def test_a_job_keeps_its_negative_and_the_api_and_editor_get_the_official_one(wu
     assert sampled_negatives == ["fake 3D rendered image, blurry", OFFICIAL_NEGATIVE]
 
 
+@pytest.mark.parametrize("sampler", ["DDIM (HandRefiner)", "Euler"])
+def test_an_api_refine_is_a_webui_job_of_its_own(wui, malformed, sampler):
+    """/handrefiner/refine (no job) begins and ends a WebUI job, as the WebUI's own API does for each request: an
+    Interrupt pressed earlier (the WebUI keeps the flag until a job begins) no longer stops the WebUI sampler's
+    first call before the UNet (it answered 500, "the hand pass never called the UNet"), and an Interrupt during the
+    run ends it between steps, the image kept."""
+    from modules import shared
+
+    shared.state.interrupt()   # left over: no job was running
+    result = wui.refiner.refine(malformed, HandRefinerArgs(sampler=sampler, **FAST), seed=1)
+    assert result.message.startswith("refined 1 hand(s)") and result.unet_calls == 2, result.message
+    assert shared.state.job == "" and not shared.state.interrupted
+
+    unet = shared.sd_model.model.diffusion_model
+    hook = unet.register_forward_hook(lambda *_: shared.state.interrupt())   # Interrupt during the first step
+    try:
+        result = wui.refiner.refine(malformed, HandRefinerArgs(sampler=sampler, **FAST), seed=1)
+    finally:
+        hook.remove()
+    assert result.message.startswith("interrupted: refined 0 of 1 region(s)"), result.message
+    assert result.unet_calls == 1 and np.array_equal(result.image, malformed)
+
+
 # ---- a WebUI sampler for the hands ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler, scheduler", [("Euler a", "Automatic"), ("DPM++ 2M", "Karras")])

@@ -22,10 +22,10 @@ pytestmark = pytest.mark.skipif(not URL, reason="HANDREFINER_WEBUI_URL is not se
 PROMPT = "a man facing the camera, making a hand gesture, indoor"
 
 
-def _client():
+def _client(url: str = URL):
     import httpx
 
-    return httpx.Client(base_url=URL, timeout=float(os.environ.get("HANDREFINER_WEBUI_TIMEOUT", "900")))
+    return httpx.Client(base_url=url, timeout=float(os.environ.get("HANDREFINER_WEBUI_TIMEOUT", "900")))
 
 
 def _controlnet(client) -> str:
@@ -352,3 +352,181 @@ def test_an_unknown_hand_sampler_is_rejected_before_generating():
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][-1] == "sampler"
     assert "Euler a" in response.json()["detail"][0]["msg"]
+
+
+# ---- the same user paths on the forks (issue 23) -------------------------------------------------------------------
+# Run against reForge too (HANDREFINER_WEBUI_URL=http://127.0.0.1:7870, ../shared/reforge): the Forge family cannot
+# load the tiny model, so there a full-size SD 1.5 runs on the CPU, and these tests keep it small: the example at
+# 256², one img2img step, a few hand steps. Each test prints what it measured (pytest -s shows it).
+
+SMALL = 256
+SMALL_HAND = (slice(63, 179), slice(156, 256))   # the example's right hand at 256² (rows, columns)
+SMALL_CORNER = 48                                # the inpainted corner: img2img samples only this square
+SMALL_HANDS = {"steps": 2, "crop_resolution": 256, "seed": 5}
+
+
+def _small_example():
+    from PIL import Image
+
+    return Image.open(EXAMPLE).convert("RGB").resize((SMALL, SMALL), Image.LANCZOS)
+
+
+def _small_img2img(handrefiner: dict) -> dict:
+    """img2img of the 256² example inpainting its top-left corner, one sampling step; the hand is pasted back from
+    the original (the random model's VAE turns everything it decodes into noise) and then refined."""
+    from PIL import Image
+
+    mask = Image.new("L", (SMALL, SMALL), 0)
+    mask.paste(255, (0, 0, SMALL_CORNER, SMALL_CORNER))
+    return {"prompt": "a photo of a hand", "negative_prompt": "", "seed": 7, "steps": 2, "width": SMALL,
+            "height": SMALL, "sampler_name": "Euler", "init_images": [_b64_png(_small_example())],
+            "mask": _b64_png(mask), "mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": False,
+            "denoising_strength": 0.5, "alwayson_scripts": {"HandRefiner": {"args": [handrefiner]}}}
+
+
+def _hand_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference over the hand region, in grey levels."""
+    return float(np.abs(a[SMALL_HAND].astype(int) - b[SMALL_HAND].astype(int)).mean())
+
+
+def _far_from_the_hand(image: np.ndarray) -> np.ndarray:
+    """Below the inpainted corner and left of any hand crop: pixels no pass may change."""
+    return image[SMALL_CORNER:, :96]
+
+
+@pytest.mark.parametrize("sampler", ["DDIM (HandRefiner)", "Euler a"])
+def test_img2img_with_the_always_on_script_refines_the_hand_with_the_controlnet(sampler):
+    """HandRefiner ticked in an img2img job: the hand is refined by the ControlNet (strength 1.0 and 0.0 give
+    different hands; a pass the ControlNet did not reach would be an error, never "refined"), the infotext carries
+    the HandRefiner keys, and nothing far from the hand changes."""
+    import time
+
+    with _client() as client:
+        controlnet = _controlnet(client)
+        images, infos, seconds = {}, {}, {}
+        for strength in (1.0, 0.0, None):
+            args = ({"enabled": False} if strength is None else
+                    {"enabled": True, "strength": strength, "sampler": sampler, "controlnet": controlnet,
+                     **SMALL_HANDS})
+            started = time.monotonic()
+            result = _post(client, "/sdapi/v1/img2img", _small_img2img(args))
+            seconds[strength] = time.monotonic() - started
+            infos[strength] = json.loads(result["info"])
+            images[strength] = np.asarray(_decode(result["images"][0]))
+    control = _hand_difference(images[1.0], images[0.0])
+    refined = _hand_difference(images[1.0], images[None])
+    print(f"\n[{sampler}] img2img 256² + hand pass: {seconds[1.0]:.1f} s (without HandRefiner {seconds[None]:.1f} s); "
+          f"hand region mean |strength 1.0 - 0.0| = {control:.2f}, |refined - unrefined| = {refined:.2f} grey levels"
+          f"\ninfotext: {infos[1.0]['infotexts'][0]}")
+    for strength in (1.0, 0.0):
+        params, infotext = infos[strength]["extra_generation_params"], infos[strength]["infotexts"][0]
+        assert params["HandRefiner result"].startswith("refined 1 hand(s) in 1 region(s)"), params
+        # (settings at their defaults, the ControlNet's name among them, are left out of the infotext)
+        for key in ("HandRefiner: True", f"HandRefiner strength: {strength:g}", "HandRefiner steps: 2",
+                    "HandRefiner seed: 5", "HandRefiner result: refined 1 hand(s)"):
+            assert key in infotext, (key, infotext)
+        if sampler != "DDIM (HandRefiner)":
+            assert params["HandRefiner result"].endswith(f"with the WebUI's {sampler}"), params
+            assert f"HandRefiner sampler: {sampler}" in infotext
+    assert "HandRefiner" not in infos[None]["infotexts"][0]
+    assert control > 1.0 and refined > 1.0
+    assert np.array_equal(_far_from_the_hand(images[1.0]), _far_from_the_hand(images[None]))
+
+
+def test_interrupt_during_the_hand_pass_ends_the_job_promptly_and_keeps_the_image():
+    """POST /sdapi/v1/interrupt (what the Stop/Interrupt button calls with one image to make) while HandRefiner
+    samples: the job answers within about one hand step, with the image img2img made (the hand unrefined, as
+    pasted back from the original) and "interrupted" as HandRefiner's result; the next job runs normally."""
+    import threading
+    import time
+
+    with _client() as client:
+        controlnet = _controlnet(client)
+        slow = {"enabled": True, "controlnet": controlnet, "steps": 40, "crop_resolution": 256, "seed": 5}
+        outcome = {}
+
+        def generate():
+            with _client() as own:
+                outcome["response"] = own.post("/sdapi/v1/img2img", json=_small_img2img(slow))
+                outcome["answered"] = time.monotonic()
+
+        job = threading.Thread(target=generate)
+        job.start()
+        seen = {}   # hand step -> when first seen
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and job.is_alive() and 2 not in seen:
+            progress = client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()
+            step = progress["state"]["sampling_step"]
+            if progress.get("textinfo") == "HandRefiner" and step >= 1:
+                seen.setdefault(min(step, 2), time.monotonic())
+            time.sleep(0.2)
+        assert 2 in seen, "HandRefiner's pass was not seen running"
+        step_seconds = seen[2] - seen.get(1, seen[2] - 60)
+        pressed_at = time.monotonic()
+        pressed = client.post("/sdapi/v1/interrupt")
+        assert pressed.status_code == 200, pressed.text[:500]
+        job.join(600)
+        assert not job.is_alive(), "the interrupted job did not answer within 10 minutes"
+        took = outcome["answered"] - pressed_at
+        unrefined = _post(client, "/sdapi/v1/img2img", _small_img2img({"enabled": False}))
+        after = _post(client, "/sdapi/v1/img2img", _small_img2img({**slow, "steps": 2}))
+    response = outcome["response"]
+    assert response.status_code == 200, response.text[:2000]
+    result = response.json()
+    info = json.loads(result["info"])
+    print(f"\ninterrupt at hand step 2 of 40 (a step took {step_seconds:.1f} s): the job answered {took:.1f} s later")
+    assert len(result["images"]) == 1
+    assert info["extra_generation_params"]["HandRefiner result"].startswith("interrupted: refined 0 of 1"), info
+    assert "HandRefiner: True" in info["infotexts"][0]
+    kept, unrefined_image = np.asarray(_decode(result["images"][0])), np.asarray(_decode(unrefined["images"][0]))
+    assert np.array_equal(kept[SMALL_CORNER:], unrefined_image[SMALL_CORNER:])   # the hand as img2img left it
+    assert took < 2 * step_seconds + 30, (took, step_seconds)
+    next_result = json.loads(after["info"])["extra_generation_params"]["HandRefiner result"]
+    assert next_result.startswith("refined 1 hand(s)"), next_result
+
+
+def _refine_small(client, controlnet: str, sampler: str, strength: float, steps: int = 3) -> dict:
+    body = {"image": _b64_png(_small_example()), "prompt": "a hand", "sampler": sampler, "strength": strength,
+            "controlnet": controlnet, **SMALL_HANDS, "steps": steps}
+    return _post(client, "/handrefiner/refine", body)
+
+
+REFERENCE_URL = os.environ.get("HANDREFINER_WEBUI_REFERENCE_URL", "").rstrip("/")
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
+def test_the_controlnet_acts_through_a_webui_sampler(sampler):
+    """The hand pass through the WebUI's own sampler: strength 1.0 and 0.0 (same seed) differ in the hand region,
+    and the same request twice gives the same image (seeded)."""
+    with _client() as client:
+        if sampler not in client.get("/handrefiner/models").json()["samplers"]:
+            pytest.skip(f"this WebUI has no sampler {sampler!r}")
+        controlnet = _controlnet(client)
+        bodies = {s: _refine_small(client, controlnet, sampler, s) for s in (1.0, 0.0)}
+        again = _refine_small(client, controlnet, sampler, 1.0)
+    for body in bodies.values():
+        assert body["message"] == f"refined 1 hand(s) in 1 region(s) with the WebUI's {sampler}", body["message"]
+    images = {s: np.asarray(_decode(b["image"])) for s, b in bodies.items()}
+    control = _hand_difference(images[1.0], images[0.0])
+    print(f"\n[{sampler}] /handrefiner/refine 256², 3 steps: hand region mean |strength 1.0 - 0.0| = {control:.2f} "
+          f"grey levels; max {np.abs(images[1.0].astype(int) - images[0.0].astype(int)).max()}")
+    assert control > 1.0
+    assert np.array_equal(np.asarray(_decode(again["image"])), images[1.0])
+
+
+@pytest.mark.skipif(not REFERENCE_URL, reason="HANDREFINER_WEBUI_REFERENCE_URL is not set: no second WebUI (with "
+                                              "the same model and ControlNet) to compare with")
+def test_the_same_weights_refine_alike_in_another_webui():
+    """The same request through HandRefiner's own DDIM (deterministic, the same loop in both) on this WebUI and on a
+    reference one (A1111 1.10.1 beside reForge) with the same checkpoint and ControlNet: the same hand crop and mask,
+    and the same image within float noise. (The WebUIs' own "DDIM" samplers are not the same algorithm: reForge's
+    img2img DDIM estimates the noise otherwise, so they are not compared.)"""
+    with _client() as client, _client(REFERENCE_URL) as reference:
+        here = _refine_small(client, _controlnet(client), "DDIM (HandRefiner)", 1.0)
+        there = _refine_small(reference, _controlnet(reference), "DDIM (HandRefiner)", 1.0)
+    assert [h["box"] for h in here["hands"]] == [h["box"] for h in there["hands"]]
+    a, b = (np.asarray(_decode(r["image"])).astype(int) for r in (here, there))
+    difference = np.abs(a - b)
+    print(f"\nDDIM (HandRefiner) strength 1.0, this WebUI vs {REFERENCE_URL}: max |difference| {difference.max()}, "
+          f"mean {difference.mean():.4f} grey levels, {int((difference > 0).any(axis=-1).sum())} pixels differ")
+    assert difference.max() <= 2 and difference.mean() < 0.05

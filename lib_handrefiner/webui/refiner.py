@@ -30,6 +30,7 @@ from lib_handrefiner.webui.sd_adapter import ModelChoice, WebUISDModel, choose_m
 log = logging.getLogger("handrefiner")
 
 DEFAULT_CONTROLNET_URL = "https://huggingface.co/hr16/ControlNet-HandRefiner-pruned"
+API_JOB = "handrefiner"   # the WebUI job name of a /handrefiner/refine run (its console says "Starting job …")
 
 
 class WebUIRefiner:
@@ -73,8 +74,19 @@ class WebUIRefiner:
                job: Any = None) -> Any:
         """pipeline.refine_image with the WebUI's model (or a checkpoint: choose_model) on the WebUI's device: the
         built-in sampler, or the WebUI's own sampling for a WebUI sampler (`job`: the job's processing object). A
-        job's negative prompt is used as it is; without a job (the API, the editor: None) the official one."""
-        return self._refine(image, args, seed, perception, prompt, negative_prompt, progress, job)[0]
+        job's negative prompt is used as it is; without a job (the API, the editor: None) the official one.
+
+        Without a job and a progress (the API) the run is a WebUI job of its own, as the WebUI's own API runs each
+        request: state.begin clears an Interrupt or Skip left from before (which the WebUI's samplers would obey at
+        their first call, so the hand pass never reached the UNet), and the WebUI's Interrupt stops the run."""
+        state = self.env_factory().state if job is None and progress is None else None
+        if state is None:
+            return self._refine(image, args, seed, perception, prompt, negative_prompt, progress, job)[0]
+        state.begin(job=API_JOB)
+        try:
+            return self._refine(image, args, seed, perception, prompt, negative_prompt, WebUIProgress(state), job)[0]
+        finally:
+            state.end()
 
     def _refine(self, image: np.ndarray, args: HandRefinerArgs, seed: int, perception: Any, prompt: str,
                 negative_prompt: Optional[str], progress: Optional[WebUIProgress], job: Any

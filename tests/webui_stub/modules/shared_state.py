@@ -25,3 +25,6 @@ class State:
     def begin(self, job: str = "(unknown)"):
         self.__init__()
         self.job, self.job_count = job, -1
+
+    def end(self):
+        self.job, self.job_count = "", 0

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import itertools
 import os
 import re
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
@@ -162,28 +160,16 @@ _GRAPHS: Dict[tuple, object] = {}
 # One image's detection at a time in the process: a MediaPipe graph runs one frame at a time, and the WebUI's
 # requests come from many threads.
 _GRAPHS_LOCK = threading.Lock()
-# The hand search looks at several views and regions of one image, each independently: they run on this many
-# threads, each with graphs of its own (MediaPipe's process() lets go of the GIL while its models run). Two, not
-# every core: the WebUI's other work keeps the rest.
-DETECT_THREADS = max(1, min(2, os.cpu_count() or 1))
-_POOL: Optional[ThreadPoolExecutor] = None
-_WORKER = threading.local()      # .slot: which copy of the graphs a detection thread uses (0: the caller's)
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 
 
 def _each(work: Callable[[_Item], _Result], items: Sequence[_Item]) -> List[_Result]:
-    """work(item) for every item, results in order, on DETECT_THREADS threads, under _GRAPHS_LOCK and with
-    MediaPipe's start-up noise kept off stderr (both taken once here, by the calling thread)."""
-    global _POOL
+    """work(item) for every item, in order, under _GRAPHS_LOCK and with MediaPipe's start-up noise kept off
+    stderr, both taken once for the batch. (Two threads with graphs of their own were measured no faster on this
+    2-core CPU: MediaPipe's Python process() does not run two graphs at once.)"""
     with _GRAPHS_LOCK, _without_native_noise():
-        if DETECT_THREADS == 1 or len(items) < 2:
-            return [work(item) for item in items]
-        if _POOL is None:
-            slots = itertools.count(1)
-            _POOL = ThreadPoolExecutor(DETECT_THREADS, thread_name_prefix="handrefiner-detect",
-                                       initializer=lambda: setattr(_WORKER, "slot", next(slots)))
-        return list(_POOL.map(work, items))
+        return [work(item) for item in items]
 
 
 def _graph(max_hands: int, detection_confidence: float, presence_confidence: float):
@@ -196,9 +182,7 @@ def _graph(max_hands: int, detection_confidence: float, presence_confidence: flo
 
 
 def _cached(key: tuple, build):
-    """The graph `build()` makes, built once per key and detection thread (under _GRAPHS_LOCK, held by the
-    caller of `_each`)."""
-    key = (getattr(_WORKER, "slot", 0),) + key
+    """The graph `build()` makes, built once per key (under _GRAPHS_LOCK, held by the caller of `_each`)."""
     if key not in _GRAPHS:
         try:
             _GRAPHS[key] = build()
@@ -388,7 +372,7 @@ def landmarks_in_region(rgb: np.ndarray, centre_xy: Tuple[float, float], side: f
 
 def landmarks_in_regions(rgb: np.ndarray, regions: Sequence[Region], presence_confidence: float
                          ) -> List[Optional[Hand]]:
-    """`landmarks_in_region` for each region, in order, on the detection threads."""
+    """`landmarks_in_region` for each region, in order, in one batch."""
     rgb = _check_rgb(rgb)
     return _each(lambda region: _landmarks(rgb, region, presence_confidence), list(regions))
 
@@ -518,7 +502,7 @@ def palm_candidates(rgb: np.ndarray, min_score: float) -> List[PalmCandidate]:
 
 
 def palm_candidates_each(looks: Sequence[Tuple[np.ndarray, float]]) -> List[List[PalmCandidate]]:
-    """`palm_candidates` of each (image, min_score), in order, on the detection threads."""
+    """`palm_candidates` of each (image, min_score), in order, in one batch."""
     return _each(lambda look: _palms(*look), [(_check_rgb(rgb), min_score) for rgb, min_score in looks])
 
 

@@ -122,7 +122,7 @@ def find_hands(rgb: np.ndarray, max_hands: int = 0, detection_confidence: float 
 
 
 # The views of the image each pass gives the palm detector; `find_hands` has them all looked at in one batch
-# (on detection.DETECT_THREADS threads) before the passes run.
+# before the passes run.
 _VIEWS_OF_PASS = {"palm": ("whole",), "low": ("whole",), "flip": ("mirrored",), "edge": ("bordered",),
                   "tile": ("tiles",), "pose": ()}
 

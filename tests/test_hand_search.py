@@ -153,14 +153,6 @@ def _same_hands(a, b) -> bool:
     return len(a) == len(b) and all(x[:2] == y[:2] and np.allclose(x[2], y[2], atol=1e-3) for x, y in zip(a, b))
 
 
-def test_the_detection_threads_find_what_one_thread_finds(group, monkeypatch):
-    from lib_handrefiner import detection
-
-    threaded = _hands_of(find_hands(group))
-    monkeypatch.setattr(detection, "DETECT_THREADS", 1)
-    assert _same_hands(threaded, _hands_of(find_hands(group)))
-
-
 def test_searches_from_many_threads_at_once_find_what_each_finds_alone(group):
     # The WebUI serves requests from many threads: one image's detection at a time, each whole and unmixed.
     from concurrent.futures import ThreadPoolExecutor

@@ -184,7 +184,10 @@ def test_detect_drag_preview_refine(browser, server_url, tmp_path):
     act(lambda: browser.find_elements(By.CSS_SELECTOR, ".handrefiner-box .handrefiner-delete")[1].click())
     assert wait_for(lambda: len(b := boxes_value(browser)) == 1 and b, what="the deleted box") == [resized]
 
-    # Type a number into the table: the boxes (and the drawn box) follow.
+    # Type a number into the table: the boxes (and the drawn box) follow. The delete's answer re-renders the table
+    # (and closes a cell being edited): wait for it to show the one box left first.
+    wait_for(lambda: [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#handrefiner_table tbody td")][:4]
+             == [str(v) for v in resized], what="the table after the delete")
     act(lambda: ActionChains(browser)
         .double_click(browser.find_elements(By.CSS_SELECTOR, "#handrefiner_table tbody td")[0]).perform())
     typed = wait_for(lambda: (el := browser.switch_to.active_element).tag_name == "input" and el, what="cell input")

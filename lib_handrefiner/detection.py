@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
@@ -166,9 +167,12 @@ _Result = TypeVar("_Result")
 
 def _each(work: Callable[[_Item], _Result], items: Sequence[_Item]) -> List[_Result]:
     """work(item) for every item, in order, under _GRAPHS_LOCK and with MediaPipe's start-up noise kept off
-    stderr, both taken once for the batch. (Two threads with graphs of their own were measured no faster on this
-    2-core CPU: MediaPipe's Python process() does not run two graphs at once.)"""
+    stderr, both taken once for the batch; the models run the batch on `model_threads()` threads. (Two Python
+    threads with graphs of their own were measured no faster on this 2-core CPU: MediaPipe's Python process() does
+    not run two graphs at once.)"""
+    global _batch_threads
     with _GRAPHS_LOCK, _without_native_noise():
+        _batch_threads = model_threads()
         return [work(item) for item in items]
 
 
@@ -188,7 +192,9 @@ def _graph(max_hands: int, detection_confidence: float, presence_confidence: flo
 
 
 def _cached(key: tuple, build):
-    """The graph `build()` makes, built once per key (under _GRAPHS_LOCK, held by the caller of `_each`)."""
+    """The graph `build()` makes, built once per key and thread count (under _GRAPHS_LOCK, held by the caller of
+    `_each`)."""
+    key = (*key, _batch_threads)
     if key not in _GRAPHS:
         try:
             _GRAPHS[key] = build()
@@ -197,17 +203,65 @@ def _cached(key: tuple, build):
     return _GRAPHS[key]
 
 
-# MediaPipe's graphs run each model on one CPU thread (its XNNPACK delegate's default, num_threads -1). Measured on
-# this project's 2-core CPU, two threads take the palm detector from ~22 to ~13 ms and the landmark model from ~16
-# to ~12 ms a run; the hand search makes 20-40 such runs per image. More than 4 is not worth the other jobs' share.
-MODEL_THREADS = max(1, min(4, os.cpu_count() or 1))
+# MediaPipe's graphs run each model on one CPU thread (its XNNPACK delegate's default, num_threads -1). On this
+# project's 2-core CPU, two threads take the palm detector from ~22 to ~13 ms a run and the landmark model from ~16
+# to ~12 ms; the hand search makes 20-40 such runs per image. But XNNPACK's threads wait for each other by spinning:
+# with another task busy on one of the two cores, two threads made the search 2.2x slower than one (and three
+# threads on two cores 35x slower), so the models get only the cores no other task is running on at that moment.
+MAX_MODEL_THREADS = 4
+# The thread count of the batch `_each` runs now (set under _GRAPHS_LOCK); graphs are built and kept per count.
+_batch_threads = 1
+
+
+def model_threads() -> int:
+    """The models' thread count for the next batch: min(MAX_MODEL_THREADS, the CPU cores this process may use) when
+    that many cores are free right now (Linux: no other process's task running on them), else 1. Where the load
+    cannot be read (Windows, macOS): half the cores, leaving the other half to other work."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = min(MAX_MODEL_THREADS, cores)
+    others = _other_runnable_tasks()
+    if others is None:
+        return max(1, min(MAX_MODEL_THREADS, cores // 2))
+    return wanted if cores - others >= wanted else 1
+
+
+# /proc/loadavg's count of running tasks is a snapshot that kernel threads and short tasks enter and leave: the
+# fewest of a few snapshots a moment apart is what keeps the cores busy.
+_SNAPSHOTS = 3
+_SNAPSHOT_GAP_S = 0.0005
+
+
+def _other_runnable_tasks() -> Optional[int]:
+    """Tasks of other processes running on the machine now: the fewest, over _SNAPSHOTS snapshots, of
+    /proc/loadavg's running tasks less this process's own running threads (the models' threads of the last batch
+    may still be spinning); None where there is no /proc (not Linux)."""
+    try:
+        counts = []
+        for snapshot in range(_SNAPSHOTS):
+            if snapshot:
+                time.sleep(_SNAPSHOT_GAP_S)
+            with open("/proc/loadavg", encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            counts.append(running - max(_own_running_threads(), 1))
+        return max(0, min(counts))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_running_threads() -> int:
+    own = 0
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/stat", encoding="ascii") as f:
+            # "pid (name) state …": the name may hold spaces and parentheses; the state follows the last ")"
+            own += f.read().rpartition(")")[2].split()[0] == "R"
+    return own
 
 
 def _solution(config, side_inputs: dict, outputs: List[str], calculator_params: Optional[dict] = None):
     """A MediaPipe graph (a CalculatorGraphConfig, its subgraphs not expanded yet) ready to `process()`, with every
-    model it runs on XNNPACK given MODEL_THREADS threads. The subgraphs are expanded first (by MediaPipe's own
-    validation, so that each mediapipe version's own subgraphs are used) because their inference nodes are not
-    reachable through `calculator_params`."""
+    model it runs on XNNPACK given the batch's thread count (`model_threads`). The subgraphs are expanded first (by
+    MediaPipe's own validation, so that each mediapipe version's own subgraphs are used) because their inference
+    nodes are not reachable through `calculator_params`."""
     from mediapipe.calculators.tensor import inference_calculator_pb2
     from mediapipe.framework import calculator_pb2
     from mediapipe.python._framework_bindings import validated_graph_config
@@ -216,7 +270,7 @@ def _solution(config, side_inputs: dict, outputs: List[str], calculator_params: 
     validated = validated_graph_config.ValidatedGraphConfig()
     validated.initialize(graph_config=config)
     expanded = calculator_pb2.CalculatorGraphConfig.FromString(validated.binary_config)
-    with_threads(expanded, inference_calculator_pb2.InferenceCalculatorOptions.ext, MODEL_THREADS)
+    with_threads(expanded, inference_calculator_pb2.InferenceCalculatorOptions.ext, _batch_threads)
     return SolutionBase(graph_config=expanded, side_inputs=side_inputs, calculator_params=calculator_params,
                         outputs=outputs)
 

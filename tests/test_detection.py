@@ -165,7 +165,7 @@ def test_a_graph_that_cannot_initialise_names_mediapipe_protobuf_and_the_fix(mon
 @pytest.mark.parametrize("build", ["hands", "palms", "landmarks", "pose"])
 def test_every_graph_runs_its_models_on_the_model_threads(monkeypatch, build):
     """MediaPipe's default runs each model on one thread (palm detector ~22 ms a run here, ~13 ms on two): every
-    graph we build has its subgraphs expanded and each XNNPACK inference node given MODEL_THREADS."""
+    graph we build has its subgraphs expanded and each XNNPACK inference node given the batch's `model_threads()`."""
     import mediapipe.python.solution_base as solution_base
     from mediapipe.calculators.tensor import inference_calculator_pb2
 
@@ -180,7 +180,7 @@ def test_every_graph_runs_its_models_on_the_model_threads(monkeypatch, build):
 
     monkeypatch.setattr(detection, "_GRAPHS", {})
     monkeypatch.setattr(solution_base, "SolutionBase", Recording)
-    monkeypatch.setattr(detection, "MODEL_THREADS", 3)
+    monkeypatch.setattr(detection, "model_threads", lambda: 3)
     rgb = load_image(EXAMPLES / "malformed_1.jpg")
     {"hands": lambda: detect_hands(rgb),
      "palms": lambda: detection.palm_candidates(rgb, 0.5),
@@ -192,6 +192,49 @@ def test_every_graph_runs_its_models_on_the_model_threads(monkeypatch, build):
     # the hands graph runs the palm detector and the landmark model, the pose graph its detector and landmarks
     assert len(inference) == {"hands": 2, "palms": 1, "landmarks": 1, "pose": 2}[build]
     assert [node.options.Extensions[ext].delegate.xnnpack.num_threads for node in inference] == [3] * len(inference)
+
+
+def test_models_get_the_free_cores_and_one_thread_when_others_are_busy(monkeypatch):
+    from lib_handrefiner import detection
+
+    monkeypatch.setattr(detection.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    for others, threads in [(0, 4), (3, 4), (4, 4), (5, 1), (8, 1), (None, 4)]:
+        monkeypatch.setattr(detection, "_other_runnable_tasks", lambda others=others: others)
+        assert detection.model_threads() == threads, others
+    monkeypatch.setattr(detection.os, "sched_getaffinity", lambda pid: {0, 1})
+    for others, threads in [(0, 2), (1, 1), (None, 1)]:  # unknown load: half the cores
+        monkeypatch.setattr(detection, "_other_runnable_tasks", lambda others=others: others)
+        assert detection.model_threads() == threads, others
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="Linux only")
+def test_a_busy_process_counts_as_a_busy_core():
+    from lib_handrefiner.detection import _other_runnable_tasks
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)
+        assert _other_runnable_tasks() >= 1
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_the_thread_count_does_not_change_what_the_models_find(monkeypatch):
+    """A graph per thread count; XNNPACK splits the work, not the sums: the same palms and landmarks."""
+    from lib_handrefiner import detection
+
+    rgb = load_image(EXAMPLES / "malformed_1.jpg")
+    found = []
+    for threads in (1, 2):
+        monkeypatch.setattr(detection, "model_threads", lambda threads=threads: threads)
+        palm = detection.palm_candidates(rgb, 0.01)[0]
+        hand = detection.landmarks_in_region(rgb, palm.centre, palm.side, palm.rotation, 0.5)
+        found.append((palm, hand.landmarks))
+    assert found[0][0] == found[1][0]
+    np.testing.assert_array_equal(found[0][1], found[1][1])
+    assert {key[-1] for key in detection._GRAPHS} >= {1, 2}
 
 
 def _detect_in_a_new_process(extra_code: str = "") -> "subprocess.CompletedProcess":

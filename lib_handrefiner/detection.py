@@ -170,9 +170,11 @@ def _each(work: Callable[[_Item], _Result], items: Sequence[_Item]) -> List[_Res
     stderr, both taken once for the batch; the models run the batch on `model_threads()` threads. (Two Python
     threads with graphs of their own were measured no faster on this 2-core CPU: MediaPipe's Python process() does
     not run two graphs at once.)"""
-    global _batch_threads
+    global _batch_threads, _threads_chosen
     with _GRAPHS_LOCK, _without_native_noise():
-        _batch_threads = model_threads()
+        if time.monotonic() - _threads_chosen[0] > THREADS_HOLD_S:
+            _threads_chosen = (time.monotonic(), model_threads())
+        _batch_threads = _threads_chosen[1]
         return [work(item) for item in items]
 
 
@@ -211,6 +213,10 @@ def _cached(key: tuple, build):
 MAX_MODEL_THREADS = 4
 # The thread count of the batch `_each` runs now (set under _GRAPHS_LOCK); graphs are built and kept per count.
 _batch_threads = 1
+# A count chosen by model_threads() holds this long (reading the load costs ~1-5 ms in a process of 100 threads,
+# and a hand search runs 5-8 batches in ~0.3 s): (when it was chosen, the count).
+THREADS_HOLD_S = 1.0
+_threads_chosen = (float("-inf"), 1)
 
 
 def model_threads() -> int:
@@ -232,18 +238,17 @@ _SNAPSHOT_GAP_S = 0.0005
 
 
 def _other_runnable_tasks() -> Optional[int]:
-    """Tasks of other processes running on the machine now: the fewest, over _SNAPSHOTS snapshots, of
-    /proc/loadavg's running tasks less this process's own running threads (the models' threads of the last batch
-    may still be spinning); None where there is no /proc (not Linux)."""
+    """Tasks of other processes running on the machine now: the fewest of _SNAPSHOTS snapshots of /proc/loadavg's
+    running tasks, less this process's own running threads (the models' threads of the last batch may still be
+    spinning); None where there is no /proc (not Linux)."""
     try:
-        counts = []
+        running = []
         for snapshot in range(_SNAPSHOTS):
             if snapshot:
                 time.sleep(_SNAPSHOT_GAP_S)
             with open("/proc/loadavg", encoding="ascii") as f:
-                running = int(f.read().split()[3].split("/")[0])
-            counts.append(running - max(_own_running_threads(), 1))
-        return max(0, min(counts))
+                running.append(int(f.read().split()[3].split("/")[0]))
+        return max(0, min(running) - max(_own_running_threads(), 1))
     except (OSError, ValueError, IndexError):
         return None
 

@@ -181,6 +181,7 @@ def test_every_graph_runs_its_models_on_the_model_threads(monkeypatch, build):
     monkeypatch.setattr(detection, "_GRAPHS", {})
     monkeypatch.setattr(solution_base, "SolutionBase", Recording)
     monkeypatch.setattr(detection, "model_threads", lambda: 3)
+    monkeypatch.setattr(detection, "THREADS_HOLD_S", -1.0)
     rgb = load_image(EXAMPLES / "malformed_1.jpg")
     {"hands": lambda: detect_hands(rgb),
      "palms": lambda: detection.palm_candidates(rgb, 0.5),
@@ -207,6 +208,21 @@ def test_models_get_the_free_cores_and_one_thread_when_others_are_busy(monkeypat
         assert detection.model_threads() == threads, others
 
 
+def test_the_thread_count_is_chosen_once_a_second_not_per_batch(monkeypatch):
+    from lib_handrefiner import detection
+
+    calls = []
+    monkeypatch.setattr(detection, "model_threads", lambda: calls.append(1) or 1)
+    monkeypatch.setattr(detection, "_threads_chosen", (float("-inf"), 1))
+    rgb = load_image(EXAMPLES / "malformed_1.jpg")
+    for _ in range(3):
+        detection.palm_candidates(rgb, 0.5)
+    assert len(calls) == 1
+    monkeypatch.setattr(detection, "THREADS_HOLD_S", -1.0)
+    detection.palm_candidates(rgb, 0.5)
+    assert len(calls) == 2
+
+
 @pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="Linux only")
 def test_a_busy_process_counts_as_a_busy_core():
     from lib_handrefiner.detection import _other_runnable_tasks
@@ -225,6 +241,7 @@ def test_the_thread_count_does_not_change_what_the_models_find(monkeypatch):
     """A graph per thread count; XNNPACK splits the work, not the sums: the same palms and landmarks."""
     from lib_handrefiner import detection
 
+    monkeypatch.setattr(detection, "THREADS_HOLD_S", -1.0)  # choose again at every batch
     rgb = load_image(EXAMPLES / "malformed_1.jpg")
     found = []
     for threads in (1, 2):

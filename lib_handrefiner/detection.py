@@ -262,11 +262,12 @@ def _own_running_threads() -> int:
     return own
 
 
-def _solution(config, side_inputs: dict, outputs: List[str], calculator_params: Optional[dict] = None):
+def _solution(config, side_inputs: dict, outputs: List[str], calculator_params: Optional[dict] = None,
+              edit: Optional[Callable] = None):
     """A MediaPipe graph (a CalculatorGraphConfig, its subgraphs not expanded yet) ready to `process()`, with every
     model it runs on XNNPACK given the batch's thread count (`model_threads`). The subgraphs are expanded first (by
     MediaPipe's own validation, so that each mediapipe version's own subgraphs are used) because their inference
-    nodes are not reachable through `calculator_params`."""
+    nodes are not reachable through `calculator_params`. `edit(expanded_config)`, if given, changes it further."""
     from mediapipe.calculators.tensor import inference_calculator_pb2
     from mediapipe.framework import calculator_pb2
     from mediapipe.python._framework_bindings import validated_graph_config
@@ -276,6 +277,8 @@ def _solution(config, side_inputs: dict, outputs: List[str], calculator_params: 
     validated.initialize(graph_config=config)
     expanded = calculator_pb2.CalculatorGraphConfig.FromString(validated.binary_config)
     with_threads(expanded, inference_calculator_pb2.InferenceCalculatorOptions.ext, _batch_threads)
+    if edit is not None:
+        edit(expanded)
     return SolutionBase(graph_config=expanded, side_inputs=side_inputs, calculator_params=calculator_params,
                         outputs=outputs)
 
@@ -456,7 +459,16 @@ def _landmark_graph(presence_confidence: float):
     return _cached(("landmarks", float(presence_confidence)), lambda: _solution(
         _text_graph(_LANDMARK_GRAPH), side_inputs={"model_complexity": 1},
         calculator_params={"handlandmarkcpu__ThresholdingCalculator.threshold": float(presence_confidence)},
-        outputs=["landmarks", "world_landmarks", "handedness"]))
+        outputs=["landmarks", "world_landmarks", "handedness", "presence"], edit=_expose_presence))
+
+
+def _expose_presence(config) -> None:
+    """Makes the landmark subgraph's hand-presence score (the float its TensorsToFloatsCalculator reads from the
+    model, before the threshold) an output of the graph named "presence"."""
+    (floats,) = [node for node in config.node if node.calculator == "TensorsToFloatsCalculator"]
+    (score,) = [stream.split(":")[-1] for stream in floats.output_stream if stream.startswith("FLOAT:")]
+    config.node.add(calculator="PassThroughCalculator", input_stream=[score], output_stream=["presence"])
+    config.output_stream.append("presence")
 
 
 # A square region of the image for the landmark model: centre (image px), side (px), rotation (radians).
@@ -468,7 +480,7 @@ def landmarks_in_region(rgb: np.ndarray, centre_xy: Tuple[float, float], side: f
     """The landmark model alone on the square region of `side` px centred at `centre_xy` (image pixels; it may
     reach past the image's edge), turned by `rotation` radians (MediaPipe's convention: the angle that brings the
     wrist-to-middle-finger direction upright). None when the model's hand-presence score is below
-    `presence_confidence`. The hand's `score` is that threshold: a lower bound of the presence it passed."""
+    `presence_confidence` (0: the model always answers). The hand's `score` is that presence score."""
     return landmarks_in_regions(rgb, [(centre_xy, side, rotation)], presence_confidence)[0]
 
 
@@ -496,7 +508,7 @@ def _landmarks(rgb: np.ndarray, region: Region, presence_confidence: float) -> O
                  + np.array([origin[0], origin[1], 0.0], dtype=np.float32))
     world = np.array([[p.x, p.y, p.z] for p in result.world_landmarks.landmark], dtype=np.float32)
     label = result.handedness.classification[0]
-    return make_hand(_persons_own(label.label), presence_confidence, landmarks, world, label.score)
+    return make_hand(_persons_own(label.label), float(result.presence), landmarks, world, label.score)
 
 
 # The landmark model sees 224 px: a region is cut from the image with this much room around its square (enough

@@ -33,7 +33,6 @@ from lib_handrefiner.detection import (
     PalmCandidate,
     bordered,
     detect_hands,
-    landmarks_in_region,
     landmarks_in_regions,
     make_hand,
     palm_candidates_each,
@@ -75,8 +74,8 @@ POSE_REGION_SCALE = 3.2
 POSE_FOREARM_FRACTION = 0.8
 POSE_CENTRE_SHIFT = 0.6
 POSE_MIN_VISIBILITY = 0.3
-# A user's box: the landmark model alone on the box's square (grown by this), at these rotations (degrees),
-# first at the confirming presence threshold, then at none (the user said there is a hand).
+# A user's box: the landmark model alone on the box's square (grown by this), at these rotations (degrees); the
+# rotation it gives the highest presence score wins, however low (the user said there is a hand).
 USER_BOX_GROW = 1.2
 # Before that, the palm passes look in a crop around the box grown by this fraction of its side on every side (the
 # palm detector needs some context), resized so that its longer side is this many pixels.
@@ -290,8 +289,9 @@ def _upright_rotation(direction: np.ndarray) -> float:
 def hand_in_box(rgb: np.ndarray, box: Sequence[float], detection_confidence: float = 0.2,
                 presence_confidence: float = 0.2) -> FoundHand:
     """A hand for a box the user drew (image pixels x0, y0, x1, y1): the most confident hand the palm passes find
-    in a crop around the box, else the landmark model alone on the box at several rotations, first where it is
-    confident, else wherever it is most upright (the user said a hand is there). Always returns a hand."""
+    in a crop around the box, else the landmark model alone on the box at several rotations, the one it is most
+    confident at (the user said a hand is there, so it answers even below any threshold). Always returns a hand;
+    a "user_box" hand's score is the landmark model's presence score."""
     hand = detect_in_box_crop(rgb, box, detection_confidence, presence_confidence)
     if hand is not None:
         return FoundHand(hand, "palm")
@@ -299,10 +299,8 @@ def hand_in_box(rgb: np.ndarray, box: Sequence[float], detection_confidence: flo
     centre = ((x0 + x1) / 2, (y0 + y1) / 2)
     side = max(x1 - x0, y1 - y0, 8.0) * USER_BOX_GROW
     turned = [(centre, side, math.radians(degrees)) for degrees in USER_BOX_ROTATIONS]
-    confident = landmarks_in_regions(rgb, turned, max(CONFIRM_PRESENCE, presence_confidence))
-    hand = next((h for h in confident if h is not None), None)
-    if hand is None:  # the landmark model with no presence threshold always answers
-        hand = landmarks_in_region(rgb, centre, side, 0.0, 0.0)
+    # ties (a box where the model sees nothing anywhere) go to the first rotation, upright
+    hand = max(landmarks_in_regions(rgb, turned, 0.0), key=lambda h: h.score)
     return FoundHand(hand, "user_box")
 
 

@@ -129,6 +129,38 @@ def test_a_user_box_landmarks_the_hand_directly_where_no_palm_is_found(monkeypat
     assert found.hand.handedness == hand.handedness
 
 
+def test_a_user_box_takes_the_rotation_the_landmark_model_is_most_confident_at(monkeypatch):
+    import lib_handrefiner.hand_search as hand_search
+    from lib_handrefiner.detection import landmarks_in_regions
+
+    monkeypatch.setattr(hand_search, "detect_in_box_crop", lambda *args, **kwargs: None)
+    rgb = np.ascontiguousarray(np.rot90(_example("malformed_1"), 1))  # the hand lies on its side
+    hand = find_hands(rgb, passes=["palm"]).hands[0].hand
+    x0, y0, x1, y1 = hand.keypoint_box
+    box = (x0 - 15, y0 - 15, x1 + 15, y1 + 15)
+    side = max(box[2] - box[0], box[3] - box[1]) * hand_search.USER_BOX_GROW
+    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    each = landmarks_in_regions(rgb, [(centre, side, math.radians(d)) for d in hand_search.USER_BOX_ROTATIONS], 0.0)
+    scores = [h.score for h in each]
+    best = int(np.argmax(scores))
+    assert best != 0 and scores[best] > 0.9 and min(scores) < scores[best]
+    found = hand_in_box(rgb, box)
+    assert found.found_by == "user_box" and found.hand.score == pytest.approx(scores[best])
+    np.testing.assert_allclose(found.hand.landmarks, each[best].landmarks)
+
+
+def test_the_landmark_models_score_is_its_presence_not_the_threshold():
+    from lib_handrefiner.detection import landmarks_in_region, palm_candidates
+
+    rgb = _example("malformed_1")
+    palm = palm_candidates(rgb, 0.2)[0]
+    hand = landmarks_in_region(rgb, palm.centre, palm.side, palm.rotation, 0.2)
+    assert 0.9 < hand.score <= 1.0
+    grey = np.full((256, 256, 3), 120, np.uint8)
+    assert landmarks_in_region(grey, (128, 128), 150, 0.0, 0.5) is None
+    assert 0.0 <= landmarks_in_region(grey, (128, 128), 150, 0.0, 0.0).score < 0.1
+
+
 def test_palm_candidates_give_the_regions_of_mediapipes_own_hand_graph():
     # find_hands runs the palm detector alone and the landmark model on each candidate's region; the regions are
     # computed as MediaPipe's hand graph computes them, so the landmarks are that graph's.

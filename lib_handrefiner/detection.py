@@ -167,9 +167,9 @@ _Result = TypeVar("_Result")
 
 def _each(work: Callable[[_Item], _Result], items: Sequence[_Item]) -> List[_Result]:
     """work(item) for every item, in order, under _GRAPHS_LOCK and with MediaPipe's start-up noise kept off
-    stderr, both taken once for the batch; the models run the batch on `model_threads()` threads. (Two Python
-    threads with graphs of their own were measured no faster on this 2-core CPU: MediaPipe's Python process() does
-    not run two graphs at once.)"""
+    stderr, both taken once for the batch; the models run it on the thread count `model_threads()` chose at most
+    THREADS_HOLD_S ago. (Two Python threads with graphs of their own were measured no faster on this 2-core CPU:
+    MediaPipe's Python process() does not run two graphs at once.)"""
     global _batch_threads, _threads_chosen
     with _GRAPHS_LOCK, _without_native_noise():
         if time.monotonic() - _threads_chosen[0] > THREADS_HOLD_S:

@@ -220,15 +220,50 @@ _threads_chosen = (float("-inf"), 1)
 
 
 def model_threads() -> int:
-    """The models' thread count for the next batch: min(MAX_MODEL_THREADS, the CPU cores this process may use) when
-    that many cores are free right now (Linux: no other process's task running on them), else 1. Where the load
-    cannot be read (Windows, macOS): half the cores, leaving the other half to other work."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """The models' thread count for the next batch: min(MAX_MODEL_THREADS, the CPU cores this process may use, a
+    container's CPU quota included) when that many cores are free right now (Linux: no other process's task running
+    on them), else 1. Where the load cannot be read (Windows, macOS): half the cores, leaving the other half to
+    other work."""
+    cores = _usable_cores()
     wanted = min(MAX_MODEL_THREADS, cores)
     others = _other_runnable_tasks()
     if others is None:
         return max(1, min(MAX_MODEL_THREADS, cores // 2))
     return wanted if cores - others >= wanted else 1
+
+
+def _usable_cores() -> int:
+    """The CPU cores this process may use: its CPU affinity, or fewer where a container's CPU quota says so (a
+    2-CPU quota on a 64-core host: threads past the quota spin against each other, as they do past the cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, int(quota))) if quota is not None else max(1, cores)
+
+
+# Where a container's CPU quota is: cgroup v2's "cpu.max" ("max 100000" or "<quota> <period>"), cgroup v1's
+# "cpu.cfs_quota_us" (-1: none) and "cpu.cfs_period_us".
+_CGROUP_V2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+_CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
+
+
+def _cgroup_cpu_quota() -> Optional[float]:
+    """The CPUs' worth of time a container's quota allows this process, None where there is no quota."""
+    try:
+        with open(_CGROUP_V2_CPU_MAX, encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(_CGROUP_V1_CPU, "cpu.cfs_quota_us"), encoding="ascii") as f:
+                quota = f.read().strip()
+            with open(os.path.join(_CGROUP_V1_CPU, "cpu.cfs_period_us"), encoding="ascii") as f:
+                period = f.read().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = float(quota), float(period)
+    except ValueError:  # "max": no quota
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 # /proc/loadavg's count of running tasks is a snapshot that kernel threads and short tasks enter and leave: the

@@ -223,6 +223,32 @@ def test_the_thread_count_is_chosen_once_a_second_not_per_batch(monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("v2, v1, cpus", [
+    ("200000 100000\n", None, 2.0),      # docker --cpus=2, cgroup v2
+    ("max 100000\n", None, None),        # no quota
+    (None, ("150000", "100000"), 1.5),    # cgroup v1
+    (None, ("-1", "100000"), None),       # cgroup v1, no quota
+    (None, None, None),                   # no cgroup files
+])
+def test_a_containers_cpu_quota_bounds_the_models_threads(tmp_path, monkeypatch, v2, v1, cpus):
+    from lib_handrefiner import detection
+
+    v2_file, v1_dir = tmp_path / "cpu.max", tmp_path / "cpu"
+    if v2 is not None:
+        v2_file.write_text(v2)
+    if v1 is not None:
+        v1_dir.mkdir()
+        (v1_dir / "cpu.cfs_quota_us").write_text(v1[0] + "\n")
+        (v1_dir / "cpu.cfs_period_us").write_text(v1[1] + "\n")
+    monkeypatch.setattr(detection, "_CGROUP_V2_CPU_MAX", str(v2_file))
+    monkeypatch.setattr(detection, "_CGROUP_V1_CPU", str(v1_dir))
+    monkeypatch.setattr(detection.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(detection, "_other_runnable_tasks", lambda: 0)
+    assert detection._cgroup_cpu_quota() == cpus
+    # a 64-core host: the quota's whole CPUs, or 4 without a quota
+    assert detection.model_threads() == {2.0: 2, 1.5: 1, None: 4}[cpus]
+
+
 @pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="Linux only")
 def test_a_busy_process_counts_as_a_busy_core():
     from lib_handrefiner.detection import _other_runnable_tasks

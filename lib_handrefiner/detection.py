@@ -311,24 +311,21 @@ def _solution(config, side_inputs: dict, outputs: List[str], calculator_params: 
     validated = validated_graph_config.ValidatedGraphConfig()
     validated.initialize(graph_config=config)
     expanded = calculator_pb2.CalculatorGraphConfig.FromString(validated.binary_config)
-    with_threads(expanded, inference_calculator_pb2.InferenceCalculatorOptions.ext, _batch_threads)
+    _with_threads(expanded, inference_calculator_pb2.InferenceCalculatorOptions.ext, _batch_threads)
     if edit is not None:
         edit(expanded)
     return SolutionBase(graph_config=expanded, side_inputs=side_inputs, calculator_params=calculator_params,
                         outputs=outputs)
 
 
-def with_threads(config, inference_options_ext, threads: int) -> int:
+def _with_threads(config, inference_options_ext, threads: int) -> None:
     """Sets `threads` on every inference node of an expanded graph config that runs its model on XNNPACK (MediaPipe's
-    CPU graphs all do); returns how many it set."""
-    count = 0
+    CPU graphs all do)."""
     for node in config.node:
         if node.calculator.startswith("InferenceCalculator") and node.options.HasExtension(inference_options_ext):
             delegate = node.options.Extensions[inference_options_ext].delegate
             if delegate.HasField("xnnpack"):
                 delegate.xnnpack.num_threads = threads
-                count += 1
-    return count
 
 
 def _binary_graph(solution: str):

@@ -199,6 +199,7 @@ def test_models_get_the_free_cores_and_one_thread_when_others_are_busy(monkeypat
     from lib_handrefiner import detection
 
     monkeypatch.setattr(detection.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(detection, "_cgroup_cpu_quota", lambda: None)   # the machine running the tests may have one
     for others, threads in [(0, 4), (3, 4), (4, 4), (5, 1), (8, 1), (None, 4)]:
         monkeypatch.setattr(detection, "_other_runnable_tasks", lambda others=others: others)
         assert detection.model_threads() == threads, others

@@ -11,7 +11,14 @@ import pytest
 from lib_handrefiner.detection import detect_hands, make_hand
 from lib_handrefiner.imageio import load_image
 from lib_handrefiner.mesh import HandMesh, MeshModelError, get_mesh_model, mesh_model_names, transform_mesh
-from lib_handrefiner.mesh.landmarks import FINGERTIPS, hand_parts, landmark_mesh, palm_length, separate_fingers
+from lib_handrefiner.mesh.landmarks import (
+    FINGER_CHAINS,
+    FINGERTIPS,
+    hand_parts,
+    landmark_mesh,
+    palm_length,
+    separate_fingers,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -115,6 +122,20 @@ def test_always_five_fingers_and_closed_even_for_odd_landmarks(seed):
 def test_degenerate_landmarks_still_give_a_closed_hand():
     lm = np.tile(np.array([[50.0, 50.0, 0.0]], np.float32), (21, 1))
     _assert_closed_and_outward(landmark_mesh(lm))
+
+
+def test_a_phalanx_of_no_length_is_its_larger_joint_sphere_among_tapered_ones():
+    # The 14 capsules are built together: a zero-length phalanx (index MCP on its PIP) becomes a sphere while
+    # the other 13 stay tapered capsules, each still closed and outward.
+    lm = flat_hand()
+    lm[6] = lm[5]
+    mesh = landmark_mesh(lm)
+    _assert_closed_and_outward(mesh)
+    joints = separate_fingers(lm.astype(np.float64))
+    radius = FINGER_CHAINS[1][1][0] * palm_length(joints)
+    near = np.linalg.norm(mesh.vertices - joints[5], axis=1)
+    on_sphere = np.abs(near - radius) < 1e-3 * radius
+    assert on_sphere.sum() >= 5 * 14 + 2  # the sphere's 5 rings and 2 poles
 
 
 def test_example_meshes_align_with_their_landmarks(example_hands):

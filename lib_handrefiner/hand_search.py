@@ -4,6 +4,11 @@ and `hand_in_box` for a box a user drew, which always yields a hand.
 Passes, in order (each hand keeps the name of the pass that found it first, in `FoundHand.found_by`):
 - "palm": MediaPipe's palm detector and landmark model over the whole image (shrunk to MediaPipe's bounds);
   when it finds nothing, the image again with a grey border (hands cut by the edge).
+- "pose": MediaPipe's pose model's wrists, elbows and hand points give each arm's hand region; the landmark
+  model alone looks there (no palm detector), as MediaPipe's holistic graph does, and keeps the hand at the
+  presence threshold of the palm pass (a confident person's arm proposes its hand as a confident palm does).
+  It finds the hands of a person the palm detector misses (small hands of full-body figures, drawn hands); it
+  runs before the weak passes so that their candidates on its hands are not tried again.
 - "low": the same (whole image, and with the border) taking the palm detector's weak candidates too
   (LOW_DETECTION), each kept only when the landmark model's presence score passes CONFIRM_PRESENCE: malformed
   and partly hidden hands get low palm scores but still look like hands to the landmark model.
@@ -11,8 +16,6 @@ Passes, in order (each hand keeps the name of the pass that found it first, in `
   confirmed like "low"'s.
 - "edge": the palm detector on the image with a grey border (palms cut by the image's edge), confirmed likewise.
 - "tile": overlapping square tiles, for hands too small for the palm detector's 192 px view of the whole image.
-- "pose" (not by default): MediaPipe's pose model's wrists, elbows and hand points give each arm's hand region;
-  the landmark model alone looks there (no palm detector), as MediaPipe's holistic graph does.
 A hand found by a later pass that overlaps one already found is the same hand (`same_hand`).
 
 Every image given to MediaPipe is bounded (detection.bounded): no side over detection.MAX_SIDE, no more than
@@ -41,10 +44,9 @@ from lib_handrefiner.detection import (
 )
 from lib_handrefiner.masking import clamp_box
 
-FOUND_BY = ("palm", "low", "flip", "edge", "tile", "pose", "user_box")
-PASSES = ("palm", "low", "flip", "edge", "tile", "pose")
-# "pose" found no hand the others missed on the dev set (README, "Finding hands"): not by default.
-DEFAULT_PASSES = ("palm", "low", "flip", "edge", "tile")
+FOUND_BY = ("palm", "pose", "low", "flip", "edge", "tile", "user_box")
+PASSES = ("palm", "pose", "low", "flip", "edge", "tile")
+DEFAULT_PASSES = PASSES
 # Two hands whose keypoint boxes overlap this much (intersection over the smaller box) are one hand.
 SAME_HAND_OVERLAP = 0.3
 # The passes after the first take the palm detector's weak candidates too (LOW_DETECTION) and keep a hand only
@@ -222,8 +224,11 @@ class _Search:
         return self._confirm(self.palms["tiles"], max(TILE_PRESENCE, self.presence), TILE_CANDIDATES)
 
     def pose_pass(self) -> List[Hand]:
+        # A confident person's arm proposes its hand as confidently as a strong palm candidate: the same presence
+        # threshold as the palm pass. An arm whose hand was found already costs no landmark run.
         regions = [pose_hand_region(arm) for arm in pose_arms(self.rgb) if arm.visibility >= POSE_MIN_VISIBILITY]
-        return [hand for hand in landmarks_in_regions(self.rgb, regions, self.confirm) if hand is not None]
+        regions = [r for r in regions if not any(_inside(r[0], f.hand) for f in self.found)]
+        return [hand for hand in landmarks_in_regions(self.rgb, regions, self.presence) if hand is not None]
 
 
 def _same_region(a: PalmCandidate, b: PalmCandidate) -> bool:

@@ -11,6 +11,7 @@ from lib_handrefiner.hand_search import (
     DEFAULT_PASSES,
     FOUND_BY,
     PASSES,
+    _inside,
     _starts,
     find_hands,
     hand_in_box,
@@ -96,6 +97,34 @@ def test_pose_region_points_up_the_hand():
                 hand_points=np.array([[130.0, 195.0], [130.0, 205.0], [125.0, 200.0]]), visibility=1.0)
     centre, _, rotation = pose_hand_region(right)
     assert centre[0] > 100.0 and abs(rotation) == pytest.approx(math.pi / 2)
+
+
+def test_the_pose_pass_asks_only_about_arms_whose_hand_is_not_found_at_the_users_presence(monkeypatch):
+    # freihand_sample2: the pose model gives two arms; the palm pass finds the hand of one of them. The pose pass
+    # then asks the landmark model about the other arm's hand only, at the user's presence threshold (a person's
+    # arm proposes its hand as confidently as a strong palm does), not at the weak passes' CONFIRM_PRESENCE.
+    from lib_handrefiner import hand_search
+    from lib_handrefiner.detection import pose_arms
+
+    rgb = load_image(EXAMPLES / "freihand_sample2.jpg")
+    arms = [a for a in pose_arms(rgb) if a.visibility >= hand_search.POSE_MIN_VISIBILITY]
+    assert len(arms) == 2
+    asked = []
+    real = hand_search.landmarks_in_regions
+    monkeypatch.setattr(hand_search, "landmarks_in_regions",
+                        lambda image, regions, presence: asked.append((list(regions), presence)) or real(
+                            image, regions, presence))
+    palm_hand = find_hands(rgb, passes=["palm"]).hands[0].hand
+    asked.clear()
+    find_hands(rgb, presence_confidence=0.3, passes=["palm", "pose"])
+    (palm_regions, _), (pose_regions, presence) = asked
+    assert presence == 0.3
+    assert len(pose_regions) == 1
+    others = [pose_hand_region(a) for a in arms if not _inside(pose_hand_region(a)[0], palm_hand)]
+    assert pose_regions == others
+    asked.clear()
+    find_hands(rgb, presence_confidence=0.3, passes=["pose"])
+    assert len(asked[0][0]) == 2  # alone, it asks about both arms
 
 
 def test_a_user_box_over_a_hand_the_palm_detector_misses_gets_that_hand():

@@ -7,8 +7,9 @@ Passes, in order (each hand keeps the name of the pass that found it first, in `
 - "pose": MediaPipe's pose model's wrists, elbows and hand points give each arm's hand region; the landmark
   model alone looks there (no palm detector), as MediaPipe's holistic graph does, and keeps the hand at the
   presence threshold of the palm pass (a confident person's arm proposes its hand as a confident palm does).
-  It finds the hands of a person the palm detector misses (small hands of full-body figures, drawn hands); it
-  runs before the weak passes so that their candidates on its hands are not tried again.
+  It finds the hands of a person the palm detector misses (small hands of full-body figures); it runs before the
+  weak passes so that their candidates on its hands are not tried again, and not at all on a close-up
+  (POSE_CLOSE_UP).
 - "low": the same (whole image, and with the border) taking the palm detector's weak candidates too
   (LOW_DETECTION), each kept only when the landmark model's presence score passes CONFIRM_PRESENCE: malformed
   and partly hidden hands get low palm scores but still look like hands to the landmark model.
@@ -76,6 +77,11 @@ POSE_REGION_SCALE = 3.2
 POSE_FOREARM_FRACTION = 0.8
 POSE_CENTRE_SHIFT = 0.6
 POSE_MIN_VISIBILITY = 0.3
+# The pose pass finds the small hands of full-body figures; where a hand found before it is at least this fraction
+# of the picture's shorter side, the picture is a close-up whose hands the palm detector's views see, and the pose
+# model (~30 ms) is not run. (On both image sets it found hands only in pictures whose hands found before were at
+# most 0.10 of the shorter side, or where none was.)
+POSE_CLOSE_UP = 0.2
 # A user's box: the landmark model alone on the box's square (grown by this), at these rotations (degrees); the
 # rotation it gives the highest presence score wins, however low (the user said there is a hand).
 USER_BOX_GROW = 1.2
@@ -226,6 +232,8 @@ class _Search:
     def pose_pass(self) -> List[Hand]:
         # A confident person's arm proposes its hand as confidently as a strong palm candidate: the same presence
         # threshold as the palm pass. An arm whose hand was found already costs no landmark run.
+        if any(f.hand.size >= POSE_CLOSE_UP * min(self.rgb.shape[:2]) for f in self.found):
+            return []
         regions = [pose_hand_region(arm) for arm in pose_arms(self.rgb) if arm.visibility >= POSE_MIN_VISIBILITY]
         regions = [r for r in regions if not any(_inside(r[0], f.hand) for f in self.found)]
         return [hand for hand in landmarks_in_regions(self.rgb, regions, self.presence) if hand is not None]

@@ -99,14 +99,19 @@ def test_pose_region_points_up_the_hand():
     assert centre[0] > 100.0 and abs(rotation) == pytest.approx(math.pi / 2)
 
 
-def test_the_pose_pass_asks_only_about_arms_whose_hand_is_not_found_at_the_users_presence(monkeypatch):
-    # freihand_sample2: the pose model gives two arms; the palm pass finds the hand of one of them. The pose pass
-    # then asks the landmark model about the other arm's hand only, at the user's presence threshold (a person's
-    # arm proposes its hand as confidently as a strong palm does), not at the weak passes' CONFIRM_PRESENCE.
+def test_the_pose_pass_asks_only_about_arms_whose_hand_is_not_found_and_skips_close_ups(monkeypatch):
+    # malformed_1 at half size in a corner of a grey 512² picture: the palm pass finds its hand (0.15 of the
+    # picture: no close-up), the pose model gives two arms, one of them on that hand. The pose pass asks the
+    # landmark model about the other arm's hand only, at the user's presence threshold (a person's arm proposes
+    # its hand as confidently as a strong palm does), not at the weak passes' CONFIRM_PRESENCE.
+    import cv2
+
     from lib_handrefiner import hand_search
     from lib_handrefiner.detection import pose_arms
 
-    rgb = load_image(EXAMPLES / "freihand_sample2.jpg")
+    close_up = _example("malformed_1")
+    rgb = np.full_like(close_up, 127)
+    rgb[:256, :256] = cv2.resize(close_up, (256, 256), interpolation=cv2.INTER_AREA)
     arms = [a for a in pose_arms(rgb) if a.visibility >= hand_search.POSE_MIN_VISIBILITY]
     assert len(arms) == 2
     asked = []
@@ -115,16 +120,21 @@ def test_the_pose_pass_asks_only_about_arms_whose_hand_is_not_found_at_the_users
                         lambda image, regions, presence: asked.append((list(regions), presence)) or real(
                             image, regions, presence))
     palm_hand = find_hands(rgb, passes=["palm"]).hands[0].hand
+    assert palm_hand.size < hand_search.POSE_CLOSE_UP * 512
     asked.clear()
     find_hands(rgb, presence_confidence=0.3, passes=["palm", "pose"])
-    (palm_regions, _), (pose_regions, presence) = asked
+    (_, _), (pose_regions, presence) = asked
     assert presence == 0.3
-    assert len(pose_regions) == 1
     others = [pose_hand_region(a) for a in arms if not _inside(pose_hand_region(a)[0], palm_hand)]
-    assert pose_regions == others
+    assert len(others) == 1 and pose_regions == others
     asked.clear()
-    find_hands(rgb, presence_confidence=0.3, passes=["pose"])
+    find_hands(rgb, passes=["pose"])
     assert len(asked[0][0]) == 2  # alone, it asks about both arms
+    # The picture itself is a close-up (its hand is 0.33 of it): the pose model is not run at all.
+    monkeypatch.setattr(hand_search, "pose_arms", lambda image: pytest.fail("pose model run on a close-up"))
+    asked.clear()
+    assert [f.found_by for f in find_hands(close_up, passes=["palm", "pose"]).hands] == ["palm"]
+    assert len(asked) == 1  # the palm pass's
 
 
 def test_a_user_box_over_a_hand_the_palm_detector_misses_gets_that_hand():

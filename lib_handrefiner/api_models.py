@@ -89,8 +89,8 @@ class HandInfo(BaseModel):
                                                        "its MPJPE.")
     mesh: Optional[str] = Field(None, description="The mesh model its depth guide was rendered from ('graphormer' or "
                                                   "'landmarks'); None: no mesh (no hand found in a user box).")
-    found_by: Optional[str] = Field(None, description="How the hand was found: 'palm', 'low', 'flip', 'edge', 'tile', "
-                                                      "'pose' (the hand search's passes) or 'user_box' (the landmark "
+    found_by: Optional[str] = Field(None, description="How the hand was found: 'palm', 'pose', 'low', 'flip', 'edge', "
+                                                      "'tile' (the hand search's passes) or 'user_box' (the landmark "
                                                       "model alone on a box you gave, where no palm was found).")
 
 

@@ -1,14 +1,12 @@
 """Rebuilds the images of dev/handset2 (a second set of real-world images with hands, for measuring the hand
 search; the images are not shipped: their licences vary and several show real people) from fetched bare git
 mirrors: `MIRROR=/path/to/mirrors python dev/handset2/build.py OUT_DIR`, where a mirror of owner/name is
-MIRROR/owner+name/repo. Crops (x0, y0, x1, y1) cut one picture out of a result grid; a JPEG source without a crop
-is copied byte for byte, everything else saved as RGB."""
-import io
+MIRROR/owner+name/repo (dev/handsets.py does the work)."""
 import os
-import subprocess
 import sys
 
-from PIL import Image
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from handsets import rebuild  # noqa: E402
 
 # The commit of each source repository
 COMMITS = {
@@ -83,23 +81,5 @@ ITEMS = [
 ]
 
 
-def main(mirrors: str, out: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    for name, repo, path, crop in ITEMS:
-        git = os.path.join(mirrors, repo.replace("/", "+"), "repo")
-        data = subprocess.run(["git", "--git-dir", git, "show", f"{COMMITS[repo]}:{path}"], check=True,
-                              capture_output=True).stdout
-        source = Image.open(io.BytesIO(data))
-        if crop is None and source.format == "JPEG" and source.mode == "RGB" and name.endswith(".jpg"):
-            with open(os.path.join(out, name), "wb") as f:
-                f.write(data)
-            continue
-        image = source.convert("RGB")
-        if crop:
-            image = image.crop(crop)
-        image.save(os.path.join(out, name), **({"quality": 95} if name.endswith(".jpg") else {}))
-        print(name, image.size)
-
-
 if __name__ == "__main__":
-    main(os.environ["MIRROR"], sys.argv[1])
+    rebuild(COMMITS, ITEMS, os.environ["MIRROR"], sys.argv[1])

@@ -183,7 +183,7 @@ def _graph(max_hands: int, detection_confidence: float, presence_confidence: flo
     key = (int(max_hands) if max_hands > 0 else ALL_HANDS, float(detection_confidence), float(presence_confidence))
     # The solutions.hands graph, but also emitting palm_detections for the detector's score.
     return _cached(key, lambda: _solution(
-        _binary_graph("hands"),
+        _hands_binary_graph(),
         side_inputs={"model_complexity": 1, "num_hands": key[0], "use_prev_landmarks": False},
         calculator_params={
             "palmdetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": key[1],
@@ -328,16 +328,15 @@ def _with_threads(config, inference_options_ext, threads: int) -> None:
                 delegate.xnnpack.num_threads = threads
 
 
-def _binary_graph(solution: str):
-    """The graph config of one of the mediapipe wheel's legacy solutions ("hands", "pose"), read from its .binarypb
-    (the path is relative to the folder holding the mediapipe package, as MediaPipe resolves it)."""
+def _hands_binary_graph():
+    """The graph config of the mediapipe wheel's legacy hands solution, read from its .binarypb (the path is
+    relative to the folder holding the mediapipe package, as MediaPipe resolves it)."""
     import mediapipe
     from mediapipe.framework import calculator_pb2
-    from mediapipe.python.solutions import hands, pose
+    from mediapipe.python.solutions import hands
 
-    module = {"hands": hands, "pose": pose}[solution]
     root = os.path.dirname(os.path.dirname(os.path.abspath(mediapipe.__file__)))
-    with open(os.path.join(root, module._BINARYPB_FILE_PATH), "rb") as f:
+    with open(os.path.join(root, hands._BINARYPB_FILE_PATH), "rb") as f:
         return calculator_pb2.CalculatorGraphConfig.FromString(f.read())
 
 
@@ -585,29 +584,77 @@ class Arm:
 # The pose detector's threshold (it finds a person by the face and body; stylized people score low).
 POSE_DETECTION = 0.5
 _POSE_ARMS = {"left": (13, 15, 17, 19, 21), "right": (14, 16, 18, 20, 22)}
+# The pose model reads this many people at most, the pose detector's most confident (a run of ~25 ms each).
+MAX_PEOPLE = 4
+
+# MediaPipe's pose graph keeps only the pose detector's first person; its detector subgraph alone gives them all,
+# and its landmark subgraph reads one person's region, so each person's region goes to it in turn.
+_POSE_DETECTOR_GRAPH = """
+input_stream: "IMAGE:image"
+output_stream: "DETECTIONS:detections"
+node {
+  calculator: "PoseDetectionCpu"
+  input_stream: "IMAGE:image"
+  output_stream: "DETECTIONS:detections"
+}
+"""
+_POSE_LANDMARK_GRAPH = """
+input_stream: "IMAGE:image"
+input_stream: "ROI:roi"
+output_stream: "LANDMARKS:landmarks"
+node {
+  calculator: "PoseLandmarkByRoiCpu"
+  input_side_packet: "MODEL_COMPLEXITY:model_complexity"
+  input_side_packet: "ENABLE_SEGMENTATION:enable_segmentation"
+  input_stream: "IMAGE:image"
+  input_stream: "ROI:roi"
+  output_stream: "LANDMARKS:landmarks"
+}
+"""
+# MediaPipe's person region (pose_detection_to_roi): centred on the detector's hip-centre keypoint, turned so that
+# the line to its second keypoint points up, a square of twice that line grown 1.25 times.
+_PERSON_SCALE = 2 * 1.25
 
 
-def _pose_graph():
-    return _cached(("pose",), lambda: _solution(
-        _binary_graph("pose"),
-        side_inputs={"model_complexity": 1, "smooth_landmarks": False, "enable_segmentation": False,
-                     "smooth_segmentation": False, "use_prev_landmarks": False},
-        calculator_params={"posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": POSE_DETECTION},
-        outputs=["pose_landmarks"]))
-
-
-def pose_arms(rgb: np.ndarray) -> List[Arm]:
-    """The arms of the most prominent person (MediaPipe's pose model finds one person per image); [] if none."""
+def pose_arms(rgb: np.ndarray, max_people: int = MAX_PEOPLE) -> List[Arm]:
+    """Both arms of each of the (at most `max_people`) people the pose detector finds, most confident first; [] if
+    none. As MediaPipe's pose graph does for its one person: the detector finds a person by the face and body, the
+    landmark model reads the person's region."""
     rgb = _check_rgb(rgb)
     small, scale = bounded(rgb)
     height, width = small.shape[:2]
-    (result,) = _each(lambda image: _pose_graph().process({"image": image}), [small])
-    if result.pose_landmarks is None:
-        return []
-    points = np.array([[p.x * width, p.y * height] for p in result.pose_landmarks.landmark]) / scale
-    visibility = np.array([p.visibility for p in result.pose_landmarks.landmark])
-    return [Arm(side, points[e], points[w], points[[pk, ix, th]], float(visibility[w]))
-            for side, (e, w, pk, ix, th) in _POSE_ARMS.items()]
+    (found,) = _each(lambda image: _cached(("pose detector",), lambda: _solution(
+        _text_graph(_POSE_DETECTOR_GRAPH), side_inputs={},
+        calculator_params={"posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": POSE_DETECTION},
+        outputs=["detections"])).process({"image": image}), [small])
+    people = sorted(found.detections or [], key=lambda d: -d.score[0])[:max(0, int(max_people))]
+    results = _each(lambda region: _cached(("pose landmarks",), lambda: _solution(
+        _text_graph(_POSE_LANDMARK_GRAPH), side_inputs={"model_complexity": 1, "enable_segmentation": False},
+        outputs=["landmarks"])).process({"image": small, "roi": region}),
+        [_person_region(person, width, height) for person in people])
+    arms = []
+    for result in results:
+        if result.landmarks is None:
+            continue
+        points = np.array([[p.x * width, p.y * height] for p in result.landmarks.landmark]) / scale
+        visibility = np.array([p.visibility for p in result.landmarks.landmark])
+        arms += [Arm(side, points[e], points[w], points[[pk, ix, th]], float(visibility[w]))
+                 for side, (e, w, pk, ix, th) in _POSE_ARMS.items()]
+    return arms
+
+
+def _person_region(detection, width: int, height: int):
+    import math
+
+    from mediapipe.framework.formats import rect_pb2
+
+    hip, top = detection.location_data.relative_keypoints[0], detection.location_data.relative_keypoints[1]
+    dx, dy = (top.x - hip.x) * width, (top.y - hip.y) * height
+    side = _PERSON_SCALE * math.hypot(dx, dy)
+    angle = math.pi / 2 - math.atan2(-dy, dx)
+    rotation = angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+    return rect_pb2.NormalizedRect(x_center=hip.x, y_center=hip.y, width=side / width, height=side / height,
+                                   rotation=rotation)
 
 
 # ---- the palm detector alone, and its candidates' regions ----------------------------------------------------

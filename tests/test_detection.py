@@ -187,10 +187,11 @@ def test_every_graph_runs_its_models_on_the_model_threads(monkeypatch, build):
      "palms": lambda: detection.palm_candidates(rgb, 0.5),
      "landmarks": lambda: detection.landmarks_in_region(rgb, (rgb.shape[1] / 2, rgb.shape[0] / 2), 200, 0.0, 0.5),
      "pose": lambda: detection.pose_arms(rgb)}[build]()
-    (config,) = built
+    # one graph each, but the pose model's two: its detector, and its landmark model on each person's region
+    assert len(built) == (2 if build == "pose" else 1)
     ext = inference_calculator_pb2.InferenceCalculatorOptions.ext
-    inference = [node for node in config.node if node.calculator.startswith("InferenceCalculator")]
-    # the hands graph runs the palm detector and the landmark model, the pose graph its detector and landmarks
+    inference = [node for config in built for node in config.node if node.calculator.startswith("InferenceCalculator")]
+    # the hands graph runs the palm detector and the landmark model
     assert len(inference) == {"hands": 2, "palms": 1, "landmarks": 1, "pose": 2}[build]
     assert [node.options.Extensions[ext].delegate.xnnpack.num_threads for node in inference] == [3] * len(inference)
 
@@ -352,3 +353,21 @@ def test_the_2000x20_png_of_issue_20_does_not_kill_the_process(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "0"
+
+
+def test_the_pose_model_reads_every_person_up_to_max_people():
+    # Three example pictures side by side: MediaPipe's pose graph would read one person; the detector finds the
+    # three, and each one's arms come back (a pair per person, most confident person first).
+    from lib_handrefiner import detection
+
+    row = np.ascontiguousarray(np.hstack([load_image(EXAMPLES / f"malformed_{i}.jpg") for i in (1, 2, 3)]))
+    arms = detection.pose_arms(row)
+    assert len(arms) == 6 and [a.side for a in arms] == ["left", "right"] * 3
+    pictures = {int(a.wrist[0] // 512) for a in arms if a.visibility >= 0.3}
+    assert pictures == {0, 1, 2}
+    assert len(detection.pose_arms(row, max_people=1)) == 2
+    assert detection.pose_arms(row, max_people=0) == []
+    # one person alone: the same arms whatever the limit
+    single = load_image(EXAMPLES / "malformed_1.jpg")
+    for a, b in zip(detection.pose_arms(single), detection.pose_arms(single, max_people=1)):
+        np.testing.assert_allclose(a.wrist, b.wrist)

@@ -584,9 +584,6 @@ class Arm:
 # The pose detector's threshold (it finds a person by the face and body; stylized people score low).
 POSE_DETECTION = 0.5
 _POSE_ARMS = {"left": (13, 15, 17, 19, 21), "right": (14, 16, 18, 20, 22)}
-# The pose model reads this many people at most, the pose detector's most confident (a run of ~25 ms each).
-MAX_PEOPLE = 4
-
 # MediaPipe's pose graph keeps only the pose detector's first person; its detector subgraph alone gives them all,
 # and its landmark subgraph reads one person's region, so each person's region goes to it in turn.
 _POSE_DETECTOR_GRAPH = """
@@ -616,7 +613,7 @@ node {
 _PERSON_SCALE = 2 * 1.25
 
 
-def pose_arms(rgb: np.ndarray, max_people: int = MAX_PEOPLE) -> List[Arm]:
+def pose_arms(rgb: np.ndarray, max_people: int = 1) -> List[Arm]:
     """Both arms of each of the (at most `max_people`) people the pose detector finds, most confident first; [] if
     none. As MediaPipe's pose graph does for its one person: the detector finds a person by the face and body, the
     landmark model reads the person's region."""

@@ -77,6 +77,8 @@ POSE_REGION_SCALE = 3.2
 POSE_FOREARM_FRACTION = 0.8
 POSE_CENTRE_SHIFT = 0.6
 POSE_MIN_VISIBILITY = 0.3
+# The pose model reads this many people at most, the pose detector's most confident (~25 ms each).
+POSE_PEOPLE = 4
 # The pose pass finds the small hands of full-body figures; where a hand found before it is at least this fraction
 # of the picture's shorter side, the picture is a close-up whose hands the palm detector's views see, and the pose
 # model (~30 ms) is not run. (On both image sets it found hands only in pictures whose hands found before were at
@@ -234,7 +236,8 @@ class _Search:
         # threshold as the palm pass. An arm whose hand was found already costs no landmark run.
         if any(f.hand.size >= POSE_CLOSE_UP * min(self.rgb.shape[:2]) for f in self.found):
             return []
-        regions = [pose_hand_region(arm) for arm in pose_arms(self.rgb) if arm.visibility >= POSE_MIN_VISIBILITY]
+        regions = [pose_hand_region(arm) for arm in pose_arms(self.rgb, POSE_PEOPLE)
+                   if arm.visibility >= POSE_MIN_VISIBILITY]
         regions = [r for r in regions if not any(_inside(r[0], f.hand) for f in self.found)]
         return [hand for hand in landmarks_in_regions(self.rgb, regions, self.presence) if hand is not None]
 

@@ -361,13 +361,13 @@ def test_the_pose_model_reads_every_person_up_to_max_people():
     from lib_handrefiner import detection
 
     row = np.ascontiguousarray(np.hstack([load_image(EXAMPLES / f"malformed_{i}.jpg") for i in (1, 2, 3)]))
-    arms = detection.pose_arms(row)
+    arms = detection.pose_arms(row, max_people=4)
     assert len(arms) == 6 and [a.side for a in arms] == ["left", "right"] * 3
     pictures = {int(a.wrist[0] // 512) for a in arms if a.visibility >= 0.3}
     assert pictures == {0, 1, 2}
-    assert len(detection.pose_arms(row, max_people=1)) == 2
+    assert len(detection.pose_arms(row)) == 2  # by default one person, as MediaPipe's pose graph
     assert detection.pose_arms(row, max_people=0) == []
     # one person alone: the same arms whatever the limit
     single = load_image(EXAMPLES / "malformed_1.jpg")
-    for a, b in zip(detection.pose_arms(single), detection.pose_arms(single, max_people=1)):
+    for a, b in zip(detection.pose_arms(single), detection.pose_arms(single, max_people=4)):
         np.testing.assert_allclose(a.wrist, b.wrist)

@@ -112,7 +112,7 @@ def test_the_pose_pass_asks_only_about_arms_whose_hand_is_not_found_and_skips_cl
     close_up = _example("malformed_1")
     rgb = np.full_like(close_up, 127)
     rgb[:256, :256] = cv2.resize(close_up, (256, 256), interpolation=cv2.INTER_AREA)
-    arms = [a for a in pose_arms(rgb) if a.visibility >= hand_search.POSE_MIN_VISIBILITY]
+    arms = [a for a in pose_arms(rgb, hand_search.POSE_PEOPLE) if a.visibility >= hand_search.POSE_MIN_VISIBILITY]
     assert len(arms) == 2
     asked = []
     real = hand_search.landmarks_in_regions
@@ -131,7 +131,7 @@ def test_the_pose_pass_asks_only_about_arms_whose_hand_is_not_found_and_skips_cl
     find_hands(rgb, passes=["pose"])
     assert len(asked[0][0]) == 2  # alone, it asks about both arms
     # The picture itself is a close-up (its hand is 0.33 of it): the pose model is not run at all.
-    monkeypatch.setattr(hand_search, "pose_arms", lambda image: pytest.fail("pose model run on a close-up"))
+    monkeypatch.setattr(hand_search, "pose_arms", lambda image, people: pytest.fail("pose model run on a close-up"))
     asked.clear()
     assert [f.found_by for f in find_hands(close_up, passes=["palm", "pose"]).hands] == ["palm"]
     assert len(asked) == 1  # the palm pass's

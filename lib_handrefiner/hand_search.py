@@ -4,9 +4,10 @@ and `hand_in_box` for a box a user drew, which always yields a hand.
 Passes, in order (each hand keeps the name of the pass that found it first, in `FoundHand.found_by`):
 - "palm": MediaPipe's palm detector and landmark model over the whole image (shrunk to MediaPipe's bounds);
   when it finds nothing, the image again with a grey border (hands cut by the edge).
-- "pose": MediaPipe's pose model's wrists, elbows and hand points give each arm's hand region; the landmark
-  model alone looks there (no palm detector), as MediaPipe's holistic graph does, and keeps the hand at the
-  presence threshold of the palm pass (a confident person's arm proposes its hand as a confident palm does).
+- "pose": MediaPipe's pose model's wrists, elbows and hand points (up to POSE_PEOPLE people, the pose detector's
+  most confident) give each arm's hand region; the landmark model alone looks there (no palm detector), as
+  MediaPipe's holistic graph does, and keeps the hand at the presence threshold of the palm pass (a confident
+  person's arm proposes its hand as a confident palm does).
   It finds the hands of a person the palm detector misses (small hands of full-body figures); it runs before the
   weak passes so that their candidates on its hands are not tried again, and not at all on a close-up
   (POSE_CLOSE_UP).

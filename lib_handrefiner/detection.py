@@ -641,6 +641,8 @@ def pose_arms(rgb: np.ndarray, max_people: int = 1) -> List[Arm]:
 
 
 def _person_region(detection, width: int, height: int):
+    """The region (a NormalizedRect of the `width` × `height` picture) the pose landmark model reads for one
+    person the pose detector found (_PERSON_SCALE)."""
     import math
 
     from mediapipe.framework.formats import rect_pb2

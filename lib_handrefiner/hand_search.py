@@ -82,8 +82,8 @@ POSE_MIN_VISIBILITY = 0.3
 POSE_PEOPLE = 4
 # The pose pass finds the small hands of full-body figures; where a hand found before it is at least this fraction
 # of the picture's shorter side, the picture is a close-up whose hands the palm detector's views see, and the pose
-# model (~30 ms) is not run. (On both image sets it found hands only in pictures whose hands found before were at
-# most 0.10 of the shorter side, or where none was.)
+# model (~30 ms) is not run. (On the dev set and set 2 it found hands only in pictures whose hands found before were
+# at most 0.10 of the shorter side, or where none was.)
 POSE_CLOSE_UP = 0.2
 # A user's box: the landmark model alone on the box's square (grown by this), at these rotations (degrees); the
 # rotation it gives the highest presence score wins, however low (the user said there is a hand).

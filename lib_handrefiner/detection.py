@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import math
 import os
 import re
 import sys
@@ -613,6 +614,19 @@ node {
 _PERSON_SCALE = 2 * 1.25
 
 
+def _pose_detector_graph():
+    return _cached(("pose detector",), lambda: _solution(
+        _text_graph(_POSE_DETECTOR_GRAPH), side_inputs={},
+        calculator_params={"posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": POSE_DETECTION},
+        outputs=["detections"]))
+
+
+def _pose_landmark_graph():
+    return _cached(("pose landmarks",), lambda: _solution(
+        _text_graph(_POSE_LANDMARK_GRAPH), side_inputs={"model_complexity": 1, "enable_segmentation": False},
+        outputs=["landmarks"]))
+
+
 def pose_arms(rgb: np.ndarray, max_people: int = 1) -> List[Arm]:
     """Both arms of each of the (at most `max_people`) people the pose detector finds, most confident first; [] if
     none. As MediaPipe's pose graph does for its one person: the detector finds a person by the face and body, the
@@ -620,15 +634,10 @@ def pose_arms(rgb: np.ndarray, max_people: int = 1) -> List[Arm]:
     rgb = _check_rgb(rgb)
     small, scale = bounded(rgb)
     height, width = small.shape[:2]
-    (found,) = _each(lambda image: _cached(("pose detector",), lambda: _solution(
-        _text_graph(_POSE_DETECTOR_GRAPH), side_inputs={},
-        calculator_params={"posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": POSE_DETECTION},
-        outputs=["detections"])).process({"image": image}), [small])
+    (found,) = _each(lambda image: _pose_detector_graph().process({"image": image}), [small])
     people = sorted(found.detections or [], key=lambda d: -d.score[0])[:max(0, int(max_people))]
-    results = _each(lambda region: _cached(("pose landmarks",), lambda: _solution(
-        _text_graph(_POSE_LANDMARK_GRAPH), side_inputs={"model_complexity": 1, "enable_segmentation": False},
-        outputs=["landmarks"])).process({"image": small, "roi": region}),
-        [_person_region(person, width, height) for person in people])
+    results = _each(lambda region: _pose_landmark_graph().process({"image": small, "roi": region}),
+                    [_person_region(person, width, height) for person in people])
     arms = []
     for result in results:
         if result.landmarks is None:
@@ -643,17 +652,21 @@ def pose_arms(rgb: np.ndarray, max_people: int = 1) -> List[Arm]:
 def _person_region(detection, width: int, height: int):
     """The region (a NormalizedRect of the `width` × `height` picture) the pose landmark model reads for one
     person the pose detector found (_PERSON_SCALE)."""
-    import math
-
     from mediapipe.framework.formats import rect_pb2
 
     hip, top = detection.location_data.relative_keypoints[0], detection.location_data.relative_keypoints[1]
     dx, dy = (top.x - hip.x) * width, (top.y - hip.y) * height
     side = _PERSON_SCALE * math.hypot(dx, dy)
-    angle = math.pi / 2 - math.atan2(-dy, dx)
-    rotation = angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
     return rect_pb2.NormalizedRect(x_center=hip.x, y_center=hip.y, width=side / width, height=side / height,
-                                   rotation=rotation)
+                                   rotation=upright_rotation(dx, dy))
+
+
+def upright_rotation(dx: float, dy: float) -> float:
+    """MediaPipe's region rotation (its DetectionsToRects rule) for a direction (dx, dy) in image pixels (x right,
+    y down) that should point up in the region: wrist to middle finger for a hand, hip to head for a person. The
+    angle from that direction to straight up, normalised to [-π, π)."""
+    angle = math.pi / 2 - math.atan2(-dy, dx)
+    return angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
 
 
 # ---- the palm detector alone, and its candidates' regions ----------------------------------------------------
@@ -709,12 +722,9 @@ def _palms(rgb: np.ndarray, min_score: float) -> List[PalmCandidate]:
 
 
 def _palm_region(detection, width: int, height: int, scale: float) -> PalmCandidate:
-    import math
-
     box = detection.location_data.relative_bounding_box
     wrist, middle = detection.location_data.relative_keypoints[0], detection.location_data.relative_keypoints[2]
-    angle = math.pi / 2 - math.atan2(-(middle.y - wrist.y) * height, (middle.x - wrist.x) * width)
-    rotation = angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+    rotation = upright_rotation((middle.x - wrist.x) * width, (middle.y - wrist.y) * height)
     w, h = box.width * width, box.height * height
     cx = (box.xmin + box.width / 2) * width - h * _ROI_SHIFT_Y * math.sin(rotation)
     cy = (box.ymin + box.height / 2) * height + h * _ROI_SHIFT_Y * math.cos(rotation)

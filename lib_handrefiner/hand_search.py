@@ -43,6 +43,7 @@ from lib_handrefiner.detection import (
     palm_candidates_each,
     pose_arms,
     uncrop_hand,
+    upright_rotation,
 )
 from lib_handrefiner.masking import clamp_box
 
@@ -293,14 +294,7 @@ def pose_hand_region(arm) -> Tuple[Tuple[float, float], float, float]:
         reach = max(float(np.hypot(*direction)), 1e-3)
     unit = direction / max(float(np.hypot(*direction)), 1e-3)
     centre = arm.wrist + unit * POSE_CENTRE_SHIFT * side / 2
-    return (float(centre[0]), float(centre[1])), side, _upright_rotation(unit)
-
-
-def _upright_rotation(direction: np.ndarray) -> float:
-    """MediaPipe's ROI rotation for a hand whose wrist-to-fingers direction (image x right, y down) is given:
-    the angle from that direction to straight up, normalised to [-π, π)."""
-    angle = math.pi / 2 - math.atan2(-float(direction[1]), float(direction[0]))
-    return angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+    return (float(centre[0]), float(centre[1])), side, upright_rotation(float(unit[0]), float(unit[1]))
 
 
 def hand_in_box(rgb: np.ndarray, box: Sequence[float], detection_confidence: float = 0.2,

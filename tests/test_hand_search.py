@@ -137,6 +137,56 @@ def test_the_pose_pass_asks_only_about_arms_whose_hand_is_not_found_and_skips_cl
     assert len(asked) == 1  # the palm pass's
 
 
+def test_a_region_the_landmark_model_rejected_outright_is_not_asked_again_one_it_nearly_accepted_is(monkeypatch):
+    from lib_handrefiner import hand_search
+    from lib_handrefiner.detection import PalmCandidate, make_hand
+
+    # The landmark model's presence by region centre x: 0.01 at x≈100 (no hand), 0.3 at x≈300 (nearly one).
+    presence_at = {100: 0.01, 300: 0.3}
+    asked = []
+
+    def landmarks(image, regions, presence):
+        asked.append([(round(c[0]), round(r, 1)) for c, _, r in regions])
+        hands = []
+        for (x, y), side, _ in regions:
+            points = np.array([[x + dx, y + dy, 0.0] for dx in (-9, 0, 9) for dy in range(-10, 11, 3)])
+            hands.append(make_hand("left", presence_at[100 if x < 200 else 300], points, np.zeros((21, 3))))
+        return [h if h.score >= presence else None for h in hands]
+
+    monkeypatch.setattr(hand_search, "landmarks_in_regions", landmarks)
+    search = hand_search._Search(np.zeros((400, 400, 3), np.uint8), 0.2, 0.2)
+    assert search._confirm([[PalmCandidate(0.5, (100, 100), 50, 0.0), PalmCandidate(0.5, (300, 100), 50, 0.0)]],
+                           0.6, 5) == []
+    # A later pass: about the rejected region (shifted, turned less than REASKED_TURN): not asked; about the nearly
+    # accepted one: asked again; about the rejected region turned by 2 rad (another picture for the model): asked.
+    again = [[PalmCandidate(0.3, (105, 102), 52, 0.3), PalmCandidate(0.3, (303, 100), 50, 0.1)],
+             [PalmCandidate(0.3, (100, 100), 50, 2.0)]]
+    assert search._confirm(again, 0.6, 5) == []
+    assert asked == [[(100, 0.0), (300, 0.0)], [(303, 0.1), (100, 2.0)]]
+    # A candidate not asked again still takes its place among the pass's `limit`.
+    search._confirm([[PalmCandidate(0.3, (98, 100), 50, 0.0), PalmCandidate(0.2, (300, 350), 50, 0.0)]], 0.6, 1)
+    assert asked[-1] == []
+    # At 0.25 the nearly accepted region is a hand.
+    assert len(search._confirm([[PalmCandidate(0.3, (300, 100), 50, 0.0)]], 0.25, 5)) == 1
+
+
+def test_not_asking_again_finds_the_same_hands_with_fewer_landmark_runs(group, monkeypatch):
+    from lib_handrefiner import hand_search
+
+    runs = []
+    real = hand_search.landmarks_in_regions
+    monkeypatch.setattr(hand_search, "landmarks_in_regions",
+                        lambda image, regions, presence: runs.append(len(regions)) or real(image, regions, presence))
+    passes = ["palm", "low", "flip", "edge"]
+    found = find_hands(group, passes=passes).hands
+    fewer = sum(runs)
+    runs.clear()
+    monkeypatch.setattr(hand_search, "REASKED_PRESENCE", 0.0)  # every region asked
+    every = find_hands(group, passes=passes).hands
+    assert sum(runs) > fewer
+    assert [(f.found_by, f.hand.keypoint_box) for f in found] == [(f.found_by, f.hand.keypoint_box) for f in every]
+
+
 def test_a_user_box_over_a_hand_the_palm_detector_misses_gets_that_hand():
     # malformed_3 turned upside down and shrunk into a corner of a grey picture: the box's crop is searched
     # first; where no palm is found, the landmark model alone on the box at several rotations.

@@ -63,10 +63,11 @@ LOW_CANDIDATES = 5
 TILE_CANDIDATES = 2
 # A candidate about the region of one already tried is not tried again.
 SAME_REGION_SHIFT = 0.25
-# Nor, in a later pass, one about the region (turned at most REASKED_TURN rad from it) of a candidate the landmark
-# model scored below REASKED_PRESENCE: ~20 % fewer landmark runs, the same hands on the dev set, set 2 and set 3.
-# (The weak passes' candidates often repeat each other's regions; the model's presence can change from 0.16 to
-# 0.69 between two such regions, so a region it nearly accepted is asked again.)
+# Nor, in a weak pass, one about the region (turned at most REASKED_TURN rad from it) of a candidate the landmark
+# model scored below REASKED_PRESENCE: the weak views repeat each other's candidates; 11-23 % fewer landmark runs,
+# the same true hands on all five image sets. The model's presence can change from 0.16 to 0.69 between two such
+# regions, so a region it nearly accepted is asked again, and the palm pass always asks (on set 4 its bordered
+# fallback found a hand whose region in the whole image had scored below 0.1).
 REASKED_PRESENCE = 0.1
 REASKED_TURN = 0.5
 # Tiles see the palm detector's ordinary candidates, but each view of a small region finds hand-like things in

@@ -52,7 +52,15 @@ def test_ctrl_c_while_refine_saves_leaves_the_previous_outputs_whole(tiny_models
     Image.open(out / "blank.refined.png").load()
 
 
-def test_ctrl_c_during_the_renames_waits_until_the_set_is_complete(tmp_path, monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler, which a test run started in the background (SIGINT ignored) does not have."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_the_renames_waits_until_the_set_is_complete(tmp_path, monkeypatch, python_ctrl_c):
     real_replace = os.replace
     calls = []
 

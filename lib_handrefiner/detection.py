@@ -665,8 +665,12 @@ def upright_rotation(dx: float, dy: float) -> float:
     """MediaPipe's region rotation (its DetectionsToRects rule) for a direction (dx, dy) in image pixels (x right,
     y down) that should point up in the region: wrist to middle finger for a hand, hip to head for a person. The
     angle from that direction to straight up, normalised to [-π, π)."""
-    angle = math.pi / 2 - math.atan2(-dy, dx)
-    return angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+    return wrapped_angle(math.pi / 2 - math.atan2(-dy, dx))
+
+
+def wrapped_angle(angle: float) -> float:
+    """The same angle (rad) in [-π, π)."""
+    return (angle + math.pi) % (2 * math.pi) - math.pi
 
 
 # ---- the palm detector alone, and its candidates' regions ----------------------------------------------------

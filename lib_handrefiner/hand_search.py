@@ -44,6 +44,7 @@ from lib_handrefiner.detection import (
     pose_arms,
     uncrop_hand,
     upright_rotation,
+    wrapped_angle,
 )
 from lib_handrefiner.masking import clamp_box
 
@@ -203,6 +204,9 @@ class _Search:
                                                        c.rotation))
                 for y0 in _starts(height, side) for x0 in _starts(width, side)]
 
+    def _on_a_found_hand(self, point: Tuple[float, float]) -> bool:
+        return any(_inside(point, f.hand) for f in self.found)
+
     def _confirm(self, groups: Sequence[Sequence[PalmCandidate]], presence: float, limit: int,
                  reask: bool = False) -> List[Hand]:
         """The landmark model, in one batch, on the first `limit` candidate regions of each group that are not on a
@@ -214,8 +218,7 @@ class _Search:
             for c in group:
                 if len(considered) >= limit:
                     break
-                if not (any(_inside(c.centre, f.hand) for f in self.found)
-                        or any(_same_region(c, t) for t in considered)):
+                if not (self._on_a_found_hand(c.centre) or any(_same_region(c, t) for t in considered)):
                     considered.append(c)
             chosen += [c for c in considered if reask or not any(
                 _same_region(c, r) and _turn(c.rotation, r.rotation) <= REASKED_TURN for r in self.rejected)]
@@ -256,7 +259,7 @@ class _Search:
             return []
         regions = [pose_hand_region(arm) for arm in pose_arms(self.rgb, POSE_PEOPLE)
                    if arm.visibility >= POSE_MIN_VISIBILITY]
-        regions = [r for r in regions if not any(_inside(r[0], f.hand) for f in self.found)]
+        regions = [r for r in regions if not self._on_a_found_hand(r[0])]
         return [hand for hand in landmarks_in_regions(self.rgb, regions, self.presence) if hand is not None]
 
 
@@ -270,7 +273,7 @@ def _same_region(a: PalmCandidate, b: PalmCandidate) -> bool:
 
 def _turn(a: float, b: float) -> float:
     """The angle between two rotations (rad), 0..π."""
-    return abs((a - b + math.pi) % (2 * math.pi) - math.pi)
+    return abs(wrapped_angle(a - b))
 
 
 def _inside(point: Tuple[float, float], hand: Hand) -> bool:
